@@ -1,0 +1,7 @@
+"""gdzoo: fully trainable Gaussian-derivative convolutions and the models built on them, for timm."""
+
+__version__ = "0.1.0"
+
+from .layers import GDConv2d  # noqa: E402
+
+__all__ = ["GDConv2d", "__version__"]

@@ -1,0 +1,390 @@
+"""``GDConv2d``: a convolution whose filters are learned combinations of Gaussian-derivative kernels.
+
+A thin ``nn.Module`` over :mod:`gdzoo.kernels` (the kernels) and :mod:`gdzoo.layers.gd_functional`
+(the execution paths). It follows ``nn.Conv2d``'s arguments and output shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import derivative_orders, gaussian_derivative_basis
+from .gd_functional import (
+    ConvSpec,
+    combine_dense,
+    combine_separated,
+    gd_conv2d_basis_first,
+    gd_conv2d_dense,
+    gd_conv2d_factorized,
+    path_costs,
+)
+
+__all__ = ["GDConv2d", "GEOMETRY_NAMES", "IMPLS"]
+
+GEOMETRY_NAMES = ("sigma", "mu", "theta")
+IMPLS = ("auto", "dense", "basis", "factorized")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+RANDOM_SIGMA_RANGE = (0.5, 2.0)  # the authors' init ranges
+RANDOM_MU_RANGE = (-1.0, 1.0)
+
+
+def _positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _float_pair(name: str, value: float | Sequence[float]) -> tuple[float, float]:
+    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair):
+        raise ValueError(f"{name} must be a float or a pair of floats, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def _padding(value: str | int | Sequence[int], stride: tuple[int, int]) -> str | tuple[int, int]:
+    if isinstance(value, str):
+        if value not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same', 'valid', an int >= 0 or a pair of them, got {value!r}")
+        if value == "same" and stride != (1, 1):
+            raise ValueError(f"padding='same' is not supported for strided convolutions (stride={stride})")
+        return value
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
+        raise ValueError(f"padding must be 'same', 'valid', an int >= 0 or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+class GDConv2d(nn.Module):
+    """Fully trainable Gaussian-derivative convolution (Penaud--Polge et al., ICIP 2022).
+
+    Every filter is a linear combination of anisotropic, shifted and rotated Gaussian-derivative
+    kernels of orders ``p + q <= order``; ``num_bases`` bases each serve ``out_channels / num_bases``
+    outputs. ``separated=True`` uses eq. (4) (``λ·β``) instead of eqs. (2)/(3) (``ω``).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode:
+            as in ``nn.Conv2d`` (``padding`` defaults to ``'same'``).
+        num_bases: number of independent bases ``B``; must divide ``out_channels``.
+        order: highest total derivative order ``K``; each basis holds ``(K+1)(K+2)/2`` kernels.
+        separated: use the separated combination of eq. (4).
+        trainable: which kernel geometries learn: a subset of ``('sigma', 'mu', 'theta')``.
+        init: ``'random'`` (σ ~ U[0.5, 2], μ ~ U[−1, 1], θ ~ U[−π, π]) or ``'fixed'``.
+        sigma_init, mu_init, theta_init: values for ``init='fixed'`` (float or ``(x1, x2)`` pair).
+        sigma_min: σ stays above this through ``σ = sigma_min + softplus(raw)``.
+        impl: ``'auto'``, ``'dense'``, ``'basis'`` (non-separated) or ``'factorized'`` (separated).
+
+    Example:
+        >>> conv = GDConv2d(3, 8, 7, num_bases=2, order=2)
+        >>> conv(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+        >>> conv.basis().shape, conv.dense_weight().shape
+        (torch.Size([2, 6, 7, 7]), torch.Size([8, 3, 7, 7]))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = "same",
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        num_bases: int = 1,
+        order: int = 3,
+        separated: bool = False,
+        trainable: Iterable[str] = GEOMETRY_NAMES,
+        init: str = "random",
+        sigma_init: float | tuple[float, float] = 1.0,
+        mu_init: float | tuple[float, float] = 0.0,
+        theta_init: float = 0.0,
+        sigma_min: float = 0.1,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_bases", num_bases)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if out_channels % num_bases:
+            raise ValueError(
+                f"out_channels ({out_channels}) must be divisible by num_bases ({num_bases}): "
+                "each basis produces out_channels / num_bases outputs"
+            )
+        self.kernel_size = _positive_pair("kernel_size", kernel_size)
+        self.stride = _positive_pair("stride", stride)
+        self.dilation = _positive_pair("dilation", dilation)
+        self.padding = _padding(padding, self.stride)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.num_kernels = len(derivative_orders(order))  # validates order
+        trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+        unknown = [t for t in trainable if t not in GEOMETRY_NAMES]
+        if unknown:
+            raise ValueError(f"trainable must be a subset of {GEOMETRY_NAMES}, got unknown {unknown}")
+        if init not in ("random", "fixed"):
+            raise ValueError(f"init must be 'random' or 'fixed', got {init!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl == "basis" and separated:
+            raise ValueError("impl='basis' needs separated=False; use 'dense' or 'factorized' with separated=True")
+        if impl == "factorized" and not separated:
+            raise ValueError("impl='factorized' needs separated=True; use 'dense' or 'basis' with separated=False")
+        if not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
+            raise ValueError(f"sigma_min must be a float > 0, got {sigma_min!r}")
+        self.sigma_init = _float_pair("sigma_init", sigma_init)
+        self.mu_init = _float_pair("mu_init", mu_init)
+        if not isinstance(theta_init, (int, float)):
+            raise ValueError(f"theta_init must be a float (radians), got {theta_init!r}")
+        low_sigma = min(self.sigma_init) if init == "fixed" else RANDOM_SIGMA_RANGE[0]
+        if low_sigma <= sigma_min:
+            raise ValueError(
+                f"initial sigma must be > sigma_min ({sigma_min}) > 0, got {low_sigma} "
+                f"({'sigma_init' if init == 'fixed' else 'the random range ' + str(RANDOM_SIGMA_RANGE)})"
+            )
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_bases = num_bases
+        self.order = order
+        self.separated = separated
+        self.trainable = trainable
+        self.init = init
+        self.theta_init = float(theta_init)
+        self.sigma_min = float(sigma_min)
+        self.impl = impl
+
+        factory = {"device": device, "dtype": dtype}
+        b, n = num_bases, self.num_kernels
+        self.sigma_raw = nn.Parameter(torch.empty(b, n, 2, **factory), requires_grad="sigma" in trainable)
+        self.mu_raw = nn.Parameter(torch.empty(b, n, 2, **factory), requires_grad="mu" in trainable)
+        self.theta_raw = nn.Parameter(torch.empty(b, n, **factory), requires_grad="theta" in trainable)
+        if separated:
+            self.weight_out = nn.Parameter(torch.empty(out_channels, n, **factory))
+            self.weight_in = nn.Parameter(torch.empty(b, n, in_channels, **factory))
+        else:
+            self.weight = nn.Parameter(torch.empty(out_channels, in_channels, n, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.register_buffer(
+            "orders_index", torch.tensor(derivative_orders(order), device=device, dtype=torch.long), persistent=False
+        )
+        self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters and views
+    @property
+    def conv_spec(self) -> ConvSpec:
+        return ConvSpec(self.stride, self.padding, self.dilation, self.padding_mode, self.kernel_size)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """``(B, N, 2)`` scales ``(σ1, σ2)``, always ``> sigma_min``."""
+        return self.sigma_min + F.softplus(self.sigma_raw)
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """``(B, N, 2)`` shifts ``(μ1, μ2)`` in taps."""
+        return self.mu_raw
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """``(B, N)`` angles in radians."""
+        return self.theta_raw
+
+    @property
+    def orders(self) -> list[tuple[int, int]]:
+        """Derivative orders ``(p, q)`` of the ``N`` kernels of every basis."""
+        return derivative_orders(self.order)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw the geometry (per ``init``), then variance-preserving combination weights and zero bias."""
+        if self.init == "random":
+            self.sigma_raw.copy_(_inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE) - self.sigma_min))
+            self.mu_raw.uniform_(*RANDOM_MU_RANGE)
+            self.theta_raw.uniform_(-math.pi, math.pi)
+        else:
+            sigma = torch.tensor(self.sigma_init, dtype=self.sigma_raw.dtype, device=self.sigma_raw.device)
+            self.sigma_raw.copy_(_inverse_softplus(sigma - self.sigma_min).expand_as(self.sigma_raw))
+            self.mu_raw.copy_(torch.tensor(self.mu_init, dtype=self.mu_raw.dtype).expand_as(self.mu_raw))
+            self.theta_raw.fill_(self.theta_init)
+        self._init_combination()
+        if self.bias is not None:
+            self.bias.zero_()
+        self._cache = None
+
+    def _init_combination(self, gain: float = math.sqrt(2.0)) -> None:
+        """He-style init that fixes the output second moment for white, unit-variance input.
+
+        With independent zero-mean weights, ``E[out²] = Σ_i E‖W[o,i]‖²`` for white unit input.
+        Drawing ``ω[b,j,i,n] ~ N(0, gain² / (in·N·‖φ^{b,n}‖²))`` gives ``E‖W[o,i]‖² = gain²/in``, so
+        ``E[out²] = gain²`` (``gain = √2`` compensates ReLU, as Kaiming init). Separated: each
+        ``β[b,n,i] ~ N(0, 1/(in·‖φ^{b,n}‖²))`` makes every intermediate map unit-variance, and
+        ``λ ~ N(0, gain²/N)`` gives the same ``E[out²] = gain²``.
+        """
+        norms_sq = self._compute_basis().pow(2).sum(dim=(-2, -1)).clamp_min(1e-12)  # (B, N)
+        n, cin = self.num_kernels, self.in_channels
+        if self.separated:
+            std_in = (1.0 / (cin * norms_sq)).sqrt().unsqueeze(-1)  # (B, N, 1)
+            self.weight_in.copy_(torch.randn_like(self.weight_in) * std_in)
+            nn.init.normal_(self.weight_out, std=gain / math.sqrt(n))
+        else:
+            per_output = norms_sq.repeat_interleave(self.out_channels // self.num_bases, dim=0)  # (out, N)
+            std = (gain**2 / (cin * n * per_output)).sqrt().unsqueeze(1)  # (out, 1, N)
+            self.weight.copy_(torch.randn_like(self.weight) * std)
+
+    # ------------------------------------------------------------------ kernel generation
+    def _compute_basis(self) -> torch.Tensor:
+        dtype = torch.promote_types(self.sigma_raw.dtype, torch.float32)
+        with torch.autocast(self.sigma_raw.device.type, enabled=False):
+            return gaussian_derivative_basis(
+                self.sigma.to(dtype), self.mu.to(dtype), self.theta.to(dtype), self.orders_index, self.kernel_size
+            )
+
+    def basis(self) -> torch.Tensor:
+        """``(B, N, kH, kW)`` sampled kernels ``φ^{b,n}`` (differentiable)."""
+        return self._compute_basis()
+
+    def dense_weight(self) -> torch.Tensor:
+        """The ``(out, in, kH, kW)`` kernel that ``F.conv2d`` needs to give this layer's output."""
+        basis = self._compute_basis()
+        with torch.autocast(basis.device.type, enabled=False):
+            if self.separated:
+                return combine_separated(self.weight_out.to(basis.dtype), self.weight_in.to(basis.dtype), basis)
+            return combine_dense(self.weight.to(basis.dtype), basis)
+
+    def select_impl(self) -> str:
+        """The execution path used by ``forward``: ``impl``, or the cheapest one when ``'auto'``."""
+        if self.impl != "auto":
+            return self.impl
+        costs = path_costs(
+            self.in_channels, self.out_channels, self.num_bases, self.num_kernels,
+            self.kernel_size, self.stride, self.separated,
+        )
+        return min(costs, key=costs.__getitem__)
+
+    def _generate(self, impl: str) -> tuple[torch.Tensor, ...]:
+        if impl == "dense":
+            return (self.dense_weight(),)
+        basis = self._compute_basis()
+        if impl == "basis":
+            return (self.weight.to(basis.dtype), basis)
+        return (self.weight_out.to(basis.dtype), self.weight_in.to(basis.dtype), basis)
+
+    def _cache_key(self, impl: str) -> tuple:
+        params = [p for p in self.parameters(recurse=False)]
+        return (impl, *((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params))
+
+    def _kernels(self, impl: str) -> tuple[torch.Tensor, ...]:
+        """Generated kernels for ``impl``; reused while gradients are off and no parameter changed."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._generate(impl)
+        key = self._cache_key(impl)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._generate(impl))
+        return self._cache[1]
+
+    def train(self, mode: bool = True) -> GDConv2d:
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in (3, 4):
+            raise ValueError(f"GDConv2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(x.shape)}")
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"GDConv2d expects {self.in_channels} input channels, got {x.shape[-3]} (input shape {tuple(x.shape)})"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "reparam_conv"):
+            return self.reparam_conv(x)
+        self._check_input(x)
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        impl = self.select_impl()
+        kernels = tuple(k.to(x.dtype) for k in self._kernels(impl))
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        spec = self.conv_spec
+        if impl == "dense":
+            y = gd_conv2d_dense(x, kernels[0], bias, spec)
+        elif impl == "basis":
+            y = gd_conv2d_basis_first(x, *kernels, bias, spec)
+        else:
+            y = gd_conv2d_factorized(x, *kernels, bias, spec)
+        return y.squeeze(0) if unbatched else y
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Replace the Gaussian parameterisation by plain ``nn.Conv2d`` modules with identical output.
+
+        Called by ``timm.utils.reparameterize_model``. Non-separated layers (or separated ones whose
+        dense path is cheaper) become one ``nn.Conv2d``; separated layers otherwise become the
+        1×1 → depthwise → grouped 1×1 sequence. The GD parameters are removed afterwards.
+        """
+        if hasattr(self, "reparam_conv"):
+            return
+        impl = self.select_impl()
+        factory = {"device": self.sigma_raw.device, "dtype": self.sigma_raw.dtype}
+        conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
+        if impl == "factorized":
+            bn, n = self.num_bases * self.num_kernels, self.num_kernels
+            mix_in = nn.Conv2d(self.in_channels, bn, 1, bias=False, **factory)
+            mix_in.weight.copy_(self.weight_in.reshape(bn, self.in_channels, 1, 1))
+            depthwise = nn.Conv2d(bn, bn, self.kernel_size, groups=bn, bias=False, **conv_args, **factory)
+            depthwise.weight.copy_(self.basis().reshape(bn, 1, *self.kernel_size))
+            mix_out = nn.Conv2d(bn, self.out_channels, 1, groups=self.num_bases, bias=self.bias is not None, **factory)
+            mix_out.weight.copy_(self.weight_out.reshape(self.out_channels, n, 1, 1))
+            conv: nn.Module = nn.Sequential(mix_in, depthwise, mix_out)
+            last = mix_out
+        else:
+            conv = nn.Conv2d(
+                self.in_channels, self.out_channels, self.kernel_size, bias=self.bias is not None, **conv_args, **factory
+            )
+            conv.weight.copy_(self.dense_weight())
+            last = conv
+        if self.bias is not None:
+            last.bias.copy_(self.bias)
+        for name in [name for name, _ in self.named_parameters(recurse=False)]:
+            delattr(self, name)
+        self.bias = None
+        self._cache = None
+        self.reparam_conv = conv
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, num_bases={self.num_bases}, order={self.order}"
+        )
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.separated:
+            s += ", separated=True"
+        if tuple(self.trainable) != GEOMETRY_NAMES:
+            s += f", trainable={tuple(self.trainable)}"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
+        return s
