@@ -28,10 +28,10 @@ __all__ = [
     "DEPTHWISE_COST",
 ]
 
-# Relative cost of one depthwise multiply-add against one dense-convolution multiply-add.
-# Depthwise convolutions reuse far less data per load; benchmarks/bench_gdconv.py measures ~4–8×
-# on CPU and GPU alike, so 6 is used by ``impl='auto'``.
-DEPTHWISE_COST = 6.0
+# Relative cost of one depthwise multiply-add against one dense-convolution multiply-add, as used by
+# ``impl='auto'``. Depthwise kernels reuse far less data per load: on the 2-core CPU the ratio of
+# measured time to multiply-adds is ~25× that of a dense convolution (benchmarks/bench_gdconv.py).
+DEPTHWISE_COST = 25.0
 
 
 @dataclass(frozen=True)
