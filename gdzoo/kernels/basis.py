@@ -69,10 +69,14 @@ def _rotated_coordinates(
 
 
 def _axis_derivatives(
-    y: torch.Tensor, sigma: torch.Tensor, orders: torch.Tensor, extra: int
+    y: torch.Tensor, sigma: torch.Tensor, orders: torch.Tensor, extra: int, max_order: int | None = None
 ) -> torch.Tensor:
-    """``G_{o+e}(y_a; σ_a)`` for e in 0..extra, per axis a: ``(extra+1, ..., N, kH, kW, 2)``."""
-    max_order = int(orders.max()) + extra
+    """``G_{o+e}(y_a; σ_a)`` for e in 0..extra, per axis a: ``(extra+1, ..., N, kH, kW, 2)``.
+
+    ``max_order`` (a Python int ``>= orders.max()``) avoids reading ``orders`` on the host, which
+    would be a device sync and a data-dependent graph break under ``torch.compile``.
+    """
+    max_order = (int(orders.max()) if max_order is None else max_order) + extra
     derivs = gaussian_derivative_1d(y, sigma[..., None, None, :], max_order)  # (K+1+extra, ..., N, kH, kW, 2)
     shape = (1, *([1] * (derivs.dim() - 5)), -1, 1, 1, 2)
     base = orders.to(device=derivs.device).view(shape)
@@ -88,12 +92,12 @@ class _GaussianDerivativeBasis(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, sigma, mu, theta, orders, kernel_size):  # noqa: ANN001, ANN205
+    def forward(ctx, sigma, mu, theta, orders, kernel_size, max_order=None):  # noqa: ANN001, ANN205
         u1, u2 = _rotated_coordinates(theta, kernel_size)
         u = torch.stack((u1, u2), dim=-1)
         y = u - mu[..., None, None, :]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        factors = _axis_derivatives(y, sigma, orders, extra=2 if need_grad else 0)
+        factors = _axis_derivatives(y, sigma, orders, extra=2 if need_grad else 0, max_order=max_order)
         if need_grad:
             ctx.save_for_backward(sigma, u, factors)
         return factors[0, ..., 0] * factors[0, ..., 1]
@@ -108,7 +112,7 @@ class _GaussianDerivativeBasis(torch.autograd.Function):
         grad_sigma = sigma * (weighted * g2).sum(dim=(-3, -2))
         grad_mu = -grad_y.sum(dim=(-3, -2))
         grad_theta = (grad_y[..., 0] * u[..., 1] - grad_y[..., 1] * u[..., 0]).sum(dim=(-2, -1))
-        return grad_sigma, grad_mu, grad_theta, None, None
+        return grad_sigma, grad_mu, grad_theta, None, None, None
 
 
 def gaussian_derivative_basis(
@@ -117,6 +121,7 @@ def gaussian_derivative_basis(
     theta: torch.Tensor,
     orders: torch.Tensor,
     kernel_size: tuple[int, int],
+    max_order: int | None = None,
 ) -> torch.Tensor:
     """Sample every kernel ``φ^{b,n}`` of eq. (1) on the tap grid in one vectorised pass.
 
@@ -128,6 +133,8 @@ def gaussian_derivative_basis(
         theta: ``(..., N)`` angles in radians.
         orders: ``(N, 2)`` integer derivative orders ``(p, q)`` of each kernel.
         kernel_size: ``(kH, kW)``.
+        max_order: optional Python int ``>= orders.max()``. Pass it to avoid reading ``orders`` on
+            the host (no device sync, no graph break under ``torch.compile``); the result is the same.
 
     Returns:
         ``(..., N, kH, kW)`` kernels.
@@ -139,4 +146,4 @@ def gaussian_derivative_basis(
         >>> basis.shape
         torch.Size([4, 3, 7, 7])
     """
-    return _GaussianDerivativeBasis.apply(sigma, mu, theta, orders, tuple(kernel_size))
+    return _GaussianDerivativeBasis.apply(sigma, mu, theta, orders, tuple(kernel_size), max_order)

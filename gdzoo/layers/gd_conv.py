@@ -147,6 +147,8 @@ class GDConv2d(nn.Module):
         if not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
             raise ValueError(f"sigma_min must be a float > 0, got {sigma_min!r}")
         self.sigma_init = _float_pair("sigma_init", sigma_init)
+        if min(self.sigma_init) <= 0:  # never a valid scale, even when init='random' ignores it
+            raise ValueError(f"sigma_init must be > 0 (and > sigma_min for init='fixed'), got {sigma_init!r}")
         self.mu_init = _float_pair("mu_init", mu_init)
         if not isinstance(theta_init, (int, float)):
             raise ValueError(f"theta_init must be a float (radians), got {theta_init!r}")
@@ -252,7 +254,8 @@ class GDConv2d(nn.Module):
         dtype = torch.promote_types(self.sigma_raw.dtype, torch.float32)
         with torch.autocast(self.sigma_raw.device.type, enabled=False):
             return gaussian_derivative_basis(
-                self.sigma.to(dtype), self.mu.to(dtype), self.theta.to(dtype), self.orders_index, self.kernel_size
+                self.sigma.to(dtype), self.mu.to(dtype), self.theta.to(dtype), self.orders_index, self.kernel_size,
+                max_order=self.order,  # a Python int: no host read of orders_index (sync / graph break)
             )
 
     def basis(self) -> torch.Tensor:
