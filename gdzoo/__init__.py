@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from .layers import GDConv2d  # noqa: E402
+from . import models  # noqa: E402  (registers gdzoo's model families with timm)
 
 __all__ = ["GDConv2d", "__version__"]

@@ -293,7 +293,12 @@ class GDConv2d(nn.Module):
         return (impl, *((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params))
 
     def _kernels(self, impl: str) -> tuple[torch.Tensor, ...]:
-        """Generated kernels for ``impl``; reused while gradients are off and no parameter changed."""
+        """Generated kernels for ``impl``; reused while gradients are off and no parameter changed.
+
+        A change is seen through each parameter's version counter, which optimizers,
+        ``load_state_dict`` and in-place ops bump. Writes through ``param.data`` bypass it: call
+        ``.train()`` (or ``.eval()``) afterwards to drop the cache.
+        """
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._generate(impl)
         key = self._cache_key(impl)
