@@ -90,9 +90,8 @@ def verify_folder(folder: HubFolder, org: str | None = None) -> list[str]:
             problems.append(f"{where}: safetensors metadata {key}={metadata.get(key)!r}, expected {want!r}")
     if problems:
         return problems
-    model = timm.create_model(
-        config["architecture"], num_classes=config.get("num_classes"), **config.get("model_args", {})
-    )
+    model_args = {"num_classes": config.get("num_classes"), **config.get("model_args", {})}
+    model = timm.create_model(config["architecture"], **model_args)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))

@@ -215,6 +215,8 @@ class GDConv2d(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Draw the geometry (per ``init``), then variance-preserving combination weights and zero bias."""
+        if self.sigma_raw.is_meta:  # shapes only (e.g. counting parameters): nothing to draw
+            return
         if self.init == "random":
             self.sigma_raw.copy_(_inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE) - self.sigma_min))
             self.mu_raw.uniform_(*RANDOM_MU_RANGE)

@@ -34,6 +34,7 @@ from .._io import sha256_file
 from ..layers import GDConv2d
 
 __all__ = [
+    "PUBLISHED_WEIGHTS",
     "build_gd_model",
     "default_org",
     "gd_pretrained_filter",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 ORG_ENV = "GDZOO_HF_ORG"
+
+# '<model>.<tag>' of every weights/<model>.<tag>/ folder published to the Hub (tests keep the two equal).
+PUBLISHED_WEIGHTS: frozenset[str] = frozenset()
 
 
 def default_org() -> str:

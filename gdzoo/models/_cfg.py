@@ -1,0 +1,50 @@
+"""The one place where gdzoo's pretrained cfgs (timm ``PretrainedCfg`` dicts) are built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .pretrained import PUBLISHED_WEIGHTS, hub_repo_id
+
+__all__ = ["PAPER_IDS", "PAPER_NAME", "gd_cfg"]
+
+PAPER_NAME = "Fully Trainable Gaussian Derivative Convolutional Layer"
+PAPER_IDS = "doi:10.1109/ICIP46576.2022.9897734"
+
+
+def gd_cfg(model_tag: str, **kwargs: Any) -> dict[str, Any]:
+    """Pretrained cfg for ``'<model>.<tag>'``: weights at ``hf-hub:<org>/<model>.<tag>/model.safetensors``.
+
+    Only published tags (``PUBLISHED_WEIGHTS``, one per ``weights/<model>.<tag>/`` folder) get an
+    ``hf_hub_id``, so ``timm.list_pretrained()`` lists exactly the weights that exist; the others are
+    architectures-only until their weights land. ``<org>`` is ``$GDZOO_HF_ORG`` (default ``gdzoo``), read when the cfg is built (at ``import gdzoo``).
+
+    ``kwargs`` (input_size, mean, std, num_classes, first_conv, classifier, ...) override the generic
+    defaults below; every model family passes its own data and head fields.
+
+    Example:
+        >>> cfg = gd_cfg('gd_fmnist.fmnist', input_size=(1, 28, 28))
+        >>> cfg['input_size'], cfg['hf_hub_filename']
+        ((1, 28, 28), 'model.safetensors')
+    """
+    model, sep, tag = model_tag.partition(".")
+    if not (model and sep and tag):
+        raise ValueError(f"expected '<model>.<tag>', got {model_tag!r}")
+    published = {"hf_hub_id": hub_repo_id(model, tag)} if model_tag in PUBLISHED_WEIGHTS else {}
+    return {
+        "url": "",
+        **published,
+        "hf_hub_filename": "model.safetensors",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "first_conv": "stem.conv",
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+        "paper_name": PAPER_NAME,
+        "paper_ids": PAPER_IDS,
+        "origin_url": "https://github.com/Penaud-Polge/Fully-Trainable-Gaussian-Derivative-Layer",
+        **kwargs,
+    }
