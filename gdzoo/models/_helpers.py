@@ -10,7 +10,7 @@ from timm.layers import register_notrace_module
 
 from ..layers import GDConv2d
 
-__all__ = ["NORMS", "FixedNorm2d", "create_norm"]
+__all__ = ["NORMS", "FixedNorm2d", "create_norm", "init_free_form_convs"]
 
 # GDConv2d's forward validates its input and caches generated kernels with Python control flow that
 # torch.fx cannot trace symbolically: FX graphs keep it as one leaf call (like timm's own ConvMlp).
@@ -46,3 +46,17 @@ def create_norm(norm: str, num_features: int) -> nn.Module:
         return nn.BatchNorm2d(num_features)
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
+
+
+@torch.no_grad()
+def init_free_form_convs(model: nn.Module) -> None:
+    """Kaiming (fan-in, ReLU) for every ``nn.Conv2d``, so the fixed-norm protocol (no rescaling) trains.
+
+    GDConv2d layers are left alone: they initialise themselves variance-preservingly
+    (He-style, see ``GDConv2d._init_combination``).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

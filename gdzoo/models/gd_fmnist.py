@@ -37,7 +37,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from ..layers import GDConv2d
 from ._cfg import gd_cfg
-from ._helpers import create_norm
+from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
 
 __all__ = ["FmnistNet", "ConvNormAct", "FMNIST_MEAN", "FMNIST_STD", "FMNIST_LABELS"]
@@ -139,17 +139,7 @@ class FmnistNet(nn.Module):
         self.stages = nn.Sequential(*layers[1:])
         self.num_features = self.head_hidden_size = prev
         self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self._init_weights()
-
-    @torch.no_grad()
-    def _init_weights(self) -> None:
-        """Kaiming (fan-in, ReLU) for free-form convs so the fixed-norm protocol (no rescaling) trains."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        # GDConv2d initialises itself variance-preservingly (He-style, see GDConv2d._init_combination).
+        init_free_form_convs(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

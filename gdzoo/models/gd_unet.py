@@ -43,7 +43,7 @@ from timm.models._manipulate import checkpoint
 
 from ..layers import GDConv2d
 from ._cfg import gd_cfg
-from ._helpers import create_norm
+from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
 
 __all__ = ["UNet", "DoubleConv", "UpBlock", "UNET_WIDTHS", "crop_to", "pad_to_multiple"]
@@ -179,16 +179,7 @@ class UNet(nn.Module):
         self.num_features = self.head_hidden_size = prev
         self.drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = nn.Conv2d(prev, num_classes, 1) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    @torch.no_grad()
-    def _init_weights(self) -> None:
-        """Kaiming (fan-in, ReLU) for free-form convs; GDConv2d initialises itself (He-style)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_free_form_convs(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
