@@ -34,6 +34,6 @@ fi
 
 case "${1:-main}" in
     test) shift; exec "$py" -m pytest "$@" ;;
-    main) exec "$venv/bin/gdzoo" demo ;;
+    main) exec "$venv/bin/gdzoo" train ;;
     *) echo "usage: bash run.sh [test [pytest args...]]" >&2; exit 2 ;;
 esac

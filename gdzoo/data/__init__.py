@@ -1,5 +1,28 @@
-"""Datasets: Fashion-MNIST (idx files) and, later, image folders and segmentation tiles."""
+"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits and timm transforms."""
 
+from .classification import fashion_mnist_dataset, image_folder_dataset
 from .fashion_mnist import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, find_fashion_mnist, load_fashion_mnist
+from .sampling import EpochSampler, SeededDataset
+from .seg_transforms import PairedAugment
+from .segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs
+from .splits import split_indices
+from .transforms import build_transform, resolve_data_config_for
 
-__all__ = ["FMNIST_LABELS", "FMNIST_MEAN", "FMNIST_STD", "find_fashion_mnist", "load_fashion_mnist"]
+__all__ = [
+    "EpochSampler",
+    "FMNIST_LABELS",
+    "FMNIST_MEAN",
+    "FMNIST_STD",
+    "PairedAugment",
+    "SeededDataset",
+    "SegmentationTiles",
+    "build_transform",
+    "fashion_mnist_dataset",
+    "find_fashion_mnist",
+    "find_segmentation_pairs",
+    "image_folder_dataset",
+    "load_fashion_mnist",
+    "resolve_data_config_for",
+    "split_indices",
+    "split_pairs",
+]

@@ -134,6 +134,8 @@ class UNet(nn.Module):
         in_chans: input channels; num_classes: output maps (logits).
     """
 
+    task = "segmentation"  # read by the trainer and the Hub exporter (timm's PretrainedCfg has no task field)
+
     def __init__(
         self,
         widths: Sequence[int] = UNET_WIDTHS,

@@ -1,0 +1,355 @@
+"""Training recipes: a typed dataclass schema, YAML loading and ``key=value`` overrides with helpful errors.
+
+A recipe is a :class:`Recipe` of sections (``model``, ``data``, ``augment``, ``optim``, ``sched``,
+``train``, ``output``). Every key is validated against its type hint: an unknown key or a bad value
+raises :class:`ConfigError` naming the valid keys or values. The built-in main job is
+:data:`gdzoo.training.recipes.DEFAULT_RECIPE` (``configs/fmnist_default.yaml`` spells it out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "OutputConfig",
+    "Recipe",
+    "SchedConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_recipe",
+    "parse_override",
+    "recipe_from_dict",
+    "recipe_sha256",
+    "recipe_to_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A recipe key or value is invalid; the message lists what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    """Which timm model to build and from which weights."""
+
+    name: str = "gd_fmnist"  # any timm model name, optionally with a pretrained tag ('gd_fmnist.fmnist')
+    pretrained: Union[bool, Literal["auto"]] = "auto"  # auto: use weights if cached or in weights/, else scratch
+    initial_checkpoint: str | None = None  # weights file (.safetensors / .pth) loaded after creation
+    num_classes: int | None = None  # None: the dataset's number of classes
+    in_chans: int | None = None  # None: the model's default
+    drop_rate: float | None = None
+    kwargs: dict = field(default_factory=dict)  # extra timm.create_model keyword arguments
+    task: Literal["auto", "classification", "segmentation"] = "auto"  # auto: the model's task attribute, else a 4-D probe output
+
+
+@dataclass
+class DataConfig:
+    """Dataset, splits, loader and the timm data-config overrides."""
+
+    dataset: Literal["fashion_mnist", "image_folder", "segmentation"] = "fashion_mnist"
+    root: str | None = None  # data folder (Fashion-MNIST: the idx .gz files; default Debian's location)
+    train_subset: Union[int, float, None] = None  # seeded subset of the training pool (samples or tiles); None: all
+    val_size: Union[int, float, None] = None  # held out from train: count or fraction (images for segmentation);
+    # None: 5000 (Fashion-MNIST), 0.1 (image_folder without val/), 0.15 (segmentation); 0: no validation
+    test_size: Union[int, float, None] = None  # segmentation only: test images (None: index.csv or 0.2)
+    test_subset: Union[int, float, None] = None  # seeded subset of the test split (samples or tiles) for quick runs
+    split_seed: int = 0
+    split_by: Literal["image", "group"] = "image"  # segmentation: split by image or by slide/patient group
+    batch_size: int = 128  # per process
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    workers: int = 0
+    img_size: int | None = None  # None: the model's pretrained_cfg input size
+    mean: list | None = None  # None: pretrained_cfg (timm's resolve_model_data_config)
+    std: list | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    tile_size: int = 128  # segmentation tiles
+    tile_stride: int | None = None  # None: tile_size (non-overlapping grid)
+    mask_mode: Literal["binary", "labels"] = "binary"
+    num_classes: int = 2  # segmentation classes (binary masks: 2)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (timm's ``create_transform`` for classification, paired ops for segmentation)."""
+
+    enabled: bool = False
+    scale: list = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    re_prob: float = 0.0
+    rot90: bool = True  # segmentation: random 90-degree rotations
+    tile_jitter: bool = True  # segmentation: random tile positions instead of the fixed grid
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer: Adam, AdamW or SGD."""
+
+    opt: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    no_decay_bias_norm: bool = True  # timm convention: no weight decay on biases and norm weights
+
+
+@dataclass
+class SchedConfig:
+    """Learning-rate schedule, stepped every optimizer step; lengths in epochs (fractions allowed)."""
+
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    alpha: float = 0.0  # cosine floor, as a fraction of lr (Keras CosineDecay's alpha)
+    decay_epochs: float | None = None  # cosine: decay length (None: rest of training); step: period
+    gamma: float = 0.1  # step: multiplier per period
+    warmup_epochs: float = 0.0
+    warmup_start: float = 0.0  # warmup starts at warmup_start * lr
+
+
+@dataclass
+class TrainConfig:
+    """The loop: epochs, device, precision, regularisation, freezing, checkpoints and resume."""
+
+    epochs: int = 10
+    seed: int = 42
+    device: str = "auto"  # auto: cuda if available, else cpu
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) (exact resume)
+    clip_grad: float | None = None  # max gradient norm
+    label_smoothing: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    freeze: Literal["none", "head_only", "all_but_stem", "stem_and_head", "regex"] = "none"
+    freeze_patterns: list = field(default_factory=list)  # regex policy: parameters matching any are frozen
+    checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
+    resume: str | None = None  # checkpoint path, or 'auto' (the run folder's last.pth)
+    eval_every: int = 1  # epochs between validations
+
+
+@dataclass
+class OutputConfig:
+    """Where the run writes, what it plots and how the best checkpoint is exported."""
+
+    dir: str = "runs"
+    name: str | None = None  # run folder name (None: the recipe name)
+    best_metric: str = "auto"  # auto: top1 (classification) / dice (segmentation)
+    plots: bool = True  # curves.png, filters.png, segmentation examples
+    progress: bool = True  # tqdm progress bars
+    export: bool = False  # export the best checkpoint to <export_root>/<model>.<export_tag>/
+    export_tag: str | None = None  # None: the run name
+    export_root: str = "weights"
+    org: str | None = None
+    license: str | None = None
+
+
+@dataclass
+class Recipe:
+    """One experiment."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(Recipe) if f.name != "name"}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against ``hint`` (ints accepted as floats); raises ConfigError with the expected type."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(hint) and type(value) is type(next(a for a in typing.get_args(hint) if a == value)):
+            return value
+    elif hint is type(None):
+        if value is None:
+            return None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint in (list, dict) or origin in (list, dict):
+        if isinstance(value, origin or hint):
+            return value
+    else:
+        raise TypeError(f"unsupported type hint {hint!r} for {key}")
+    raise ConfigError(f"bad value for {key}: {value!r}; expected {_describe(hint)}")
+
+
+def _section_from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')} must be a mapping of keys, got {data!r}")
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + str(k) for k in unknown)}; "
+            f"valid keys: {', '.join(prefix + k for k in hints)}"
+        )
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def _validate(recipe: Recipe) -> None:
+    """Range checks the type hints cannot express."""
+    checks = [
+        (recipe.optim.lr > 0, "optim.lr must be > 0"),
+        (recipe.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (recipe.train.epochs >= 1, "train.epochs must be >= 1"),
+        (recipe.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (recipe.data.eval_batch_size is None or recipe.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
+        (recipe.data.workers >= 0, "data.workers must be >= 0"),
+        (recipe.data.tile_size >= 8, "data.tile_size must be >= 8"),
+        (recipe.data.tile_stride is None or recipe.data.tile_stride >= 1, "data.tile_stride must be >= 1"),
+        (recipe.data.num_classes >= 1, "data.num_classes must be >= 1"),
+        (0.0 <= recipe.sched.alpha <= 1.0, "sched.alpha must be in [0, 1]"),
+        (recipe.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
+        (recipe.sched.decay_epochs is None or recipe.sched.decay_epochs > 0, "sched.decay_epochs must be > 0"),
+        (0.0 <= recipe.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+        (recipe.train.clip_grad is None or recipe.train.clip_grad > 0, "train.clip_grad must be > 0 or null"),
+        (0.0 < recipe.train.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
+        (recipe.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0"),
+        (recipe.train.eval_every >= 1, "train.eval_every must be >= 1"),
+        (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
+        (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
+        (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
+         f"train.device must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}"),
+    ]
+    errors = [msg for ok, msg in checks if not ok]
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
+def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:
+    """A validated :class:`Recipe` from a (YAML) mapping; missing keys take their defaults."""
+    data = dict(data or {})
+    valid = ["name", *sorted(_SECTIONS)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}; valid keys: {', '.join(valid)}")
+    kwargs: dict[str, Any] = {}
+    if "name" in data:
+        kwargs["name"] = _coerce(data["name"], str, "name")
+    hints = _hints(Recipe)
+    for section in _SECTIONS & set(data):
+        kwargs[section] = _section_from_dict(hints[section], data[section] or {}, f"{section}.")
+    recipe = Recipe(**kwargs)
+    _validate(recipe)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Recipe from a YAML file (None: the built-in default) with ``key=value`` overrides applied."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist (recipes live in configs/, e.g. configs/fmnist_default.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path} must be a YAML mapping of sections, got {type(data).__name__}")
+    return recipe_from_dict(apply_overrides(data, overrides or []))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=0.01'`` -> ``(['optim', 'lr'], 0.01)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().lstrip("-")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. optim.lr=0.01)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return key.replace("-", "_").split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``section.key=value`` override set (validated later)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    hints = _hints(Recipe)
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["name"]:
+            data["name"] = value
+            continue
+        if len(keys) != 2 or keys[0] not in _SECTIONS:
+            raise ConfigError(
+                f"override {text!r}: keys are section.key with section one of {', '.join(sorted(_SECTIONS))} (or 'name')"
+            )
+        section, key = keys
+        valid = _hints(hints[section])
+        if key not in valid:
+            raise ConfigError(f"unknown key {section}.{key}; valid keys: {', '.join(f'{section}.{k}' for k in valid)}")
+        target = data.get(section)
+        data[section] = {**(target if isinstance(target, dict) else {}), key: value}
+    return data
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The full recipe (every key) as YAML, sections in schema order."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def recipe_sha256(recipe: Recipe) -> str:
+    """SHA-256 of the full recipe YAML: the ``config_sha256`` of exported weights."""
+    return hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()

@@ -1,0 +1,153 @@
+"""The recipe's train / validation / test datasets with transforms resolved from the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from ..data.classification import fashion_mnist_dataset, image_folder_dataset, pil_mode
+from ..data.seg_transforms import PairedAugment
+from ..data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs
+from ..data.splits import resolve_count, seeded_permutation, split_indices
+from ..data.transforms import build_transform, model_in_chans, resolve_data_config_for
+from .config import AugmentConfig, DataConfig
+
+__all__ = ["DataBundle", "build_datasets", "dataset_num_classes", "DEFAULT_VAL_SIZE"]
+
+DEFAULT_VAL_SIZE = {"fashion_mnist": 5000, "image_folder": 0.1, "segmentation": 0.15}
+
+
+@dataclass
+class DataBundle:
+    """Datasets of one run and what the rest of the run needs to know about them."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    classes: list[str]
+    data_config: dict[str, Any]
+    task: str
+    names: list[str] = field(default_factory=list)  # dataset names for the model card
+    split_ids: dict[str, list[str]] = field(default_factory=dict)  # segmentation: image ids per split
+
+
+class _Transformed(Dataset):
+    """A view of ``dataset`` (optionally a subset of indices) with its own transform."""
+
+    def __init__(self, dataset: Any, indices: Any, transform: Any) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, label = self.dataset[int(self.indices[i]) if self.indices is not None else i]
+        return self.transform(image), label
+
+
+def _subset(n: int, size: int | float | None, seed: int) -> list[int] | None:
+    """Sorted seeded subset of ``range(n)`` (None when ``size`` is None)."""
+    if size is None:
+        return None
+    count = resolve_count(size, n, "subset")
+    return sorted(seeded_permutation(n, seed).tolist()[:count])
+
+
+def dataset_num_classes(cfg: DataConfig) -> int:
+    """Classes the dataset defines (before a model exists)."""
+    if cfg.dataset == "fashion_mnist":
+        return 10
+    if cfg.dataset == "segmentation":
+        return cfg.num_classes
+    root = _require_root(cfg)
+    train_root = root / "train" if (root / "train").is_dir() else root
+    return len(image_folder_dataset(train_root).classes)
+
+
+def _require_root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise ValueError(f"data.root is required for data.dataset={cfg.dataset!r} (the folder holding the data)")
+    return Path(cfg.root)
+
+
+def _augment_kwargs(aug: AugmentConfig) -> dict[str, Any] | None:
+    if not aug.enabled:
+        return None
+    return {"scale": aug.scale, "ratio": aug.ratio, "hflip": aug.hflip, "vflip": aug.vflip,
+            "color_jitter": aug.color_jitter, "auto_augment": aug.auto_augment, "re_prob": aug.re_prob}
+
+
+def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> DataBundle:
+    data_config = resolve_data_config_for(
+        model, {"img_size": cfg.img_size, "mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation, "crop_pct": cfg.crop_pct}
+    )
+    mode = pil_mode(data_config["input_size"][0])
+    train_tf = build_transform(data_config, is_training=True, augment=_augment_kwargs(aug))
+    eval_tf = build_transform(data_config, is_training=False)
+    val_size = DEFAULT_VAL_SIZE[cfg.dataset] if cfg.val_size is None else cfg.val_size
+    if cfg.dataset == "fashion_mnist":
+        full: Any = fashion_mnist_dataset("train", cfg.root, mode)
+        test: Any = fashion_mnist_dataset("test", cfg.root, mode)
+        names = ["fashion_mnist"]
+        val_source = full
+    else:
+        root = _require_root(cfg)
+        train_root = root / "train" if (root / "train").is_dir() else root
+        full = image_folder_dataset(train_root, mode=mode)
+        val_source = image_folder_dataset(root / "val", full.classes, mode) if (root / "val").is_dir() else full
+        test = image_folder_dataset(root / "test", full.classes, mode) if (root / "test").is_dir() else None
+        names = [root.name]
+        if val_source is not full:
+            val_size = 0
+    train_idx, val_idx = split_indices(len(full), val_size, cfg.train_subset, cfg.split_seed)
+    if val_source is not full:
+        val = _Transformed(val_source, None, eval_tf)
+    else:
+        val = _Transformed(full, val_idx, eval_tf) if len(val_idx) else None
+    return DataBundle(
+        train=_Transformed(full, train_idx, train_tf),
+        val=val,
+        test=_Transformed(test, _subset(len(test), cfg.test_subset, cfg.split_seed), eval_tf) if test is not None else None,
+        classes=list(full.classes),
+        data_config=data_config,
+        task="classification",
+        names=names,
+    )
+
+
+def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> DataBundle:
+    root = _require_root(cfg)
+    data_config = resolve_data_config_for(model, {"mean": cfg.mean, "std": cfg.std})
+    data_config["input_size"] = (model_in_chans(model), cfg.tile_size, cfg.tile_size)
+    pairs = find_segmentation_pairs(root)
+    val_size = DEFAULT_VAL_SIZE["segmentation"] if cfg.val_size is None else cfg.val_size
+    splits = split_pairs(pairs, root, val_size, cfg.test_size, cfg.split_seed, cfg.split_by)
+    common = dict(tile_size=cfg.tile_size, stride=cfg.tile_stride, in_chans=data_config["input_size"][0],
+                  mean=data_config["mean"], std=data_config["std"], mask_mode=cfg.mask_mode, num_classes=cfg.num_classes)
+    augment = PairedAugment(aug.hflip, aug.vflip, aug.rot90, aug.color_jitter) if aug.enabled else None
+    train = SegmentationTiles(splits["train"], augment=augment, jitter=aug.enabled and aug.tile_jitter, **common)
+    if cfg.train_subset is not None:
+        train.index = [train.index[i] for i in _subset(len(train), cfg.train_subset, cfg.split_seed)]
+    val = SegmentationTiles(splits["val"], **common) if splits["val"] else None
+    test = SegmentationTiles(splits["test"], **common) if splits["test"] else None
+    if test is not None and cfg.test_subset is not None:
+        test.index = [test.index[i] for i in _subset(len(test), cfg.test_subset, cfg.split_seed)]
+    return DataBundle(
+        train=train, val=val, test=test, classes=train.classes, data_config=data_config, task="segmentation",
+        names=[root.name], split_ids={k: [p.id for p in v] for k, v in splits.items()},
+    )
+
+
+def build_datasets(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, task: str) -> DataBundle:
+    """Datasets for ``task`` ('classification' or 'segmentation') per the recipe's data section."""
+    if task == "segmentation" and cfg.dataset != "segmentation":
+        raise ValueError(f"model is a segmentation model but data.dataset={cfg.dataset!r}; use data.dataset=segmentation")
+    if task == "classification" and cfg.dataset == "segmentation":
+        raise ValueError("data.dataset=segmentation needs a segmentation model (pretrained_cfg task 'segmentation' or model.task=segmentation)")
+    return _segmentation(cfg, aug, model) if task == "segmentation" else _classification(cfg, aug, model)
+

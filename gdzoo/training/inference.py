@@ -1,0 +1,87 @@
+"""Loading a trained model for ``gdzoo eval`` / ``gdzoo predict``: weights from a run, a file or a Hub folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+import yaml
+
+from .checkpoint import model_state_from_file
+from .config import ModelConfig, Recipe, recipe_from_dict
+from .modeling import create_model
+
+__all__ = ["find_run_recipe", "load_trained_model", "class_names_for"]
+
+
+def _run_dir(checkpoint: str | Path | None) -> Path | None:
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    return folder if (folder / "config.yaml").is_file() else None
+
+
+def find_run_recipe(checkpoint: str | Path | None) -> Recipe | None:
+    """The recipe saved beside a checkpoint by ``gdzoo train`` (its run folder's ``config.yaml``), if any."""
+    folder = _run_dir(checkpoint)
+    if folder is None:
+        return None
+    return recipe_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+
+
+def class_names_for(model: nn.Module, checkpoint: str | Path | None, num_classes: int) -> list[str]:
+    """Class names from the run folder's ``classes.json``, else ``pretrained_cfg['label_names']``, else indices."""
+    folder = _run_dir(checkpoint)
+    if folder is not None and (folder / "classes.json").is_file():
+        names = json.loads((folder / "classes.json").read_text())
+        if len(names) == num_classes:
+            return list(names)
+    names = (getattr(model, "pretrained_cfg", {}) or {}).get("label_names")
+    if names and len(names) == num_classes:
+        return list(names)
+    return [str(i) for i in range(num_classes)]
+
+
+def _head_classes(model: nn.Module, state: dict[str, Any]) -> int | None:
+    """Number of classes the state dict's classifier was trained for (None if it cannot tell)."""
+    heads = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier") or ()
+    for head in (heads,) if isinstance(heads, str) else tuple(heads):
+        weight = state.get(f"{head}.weight")
+        if weight is not None:
+            return int(weight.shape[0])
+    return None
+
+
+def load_trained_model(
+    name: str | None, checkpoint: str | Path | None = None, pretrained: bool = False, num_classes: int | None = None
+) -> tuple[nn.Module, Recipe | None]:
+    """Build ``name`` (or the run's model) and load ``checkpoint``: a run folder, best.safetensors, last.pth or a Hub folder.
+
+    The number of classes comes from ``num_classes``, else the run's recipe, else the checkpoint's classifier.
+    """
+    recipe = find_run_recipe(checkpoint)
+    if checkpoint is not None and Path(checkpoint).is_dir() and (Path(checkpoint) / "best.safetensors").is_file():
+        checkpoint = Path(checkpoint) / "best.safetensors"
+    name = name or (recipe.model.name if recipe else None)
+    if not name:
+        raise ValueError("give --model (or a --checkpoint inside a gdzoo run folder, which names its model)")
+    cfg = ModelConfig(name=name, pretrained=pretrained and checkpoint is None, num_classes=num_classes)
+    if recipe is not None:
+        cfg.kwargs, cfg.in_chans = dict(recipe.model.kwargs), recipe.model.in_chans
+        if num_classes is None and recipe.model.num_classes is not None:
+            cfg.num_classes = recipe.model.num_classes
+    model, _ = create_model(cfg, cfg.num_classes)
+    if checkpoint is None:
+        return model.eval(), recipe
+    state = model_state_from_file(checkpoint)
+    trained_classes = _head_classes(model, state)
+    if num_classes is None and trained_classes is not None and trained_classes != getattr(model, "num_classes", trained_classes):
+        cfg.num_classes = trained_classes
+        model, _ = create_model(cfg, trained_classes)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint} does not fit {name}: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    return model.eval(), recipe

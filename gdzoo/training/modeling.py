@@ -1,0 +1,141 @@
+"""Building the recipe's model with ``timm.create_model``: task detection, pretrained weights, initial checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from huggingface_hub import try_to_load_from_cache
+from timm.models import get_pretrained_cfg, split_model_name_tag
+
+from .. import models as _gdzoo_models  # noqa: F401  (registers gdzoo models with timm)
+from .checkpoint import model_state_from_file
+from .config import ModelConfig
+
+__all__ = ["create_model", "find_pretrained_file", "is_segmentation", "load_initial_checkpoint"]
+
+
+def is_segmentation(model: nn.Module, task: str = "auto") -> bool:
+    """True for segmentation models: ``task`` says so, or the model's ``task`` attribute (gdzoo's U-nets),
+    or a probe forward is 4-D.
+
+    timm's ``PretrainedCfg`` has no ``task`` field, so for other models the model is run once on a tiny
+    input of its cfg's channels: ``(N, C, H, W)`` logits mean per-pixel classes.
+    """
+    if task != "auto":
+        return task == "segmentation"
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if getattr(model, "task", None):
+        return model.task == "segmentation"
+    from ..data.transforms import model_in_chans
+
+    size = tuple((cfg.get("input_size") or (3, 32, 32))[1:])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(iter(model.parameters()), torch.zeros(())).device
+            out = model(torch.zeros(1, model_in_chans(model), *size, device=device))
+    finally:
+        model.train(was_training)
+    return isinstance(out, torch.Tensor) and out.dim() == 4
+
+
+def find_pretrained_file(name: str, weights_root: str | Path = "weights") -> Path | None:
+    """A local copy of ``name``'s default pretrained weights: ``weights/<model>.<tag>/`` or the HF cache."""
+    arch, tag = split_model_name_tag(name)
+    try:
+        cfg = get_pretrained_cfg(name if tag else arch)
+    except Exception:  # noqa: BLE001 - unknown model: timm raises its own error later
+        return None
+    if cfg is None:
+        return None
+    tag = tag or cfg.tag
+    if tag:
+        local = Path(weights_root) / f"{arch}.{tag}" / "model.safetensors"
+        if local.is_file():
+            return local
+    if cfg.hf_hub_id:
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in names:
+            cached = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(cached, str):
+                return Path(cached)
+    return None
+
+
+def load_initial_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
+    """Load weights from ``path``; classifier tensors whose shape differs are skipped (returned)."""
+    state = model_state_from_file(path)
+    own = model.state_dict()
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    skipped = []
+    for key in list(state):
+        if key in own and own[key].shape != state[key].shape:
+            if any(key.startswith(h + ".") for h in heads):
+                skipped.append(key)
+                del state[key]
+            else:
+                raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, the model expects {tuple(own[key].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    return skipped
+
+
+def create_model(cfg: ModelConfig, num_classes: int | None, weights_root: str | Path = "weights") -> tuple[nn.Module, dict[str, Any]]:
+    """``timm.create_model`` per the recipe; returns the model and where its weights came from."""
+    kwargs: dict[str, Any] = dict(cfg.kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if cfg.in_chans is not None:
+        kwargs["in_chans"] = cfg.in_chans
+    if cfg.drop_rate is not None:
+        kwargs["drop_rate"] = cfg.drop_rate
+    source = "random init"
+    pretrained = cfg.pretrained
+    if pretrained in (True, "auto"):
+        local = find_pretrained_file(cfg.name, weights_root)
+        if local is not None:
+            kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
+            pretrained, source = True, f"pretrained ({local})"
+        elif pretrained == "auto":
+            pretrained = False
+        else:
+            source = "pretrained (download)"
+    try:
+        model = timm.create_model(cfg.name, pretrained=bool(pretrained), **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ValueError(f"model.name {cfg.name!r} is not a timm model; see `gdzoo models` or timm.list_models()") from e
+        if pretrained:
+            raise ValueError(
+                f"model.pretrained=true but weights for {cfg.name} could not be loaded: {e} Put them in "
+                f"{weights_root}/<model>.<tag>/ (gdzoo hub export) or the HF cache (gdzoo hub seed), or use "
+                "model.pretrained=auto (random init when absent) / false."
+            ) from e
+        raise
+    if cfg.initial_checkpoint:
+        skipped = load_initial_checkpoint(model, cfg.initial_checkpoint)
+        source = f"initial checkpoint {cfg.initial_checkpoint}" + (f" (new head: {', '.join(skipped)})" if skipped else "")
+    return model, {"weights": source, "params": sum(p.numel() for p in model.parameters())}
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with ``requires_grad``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def stem_gd_layer(model: nn.Module) -> nn.Module | None:
+    """The first ``GDConv2d`` of the model (its stem for gdzoo models), for filter plots."""
+    from ..layers import GDConv2d
+
+    return next((m for m in model.modules() if isinstance(m, GDConv2d)), None)

@@ -1,0 +1,35 @@
+"""Built-in recipes: the default main job (``gdzoo train`` with no arguments)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Recipe, apply_overrides, recipe_from_dict
+
+__all__ = ["DEFAULT_RECIPE", "FINETUNE_OVERRIDES", "default_recipe"]
+
+# Train gd_fmnist from scratch on a seeded 10k-image subset of Fashion-MNIST (2k held out for
+# validation) and evaluate on the full 10k test set: about a minute on a quiet 2-core CPU, well under
+# 5 minutes on a busy one. configs/fmnist_default.yaml is the same recipe.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "name": "fmnist_default",
+    "model": {"name": "gd_fmnist", "pretrained": "auto"},
+    "data": {"dataset": "fashion_mnist", "train_subset": 10000, "val_size": 2000, "batch_size": 32},
+    "optim": {"opt": "adam", "lr": 0.02},
+    "sched": {"name": "cosine", "alpha": 0.05, "warmup_epochs": 0.2},
+    "train": {"epochs": 4, "seed": 42},
+    "output": {"dir": "runs", "plots": True},
+}
+
+# When pretrained gd_fmnist weights exist (weights/ or the HF cache) the main job fine-tunes them
+# gently instead: a small learning rate, no warmup, two epochs.
+FINETUNE_OVERRIDES = ["name=fmnist_finetune", "optim.lr=0.001", "sched.warmup_epochs=0", "train.epochs=2"]
+
+
+def default_recipe(finetune: bool | None = None) -> Recipe:
+    """The built-in main job; ``finetune`` None decides by whether pretrained weights are available."""
+    if finetune is None:
+        from .modeling import find_pretrained_file
+
+        finetune = find_pretrained_file(DEFAULT_RECIPE["model"]["name"]) is not None
+    return recipe_from_dict(apply_overrides(DEFAULT_RECIPE, FINETUNE_OVERRIDES if finetune else []))

@@ -1,0 +1,97 @@
+"""Recipe schema: YAML loading, overrides (``--set`` and dotted flags), and errors that list what is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gdzoo.cli.main import main
+from gdzoo.cli.overrides import split_dotted_flags
+from gdzoo.training import DEFAULT_RECIPE, ConfigError, default_recipe, load_recipe, recipe_from_dict, recipe_to_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_recipe_loads() -> None:
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert {"fmnist_default.yaml", "tiny_fmnist.yaml"} <= {p.name for p in configs}
+    for path in configs:
+        load_recipe(path)
+
+
+def test_default_yaml_is_the_builtin_main_job() -> None:
+    assert load_recipe(REPO / "configs" / "fmnist_default.yaml") == recipe_from_dict(DEFAULT_RECIPE) == default_recipe(finetune=False)
+    assert default_recipe(False).model.name == "gd_fmnist" and default_recipe(False).data.dataset == "fashion_mnist"
+    finetune = default_recipe(finetune=True)
+    assert finetune.optim.lr < default_recipe(False).optim.lr and finetune.model.pretrained == "auto"
+
+
+def test_yaml_round_trip() -> None:
+    recipe = default_recipe()
+    assert recipe_from_dict(yaml.safe_load(recipe_to_yaml(recipe))) == recipe
+
+
+def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "optim.lrr" in str(err.value) and "optim.lr" in str(err.value) and "optim.weight_decay" in str(err.value)
+    with pytest.raises(ConfigError, match="valid keys: name, augment, data"):
+        recipe_from_dict({"optimizer": {}})
+    with pytest.raises(ConfigError, match="unknown key train.epoch;.*train.epochs"):
+        load_recipe(None, ["train.epoch=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.amp=fp32", "one of 'none', 'bf16', 'fp16'"),
+        ("optim.opt=lion", "one of 'adam', 'adamw', 'sgd'"),
+        ("train.epochs=two", "expected int"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("sched.alpha=2", r"sched.alpha must be in \[0, 1\]"),
+        ("train.freeze=regex", "needs train.freeze_patterns"),
+        ("train.channels_last=1", "expected bool"),
+        ("lr=0.1", "keys are section.key"),
+    ],
+)
+def test_bad_values_are_explained(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(None, [override])
+
+
+def test_overrides_parse_yaml_values() -> None:
+    recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", ["optim.lr=0.01", "train.clip_grad=1", "augment.scale=[0.5, 1.0]",
+                                                                 "model.pretrained=auto", "train.resume=null"])
+    assert recipe.optim.lr == 0.01 and recipe.train.clip_grad == 1.0 and recipe.augment.scale == [0.5, 1.0]
+    assert recipe.model.pretrained == "auto" and recipe.name == "tiny_fmnist"
+
+
+def test_dotted_flags_split() -> None:
+    overrides, rest = split_dotted_flags(["--optim.lr", "0.01", "--train.amp=bf16", "--train.ema", "--bogus"])
+    assert overrides == ["optim.lr=0.01", "train.amp=bf16", "train.ema=true"] and rest == ["--bogus"]
+
+
+def test_cli_overrides_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == default_recipe().to_dict()  # no arguments: the main job
+    assert main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--optim.lr", "0.02", "--set", "train.epochs=5",
+                 "--amp", "bf16", "--resume", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.02 and printed["train"]["epochs"] == 5
+    assert printed["train"]["amp"] == "bf16" and printed["train"]["resume"] == "auto"
+    assert main(["train", "--optim.lrr", "1", "--print-config"]) == 2
+    assert "valid keys: optim.opt, optim.lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--no-such-flag"])
+    assert "--section.key=value" in capsys.readouterr().err
+
+
+def test_missing_recipe_file() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe("configs/nope.yaml")
+    assert DEFAULT_RECIPE["model"]["name"] == "gd_fmnist"
