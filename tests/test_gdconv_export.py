@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,13 +26,7 @@ PATHS = [  # (separated, impl): every execution path
 PATH_IDS = [f"{'sep' if s else 'nonsep'}-{i}" for s, i in PATHS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-wait stalls on the shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_layer(separated: bool, impl: str, seed: int = 0, **kwargs) -> GDConv2d:

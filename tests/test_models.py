@@ -10,7 +10,6 @@ get a segmentation version of the same checks (odd sizes, per-pixel logits, enco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import timm
@@ -39,13 +38,7 @@ TORCHSCRIPT_SKIP = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Small tensors: one intra-op thread avoids OpenMP spin-wait stalls on the shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)
