@@ -327,6 +327,15 @@ def param_counts() -> dict[str, tuple[int, int]]:
     return out
 
 
+
+def _cell_means(cells: dict, n: int, key: str, fmt: str) -> list[str]:
+    """Per column, the mean of ``key`` over the runs of size ``n`` formatted with ``fmt`` ('—' when none)."""
+    row = []
+    for m in MODELS:
+        values = [r[key] for r in cells.get((m, n), []) if r.get(key)]
+        row.append(fmt.format(statistics.mean(values)) if values else "—")
+    return row
+
 def write_table(log: Log | None = None) -> None:
     cells = load_results()
     params = param_counts()
@@ -397,11 +406,7 @@ def write_table(log: Log | None = None) -> None:
               "Other work on the machine during a run slows it, so these are indicative.", "",
               "| | " + " | ".join(f"`{m}`" for m in MODELS) + " |", "|---|" + "---:|" * len(MODELS)]
     for n in SIZES:
-        row = []
-        for m in MODELS:
-            spe = [r["sec_per_epoch"] for r in cells.get((m, n), []) if r.get("sec_per_epoch")]
-            row.append(f"{statistics.mean(spe):.1f} s" if spe else "—")
-        lines.append(f"| s / epoch at {n} | " + " | ".join(row) + " |")
+        lines.append(f"| s / epoch at {n} | " + " | ".join(_cell_means(cells, n, "sec_per_epoch", "{:.1f} s")) + " |")
     row = []
     for m in MODELS:
         rates = [r["train_img_per_s"] for v in (cells.get((m, n), []) for n in SIZES) for r in v if r.get("train_img_per_s")]
@@ -410,11 +415,7 @@ def write_table(log: Log | None = None) -> None:
     lines += ["", "Wall time of a whole run (training, validation, test, start-up; mean over a cell's runs, seconds):",
               "", "| train samples | " + " | ".join(f"`{m}`" for m in MODELS) + " |", "|---|" + "---:|" * len(MODELS)]
     for n in SIZES:
-        row = []
-        for m in MODELS:
-            w = [r["wall_s"] for r in cells.get((m, n), []) if r.get("wall_s")]
-            row.append(f"{statistics.mean(w):.0f}" if w else "—")
-        lines.append(f"| {n} | " + " | ".join(row) + " |")
+        lines.append(f"| {n} | " + " | ".join(_cell_means(cells, n, "wall_s", "{:.0f}")) + " |")
 
     # Protocol and commands.
     lines += ["", "## Protocol", "",
