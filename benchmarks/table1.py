@@ -29,17 +29,12 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
-import platform
 import shlex
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _runs import ROOT, Log, cpu_name, git_commit, run_training, utc_today_at
 RESULTS = ROOT / "results" / "table1"
 RUNS = ROOT / "runs" / "table1"
 DOC = ROOT / "docs" / "table1.md"
@@ -122,30 +117,6 @@ def human_command(model: str, n: int, seed: int) -> str:
 # Logging and running
 
 
-class Log:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-
-    def __call__(self, message: str) -> None:
-        line = f"[{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z] {message}"
-        print(line, flush=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-
-def utc_today_at(hhmm: str | None) -> dt.datetime | None:
-    """``HH:MM`` (UTC) as the next such moment (today, or tomorrow if it has passed more than 12 h ago)."""
-    if not hhmm:
-        return None
-    hour, minute = (int(x) for x in hhmm.split(":"))
-    now = dt.datetime.now(dt.timezone.utc)
-    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if at < now - dt.timedelta(hours=12):
-        at += dt.timedelta(days=1)
-    return at
-
-
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -161,26 +132,6 @@ def best_epoch_of(run_dir: Path) -> int | None:
         return int(epoch) + 1 if epoch is not None else None
     except Exception:  # noqa: BLE001
         return None
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gdzoo", "configs/table1"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def collect_result(model: str, n: int, seed: int, run_dir: Path, wall_s: float, threads: int) -> dict:
@@ -227,7 +178,7 @@ def collect_result(model: str, n: int, seed: int, run_dir: Path, wall_s: float, 
         "cpu": cpu_name(),
         "threads": threads,
         "command": human_command(model, n, seed),
-        "git": git_commit(),
+        "git": git_commit(("gdzoo", "configs/table1")),
         "finished_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
     }
 
@@ -236,41 +187,9 @@ def run_cell(model: str, n: int, seed: int, log: Log, threads: int, kill_at: dt.
     """Run (or resume) one cell; returns 'done', 'failed' or 'killed'."""
     name = cell_name(model, n, seed)
     run_dir = RUNS / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    args = train_args(model, n, seed)
-    resumed = (run_dir / "last.pth").is_file()
-    if resumed:
-        args.append("--resume")
-    wall_file = run_dir / "grid_wall_s.json"  # wall time of earlier (interrupted) attempts
-    earlier = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "gdzoo", *args]
-    log(f"{'resume' if resumed else 'start '} {name}: {shlex.join(['gdzoo', *args])}")
-    t0 = time.perf_counter()
-    with open(run_dir / "train.log", "a", encoding="utf-8") as out:
-        out.write(f"\n=== {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%SZ} {shlex.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        killed = False
-        while proc.poll() is None:
-            if kill_at is not None and dt.datetime.now(dt.timezone.utc) >= kill_at:
-                log(f"kill   {name}: --kill-at reached; it resumes from its last checkpoint next time")
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                killed = True
-                break
-            time.sleep(2)
-    wall = earlier + time.perf_counter() - t0
-    wall_file.write_text(json.dumps({"wall_s": wall}) + "\n")
-    if killed:
-        return "killed"
-    if proc.returncode != 0 or not (run_dir / "final_metrics.json").is_file():
-        log(f"FAIL   {name}: exit {proc.returncode}; see {run_dir / 'train.log'}")
-        return "failed"
+    status, wall = run_training(train_args(model, n, seed), run_dir, name, log, threads, kill_at)
+    if status != "done":
+        return status
     result = collect_result(model, n, seed, run_dir, wall, threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -14,7 +14,7 @@ from PIL import Image
 from gdzoo.cli.main import main
 from gdzoo.layers import GDConv2d
 from gdzoo.training import load_recipe, train
-from gdzoo.training.tiling import axis_origins, predict_tiled
+from gdzoo.training.tiling import axis_origins, predict_tiled, whole_image_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 MONUSEG = Path("/work/shared/data/nuclei/monuseg2018")
@@ -57,6 +57,27 @@ def test_too_little_overlap_is_visible_and_bad_overlap_rejected() -> None:
     assert axis_origins(64, 64, 48) == [0] and axis_origins(100, 64, 48) == [0, 36]
 
 
+def test_whole_image_metrics_match_numpy_scores_of_one_forward_pass() -> None:
+    """Pooled pixel accuracy / Dice / IoU over two images of different sizes, against numpy on a whole-image forward."""
+    model = small_rf_model()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((150, 170), (96, 200))]
+    masks = [rng.integers(0, 2, im.shape[:2]) for im in images]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    got = whole_image_metrics(model, images, masks, mean, std, tile=64, overlap=12, batch_size=5)
+    preds = []
+    with torch.no_grad():
+        for im in images:
+            x = (torch.from_numpy(im).permute(2, 0, 1).float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+            preds.append(model(x[None])[0].argmax(0).numpy().ravel())
+    pred, truth = np.concatenate(preds), np.concatenate([m.ravel() for m in masks])
+    tp, fp, fn = np.sum((pred == 1) & (truth == 1)), np.sum((pred == 1) & (truth == 0)), np.sum((pred == 0) & (truth == 1))
+    assert got["pixels"] == truth.size
+    assert got["pixel_acc"] == pytest.approx(100 * np.mean(pred == truth), abs=1e-9)
+    assert got["dice"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=1e-9)
+    assert got["iou"] == pytest.approx(100 * tp / (tp + fp + fn), abs=1e-9)
+
+
 @needs_monuseg
 def test_predict_cli_segments_an_image_of_any_size(tmp_path: Path) -> None:
     image = Image.open(next((MONUSEG / "images").glob("*.png"))).crop((0, 0, 300, 200))
@@ -72,10 +93,12 @@ def test_predict_cli_segments_an_image_of_any_size(tmp_path: Path) -> None:
 def test_segmentation_training_run(tmp_path: Path) -> None:
     recipe = load_recipe(REPO / "configs" / "tiny_monuseg.yaml", [
         f"data.root={MONUSEG}", "data.train_subset=32", "data.val_size=1", "data.tile_stride=192", "data.test_subset=16",
-        f"output.dir={tmp_path}", "output.progress=false",
+        f"output.dir={tmp_path}", "output.progress=false", "data.full_image_overlap=32",
     ])
     result = train(recipe)
     assert {"pixel_acc", "dice", "iou"} <= set(result.metrics) and 0 <= result.metrics["dice"] <= 100
+    assert result.metrics["full_pixels"] == 8 * 1000 * 1000  # the 8 whole test images, not just the 16 tiles
+    assert 0 <= result.metrics["full_dice"] <= 100
     assert result.metrics["pixels"] == 16 * 64 * 64
     splits = json.loads((result.run_dir / "splits.json").read_text())
     assert len(splits["val"]) == 1 and len(splits["test"]) == 8

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.inference import class_names_for, load_trained_model
     from ..training.modeling import is_segmentation
     from ..training.recipes import DEFAULT_RECIPE
-    from ..training.trainer import eval_loader
+    from ..training.trainer import eval_loader, whole_image_scores
 
     try:
         model, run_recipe = load_trained_model(args.model, args.checkpoint, args.pretrained, args.num_classes)
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         classes = class_names_for(model, args.checkpoint, len(classes)) if classes[0].isdigit() else classes
     engine = Engine(model, model, None, None, build_criterion(task), info, task, args.amp)  # type: ignore[arg-type]
     metrics = engine.evaluate(model, eval_loader(dataset, recipe, info), classes, args.split)
+    metrics.update(whole_image_scores(model, dataset, recipe, info.device))
     print(format_metrics(metrics, f"{recipe.model.name if not args.model else args.model} {args.split}"))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

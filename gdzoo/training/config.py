@@ -79,6 +79,7 @@ class DataConfig:
     crop_pct: float | None = None
     tile_size: int = 128  # segmentation tiles
     tile_stride: int | None = None  # None: tile_size (non-overlapping grid)
+    full_image_overlap: int | None = None  # segmentation: also score the test images whole (tiled, this overlap)
     mask_mode: Literal["binary", "labels"] = "binary"
     num_classes: int = 2  # segmentation classes (binary masks: 2)
 

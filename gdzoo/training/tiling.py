@@ -7,13 +7,13 @@ radius is at most ``overlap // 2`` the result equals one forward pass over the w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["axis_origins", "predict_tiled"]
+__all__ = ["axis_origins", "predict_tiled", "whole_image_metrics"]
 
 
 def axis_origins(length: int, tile: int, stride: int) -> list[int]:
@@ -77,3 +77,36 @@ def predict_tiled(
             on_batch(len(chunk))
     assert total is not None
     return (total / weight)[:, :height, :width]
+
+
+@torch.no_grad()
+def whole_image_metrics(
+    model: nn.Module,
+    images: Sequence,
+    masks: Sequence,
+    mean: Sequence[float],
+    std: Sequence[float],
+    tile: int = 128,
+    overlap: int = 32,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    num_classes: int = 2,
+) -> dict:
+    """Pixel accuracy, Dice and IoU of ``predict_tiled`` over whole images, pooled over all their pixels.
+
+    ``images`` are ``(H, W, C)`` uint8 arrays and ``masks`` ``(H, W)`` integer label arrays (as held by
+    :class:`gdzoo.data.segmentation.SegmentationTiles`); this scores what a user of ``gdzoo predict`` gets,
+    not the fixed grid of tiles.
+    """
+    from ..data.seg_transforms import normalize
+    from .metrics import SegmentationMeter
+
+    meter = SegmentationMeter(num_classes)
+    was_training = model.training
+    model.eval()
+    for image, mask in zip(images, masks):
+        chw = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+        logits = predict_tiled(model, normalize(chw, mean, std), tile, overlap, batch_size, device)
+        meter.update(logits[None], torch.as_tensor(mask)[None])
+    model.train(was_training)
+    return meter.compute()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write, atomic_write_text
 from ..data.sampling import EpochSampler, SeededDataset
+from ..data.segmentation import SegmentationTiles
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import Recipe, recipe_sha256, recipe_to_yaml
 from .datasets import DataBundle, build_datasets, dataset_num_classes
@@ -32,6 +33,7 @@ from .freeze import apply_freeze
 from .modeling import count_trainable, create_model, is_segmentation, stem_gd_layer
 from .optim import create_optimizer, create_scheduler
 from .reporting import MetricsLog, format_summary, plot_curves, plot_segmentation_examples, scalar_metrics
+from .tiling import whole_image_metrics
 
 __all__ = ["TrainResult", "train", "set_determinism", "seed_everything"]
 
@@ -80,6 +82,18 @@ def eval_loader(dataset: Dataset, recipe: Recipe, info: DistInfo) -> DataLoader:
     sampler = EpochSampler(len(dataset), shuffle=False, rank=info.rank, world_size=info.world_size, pad=False)
     batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
     return _loader(dataset, batch, sampler, recipe.data.workers, info.device)
+
+
+def whole_image_scores(model: nn.Module, dataset: Dataset, recipe: Recipe, device: torch.device) -> dict[str, float]:
+    """``full_pixel_acc`` / ``full_dice`` / ``full_iou`` of a segmentation split's whole images (tiled, with
+    ``data.full_image_overlap``); empty when the recipe does not ask for them or the data is not image tiles."""
+    overlap = recipe.data.full_image_overlap
+    if overlap is None or not isinstance(dataset, SegmentationTiles):
+        return {}
+    batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
+    metrics = whole_image_metrics(model, dataset.images, dataset.masks, dataset.mean, dataset.std, dataset.tile,
+                                  overlap, batch, device, recipe.data.num_classes)
+    return {f"full_{k}": v for k, v in scalar_metrics(metrics).items()}
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -324,6 +338,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     final_split = "test" if bundle.test is not None else "val"
     final_set = bundle.test if bundle.test is not None else bundle.val
     final = engine.evaluate(eval_model, eval_loader(final_set, recipe, info), bundle.classes, final_split) if final_set is not None else {}
+    if info.is_primary and final_set is not None:
+        final.update(whole_image_scores(eval_model, final_set, recipe, info.device))
     result = TrainResult(run_dir, eval_model, final, log.rows() if info.is_primary else [], ckpt.best["epoch"])
     if info.is_primary:
         _finish(recipe, bundle, engine, result, final_split, metric, model_info, command, time.perf_counter() - t0)

@@ -1,0 +1,106 @@
+"""Shared by the table scripts: a timestamped log, UTC deadlines, and one resumable ``gdzoo train`` process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Log:
+    """Print a line with a UTC timestamp and append it to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        line = f"[{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z] {message}"
+        print(line, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def utc_today_at(hhmm: str | None) -> dt.datetime | None:
+    """``HH:MM`` (UTC) as the next such moment (today, or tomorrow if it has passed more than 12 h ago)."""
+    if not hhmm:
+        return None
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    now = dt.datetime.now(dt.timezone.utc)
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if at < now - dt.timedelta(hours=12):
+        at += dt.timedelta(days=1)
+    return at
+
+
+def git_commit(paths: tuple[str, ...] = ("gdzoo", "configs")) -> str | None:
+    """Short HEAD commit, with ``+dirty`` when ``paths`` have uncommitted changes."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: int, kill_at: dt.datetime | None) -> tuple[str, float]:
+    """Run ``gdzoo <args>`` (adding ``--resume`` when ``run_dir/last.pth`` exists), its output to ``run_dir/train.log``.
+
+    Returns ('done' | 'failed' | 'killed', wall seconds summed over this and earlier interrupted attempts).
+    At ``kill_at`` the process is stopped; it resumes from its last checkpoint next time.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = list(args)
+    resumed = (run_dir / "last.pth").is_file()
+    if resumed:
+        args.append("--resume")
+    wall_file = run_dir / "grid_wall_s.json"
+    earlier = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "gdzoo", *args]
+    log(f"{'resume' if resumed else 'start '} {name}: {shlex.join(['gdzoo', *args])}")
+    t0 = time.perf_counter()
+    killed = False
+    with open(run_dir / "train.log", "a", encoding="utf-8") as out:
+        out.write(f"\n=== {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%SZ} {shlex.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            if kill_at is not None and dt.datetime.now(dt.timezone.utc) >= kill_at:
+                log(f"kill   {name}: --kill-at reached; it resumes from its last checkpoint next time")
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                killed = True
+                break
+            time.sleep(2)
+    wall = earlier + time.perf_counter() - t0
+    wall_file.write_text(json.dumps({"wall_s": wall}) + "\n")
+    if killed:
+        return "killed", wall
+    if proc.returncode != 0 or not (run_dir / "final_metrics.json").is_file():
+        log(f"FAIL   {name}: exit {proc.returncode}; see {run_dir / 'train.log'}")
+        return "failed", wall
+    return "done", wall
