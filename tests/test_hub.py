@@ -60,7 +60,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HubFolder]:
         torch.manual_seed(1)
         model = timm.create_model(name)
         folders[name] = export_hub_folder(
-            model, "test", root, org=ORG, metrics={"top1": 12.5}, command="gdzoo train", datasets=["fashion_mnist"]
+            model, "test", root, org=ORG, metrics={"test/top1": 12.5, "val/top1": 14.25}, command="gdzoo train",
+            datasets=["fashion_mnist"]
         )
     return folders
 
@@ -92,6 +93,20 @@ def test_export_writes_timm_hub_format(exported: dict[str, HubFolder]) -> None:
         assert needle in card
     assert verify_folder(folder, org=ORG) == []
     assert not list(folder.path.parent.glob(".*")), "no temporary files left beside the folder"
+
+
+def test_card_metrics_are_the_hubs_model_index(exported: dict[str, HubFolder]) -> None:
+    """huggingface_hub's own ModelCard parser reads the card's results (what the Hub shows as evaluation results)."""
+    from huggingface_hub import ModelCard
+
+    from gdzoo.hub.card import card_metrics
+
+    text = (exported["gd_fmnist"].path / "README.md").read_text()
+    results = ModelCard(text).data.eval_results
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in results}
+    assert got == {("test", "top1"): 12.5, ("val", "top1"): 14.25}
+    assert {r.task_type for r in results} == {"image-classification"} and {r.dataset_type for r in results} == {"fashion_mnist"}
+    assert card_metrics(text) == {"test/top1": 12.5, "val/top1": 14.25}
 
 
 def test_seeded_cache_offline_loads_through_timm_and_torch_hub(exported: dict[str, HubFolder], tmp_path: Path) -> None:

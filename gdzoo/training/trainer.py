@@ -347,6 +347,12 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     return result
 
 
+def _selection_note(bundle: DataBundle, result: TrainResult, metric: str) -> str:
+    """Which weights a run kept: the best validation epoch, or the last epoch when there is no validation split."""
+    epoch = result.best_epoch + 1 if result.best_epoch is not None else "?"
+    return f"best epoch {epoch} by validation {metric}" if bundle.val is not None else f"weights of the last epoch, {epoch}; no validation split"
+
+
 def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainResult, split: str, metric: str,
             model_info: dict[str, Any], command: str, elapsed: float) -> None:
     """Rank 0: final metrics file, plots, export and the summary table."""
@@ -366,8 +372,8 @@ def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainRes
             model, recipe.output.export_tag or (recipe.output.name or recipe.name).replace(".", "_"), recipe.output.export_root,
             org=recipe.output.org, metrics=card_metrics, command=command, config_sha256=recipe_sha256(recipe),
             datasets=bundle.names, license=recipe.output.license,
-            description=(f"`{recipe.model.name}` trained with `gdzoo train` (best epoch {result.best_epoch + 1 if result.best_epoch is not None else '?'} "
-                         f"by validation {metric}). Recipe:\n\n```yaml\n{recipe_to_yaml(recipe)}```"),
+            description=f"`{recipe.model.name}` trained with `gdzoo train` ({_selection_note(bundle, result, metric)}). "
+                        f"Recipe:\n\n```yaml\n{recipe_to_yaml(recipe)}```",
         )
         result.export_dir = folder.path
         notes.append(("exported", str(folder.path)))
