@@ -11,13 +11,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from _paths import MONUSEG, REPO
 from gdzoo.cli.main import main
 from gdzoo.layers import GDConv2d
 from gdzoo.training import load_recipe, train
 from gdzoo.training.tiling import axis_origins, predict_tiled, whole_image_metrics
 
-REPO = Path(__file__).resolve().parents[1]
-MONUSEG = Path("/work/shared/data/nuclei/monuseg2018")
 needs_monuseg = pytest.mark.skipif(not (MONUSEG / "images").is_dir(), reason="MoNuSeg data not installed")
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from _paths import MONUSEG
 from gdzoo.data.sampling import SeededDataset, sample_seed
 from gdzoo.data.seg_transforms import PairedAugment
 from gdzoo.data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs, tile_origins
 
-MONUSEG = Path("/work/shared/data/nuclei/monuseg2018")
 pytestmark = pytest.mark.skipif(not (MONUSEG / "images").is_dir(), reason="MoNuSeg data not installed")
 TEST_IDS = {"TCGA-21-5786", "TCGA-50-5931", "TCGA-AR-A1AK", "TCGA-E2-A1B5", "TCGA-B0-5698", "TCGA-B0-5711", "TCGA-CH-5767", "TCGA-G9-6362"}
 

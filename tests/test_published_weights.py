@@ -1,0 +1,99 @@
+"""Every published ``weights/<model>.<tag>/`` folder, loaded as a user would (``timm.create_model(name, pretrained=True)``
+from a seeded Hugging Face cache, offline), reproduces the number its model card states.
+
+The evaluation here is written independently of gdzoo's training code: the Fashion-MNIST idx files are parsed
+with numpy and top-1 counted directly; MoNuSeg Dice is pooled over the test images' pixels with numpy from
+the tiled whole-image prediction (``predict_tiled``, itself checked against a whole-image forward pass).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from _paths import MONUSEG, REPO
+from gdzoo.data.fashion_mnist import find_fashion_mnist
+from gdzoo.hub import HubFolder, seed_cache
+from gdzoo.hub.card import card_metrics
+from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
+
+TOLERANCE = 0.05  # percentage points
+
+FMNIST_TOP1 = """
+import gzip, json, sys
+import numpy as np, torch, timm, gdzoo
+torch.set_num_threads(1)
+name, root = sys.argv[1], sys.argv[2]
+model = timm.create_model(name, pretrained=True).eval()
+def idx(path, offset):
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+images = idx(f"{root}/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
+labels = idx(f"{root}/t10k-labels-idx1-ubyte.gz", 8)
+mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, -1, 1, 1)
+std = torch.tensor(model.pretrained_cfg["std"]).view(1, -1, 1, 1)
+correct = 0
+with torch.no_grad():
+    for i in range(0, len(labels), 1000):
+        x = (torch.from_numpy(images[i:i + 1000].copy()).float() / 255 - mean) / std
+        correct += int((model(x).argmax(1).numpy() == labels[i:i + 1000]).sum())
+print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels))}))
+"""
+
+MONUSEG_DICE = """
+import csv, json, sys
+import numpy as np, torch, timm, gdzoo
+from PIL import Image
+from gdzoo.training.tiling import predict_tiled
+torch.set_num_threads(1)
+name, root = sys.argv[1], sys.argv[2]
+model = timm.create_model(name, pretrained=True).eval()
+mean = torch.tensor(model.pretrained_cfg["mean"]).view(-1, 1, 1)
+std = torch.tensor(model.pretrained_cfg["std"]).view(-1, 1, 1)
+with open(f"{root}/index.csv") as f:
+    test_ids = [row["id"] for row in csv.DictReader(f) if row["split_suggestion"] == "test"]
+tp = fp = fn = 0
+for image_id in test_ids:
+    rgb = np.array(Image.open(f"{root}/images/{image_id}.png").convert("RGB"))
+    truth = np.array(Image.open(f"{root}/masks/{image_id}.png")) > 127
+    x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
+    pred = predict_tiled(model, x, tile=128, overlap=32, batch_size=16).argmax(0).numpy() > 0
+    tp += int((pred & truth).sum()); fp += int((pred & ~truth).sum()); fn += int((~pred & truth).sum())
+print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids)}))
+"""
+
+# tag -> (the card metric that is recomputed, evaluation program, its data folder)
+EVALUATIONS = {
+    "fmnist": ("test/top1", FMNIST_TOP1, lambda: find_fashion_mnist()),
+    "monuseg": ("test/full_dice", MONUSEG_DICE, lambda: MONUSEG if (MONUSEG / "index.csv").is_file() else None),
+}
+
+
+def test_every_published_tag_has_an_evaluation() -> None:
+    assert {name.split(".", 1)[1] for name in PUBLISHED_WEIGHTS} <= set(EVALUATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_WEIGHTS))
+def test_published_weights_reproduce_their_card(name: str, tmp_path) -> None:
+    folder = HubFolder.open(REPO / "weights" / name)
+    metric, program, data = EVALUATIONS[folder.tag]
+    try:
+        root = data()
+    except FileNotFoundError:
+        root = None
+    if root is None:
+        pytest.skip(f"evaluation data for '{folder.tag}' is not installed")
+    stated = card_metrics((folder.path / "README.md").read_text())[metric]
+    cache = tmp_path / "hub-cache"
+    seed_cache(folder, cache_dir=cache)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("GDZOO_HF_ORG", None)
+    proc = subprocess.run([sys.executable, "-c", program, name, str(root)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["value"] == pytest.approx(stated, abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
