@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_shipped_recipe_loads() -> None:
-    configs = sorted((REPO / "configs").glob("*.yaml"))
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
     assert {"fmnist_default.yaml", "tiny_fmnist.yaml"} <= {p.name for p in configs}
     for path in configs:
         load_recipe(path)
