@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from gdzoo.cli.main import main
 from gdzoo.data import load_fashion_mnist
 from gdzoo.hub import HubFolder
+from gdzoo.hub.card import card_metrics
 from gdzoo.training import load_recipe, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", [
         "model.name=gd_fmnist", "data.train_subset=1200", "data.val_size=500", "data.test_subset=1000", "data.batch_size=32",
         "optim.lr=0.02", "train.epochs=2", f"output.dir={out}", "output.export=true", "output.export_tag=test",
-        f"output.export_root={out / 'weights'}", "output.progress=false",
+        f"output.export_root={out / 'weights'}", "output.progress=false", "output.card_note=Data note (test subset).",
     ])
     return train(recipe, command="gdzoo train -c configs/tiny_fmnist.yaml (test)"), out
 
@@ -58,6 +59,8 @@ def test_best_checkpoint_exported_to_hub_folder(run) -> None:
     assert result.export_dir == folder.path
     card = (folder.path / "README.md").read_text()
     assert "test/top1" in card and "train_subset: 1200" in card and "gdzoo train" in card
+    assert "best epoch" in card and "by validation top1" in card and "Data note (test subset)." in card
+    assert card_metrics(card) == {f"test/{k}": round(v, 2) for k, v in result.metrics.items() if k in ("top1", "top5", "loss", "mean_class_acc")}
     exported = load_file(folder.path / "model.safetensors")
     best = load_file(result.run_dir / "best.safetensors")
     assert exported.keys() == best.keys() and all(torch.equal(exported[k], best[k]) for k in best)

@@ -162,6 +162,7 @@ class OutputConfig:
     export_root: str = "weights"
     org: str | None = None
     license: str | None = None
+    card_note: str | None = None  # extra model-card text, e.g. the training data's source, licence and citation
 
 
 @dataclass

@@ -373,7 +373,8 @@ def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainRes
             org=recipe.output.org, metrics=card_metrics, command=command, config_sha256=recipe_sha256(recipe),
             datasets=bundle.names, license=recipe.output.license,
             description=f"`{recipe.model.name}` trained with `gdzoo train` ({_selection_note(bundle, result, metric)}). "
-                        f"Recipe:\n\n```yaml\n{recipe_to_yaml(recipe)}```",
+                        + (f"{recipe.output.card_note.strip()}\n\n" if recipe.output.card_note else "")
+                        + f"Recipe:\n\n```yaml\n{recipe_to_yaml(recipe)}```",
         )
         result.export_dir = folder.path
         notes.append(("exported", str(folder.path)))
