@@ -39,6 +39,11 @@ class GdVGG(VGG):
         self.features[0] = GDConv2d(first.in_channels, first.out_channels, 3, padding=1, **stem_args, **factory)
 
 
+def _filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm's VGG filter (torchvision ``classifier.*`` -> ``pre_logits`` / ``head``); it takes no model argument."""
+    return _vgg_filter_fn(state_dict)
+
+
 def _create_gd_vgg(variant: str, pretrained: bool, **kwargs: Any) -> GdVGG:
     """Mirror of ``timm.models.vgg._create_vgg`` (same model cfg, feature cfg and filter) for GdVGG.
 
@@ -52,7 +57,7 @@ def _create_gd_vgg(variant: str, pretrained: bool, **kwargs: Any) -> GdVGG:
         pretrained,
         model_cfg=vgg_cfgs[cfg],
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        pretrained_filter_fn=_vgg_filter_fn,
+        pretrained_filter_fn=_filter_fn,
         **kwargs,
     )
 
