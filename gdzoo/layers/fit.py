@@ -361,7 +361,7 @@ def fit_gd_kernel(
         fixed = [x[0] for x in starts]
         extra = _subspace_start(moment, orders, order, kernel_size, sigma_min, fixed, trainable,
                                 subspace_candidates, steps, gen)
-        params = [torch.cat([x.detach(), e.unsqueeze(0)], 0).requires_grad_(x.requires_grad) for x, e in zip(params, extra)]
+        params = [torch.cat([x.detach(), e.detach().unsqueeze(0)], 0).requires_grad_(x.requires_grad) for x, e in zip(params, extra)]
     _adam(params, residual, steps, lr)
     with torch.no_grad():
         best = residual(*params).argmin(0)  # (B,) best restart of every basis
@@ -483,6 +483,7 @@ def fit_gdconv_(
     restarts: int = 8,
     steps: int = 300,
     polish_steps: int = 100,
+    subspace_candidates: int = 32,
     seed: int = 0,
 ) -> FitReport:
     """Fit ``gd`` in place to the free-form ``weight`` / ``bias`` and report the errors.
@@ -512,7 +513,7 @@ def fit_gdconv_(
     fit = fit_gd_kernel(
         weight.cpu(), gd.num_bases, gd.order, sigma_min=gd.sigma_min, trainable=tuple(gd.trainable),
         init=None if set(gd.trainable) == set(GEOMETRY_NAMES) else tuple(t.cpu() for t in init),
-        restarts=restarts, steps=steps, polish_steps=polish_steps, seed=seed,
+        restarts=restarts, steps=steps, polish_steps=polish_steps, subspace_candidates=subspace_candidates, seed=seed,
     )
     with torch.no_grad():
         gd.sigma_raw.copy_(fit.sigma_raw)

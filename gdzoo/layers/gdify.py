@@ -20,7 +20,7 @@ from .gd_conv import GDConv2d
 
 __all__ = ["conv_to_gd", "gdify", "select_convs", "unsupported_reason"]
 
-FIT_OPTIONS = ("images", "refine_steps", "refine_lr", "restarts", "steps", "polish_steps", "seed")
+FIT_OPTIONS = ("images", "refine_steps", "refine_lr", "restarts", "steps", "polish_steps", "subspace_candidates", "seed")
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
@@ -97,7 +97,7 @@ def conv_to_gd(conv: nn.Conv2d, fit: bool = True, **kwargs: Any) -> tuple[GDConv
 
     ``kwargs``: GDConv2d options (``num_bases``, ``order``, ``separated``, ``trainable``,
     ``sigma_min``, ``impl``, ...) and fit options (``images``, ``refine_steps``, ``refine_lr``,
-    ``restarts``, ``steps``, ``polish_steps``, ``seed``).
+    ``restarts``, ``steps``, ``polish_steps``, ``subspace_candidates``, ``seed``).
 
     Example:
         >>> conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)

@@ -1,0 +1,91 @@
+"""Fitting a GDConv2d to free-form filters: exact recovery of GD-generated kernels, real ImageNet filters, output refinement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gdzoo import GDConv2d
+from gdzoo.layers.fit import combination_lstsq, fit_gd_kernel, fit_gdconv_, natural_images, subspace_bound
+
+STEM = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet_stem"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def squeezenet_stem() -> tuple[torch.Tensor, torch.Tensor]:
+    if not (STEM / "squeezenet1_1_conv1_weight.npy").is_file():
+        pytest.skip(f"real ImageNet filters not found in {STEM}")
+    return (torch.from_numpy(np.load(STEM / "squeezenet1_1_conv1_weight.npy")),
+            torch.from_numpy(np.load(STEM / "squeezenet1_1_conv1_bias.npy")))
+
+
+@pytest.mark.parametrize("kernel_size, sigma", [(5, (1.0, 1.4)), (3, (0.7, 0.9))])
+def test_recovers_a_gd_generated_kernel(kernel_size: int, sigma: tuple[float, float]) -> None:
+    torch.manual_seed(0)
+    source = GDConv2d(3, 8, kernel_size, bias=False, num_bases=2, order=2, init="fixed", sigma_init=sigma, mu_init=(0.3, -0.2),
+                      theta_init=0.5)
+    target = source.dense_weight().detach()
+    gd = GDConv2d(3, 8, kernel_size, bias=False, num_bases=2, order=2)  # random geometry: nothing shared with the source
+    report = fit_gdconv_(gd, target)
+    assert report.kernel_error < 5e-4
+    independent = (gd.dense_weight().detach() - target).norm() / target.norm()
+    assert float(independent) == pytest.approx(report.kernel_error, rel=1e-3, abs=1e-6)
+
+
+def test_real_imagenet_filters(squeezenet_stem) -> None:
+    weight, bias = squeezenet_stem
+    gd = GDConv2d(3, 64, 3, stride=2, padding=1, num_bases=16, order=2)
+    images = natural_images(8, 3, 32, seed=1)
+    report = fit_gdconv_(gd, weight, bias, images=images, refine_steps=40, restarts=2, steps=150, polish_steps=50)
+    # measured 0.035 (SVD bound 0.031) before refinement, see docs/convert.md; refinement trades kernel for output error
+    assert report.subspace_bound == pytest.approx(0.0306, abs=2e-3)
+    assert report.output_error_kernel_fit < 0.08
+    assert report.output_error <= report.output_error_kernel_fit
+    reference = F.conv2d(images, weight, bias, stride=2, padding=1)
+    with torch.no_grad():
+        measured = (gd(images) - reference).norm() / (reference - bias.view(1, -1, 1, 1)).norm()
+    assert float(measured) == pytest.approx(report.output_error, rel=1e-3)
+    assert len(report.kernel_error_per_channel) == 64 and torch.equal(gd.bias.detach(), gd.bias.detach())
+
+
+def test_real_filters_kernel_space_per_order(squeezenet_stem) -> None:
+    weight, _ = squeezenet_stem
+    fit2 = fit_gd_kernel(weight, num_bases=16, order=2, restarts=2, steps=150, polish_steps=50)
+    assert subspace_bound(weight, 16, 6) - 1e-6 <= fit2.kernel_error < 0.045  # measured 0.034 (docs/convert.md)
+    fit3 = fit_gd_kernel(weight, num_bases=16, order=3, restarts=1, steps=100, polish_steps=0, subspace_candidates=0)
+    assert fit3.kernel_error < 1e-3  # N = 10 >= 9 taps: exact up to the ridge
+
+
+def test_combination_lstsq_is_exact_for_a_known_basis() -> None:
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
+    coef = torch.randn(8, 2, 6, generator=gen, dtype=torch.float64)
+    weight = torch.einsum("bjin,bnhw->bjihw", coef.view(4, 2, 2, 6), basis).reshape(8, 2, 5, 5)
+    assert torch.allclose(combination_lstsq(weight, basis), coef, atol=1e-6)
+
+
+def test_separated_layer_gets_a_rank_one_split() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    gd = GDConv2d(3, 8, 3, padding=1, num_bases=2, order=2, separated=True)
+    report = fit_gdconv_(gd, conv.weight, conv.bias, restarts=2, steps=50, polish_steps=0)
+    assert report.settings["separated"] and 0 < report.kernel_error <= 1.0
+    assert float((gd.dense_weight() - conv.weight).detach().norm() / conv.weight.detach().norm()) == pytest.approx(report.kernel_error, rel=1e-4)
+
+
+def test_clear_errors() -> None:
+    gd = GDConv2d(3, 8, 3, num_bases=2, order=2)
+    with pytest.raises(ValueError, match=r"weight has shape \(8, 3, 5, 5\), the GDConv2d expects \(8, 3, 3, 3\)"):
+        fit_gdconv_(gd, torch.randn(8, 3, 5, 5), torch.zeros(8))
+    with pytest.raises(ValueError, match="bias mismatch"):
+        fit_gdconv_(gd, torch.randn(8, 3, 3, 3), None)
+    with pytest.raises(ValueError, match="num_bases .3. must divide"):
+        fit_gd_kernel(torch.randn(8, 3, 3, 3), num_bases=3, order=2)
+    with pytest.raises(ValueError, match="pass its values through init"):
+        fit_gd_kernel(torch.randn(8, 3, 3, 3), num_bases=2, order=2, trainable=("sigma",))
