@@ -8,7 +8,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "sha256_file"]
+__all__ = ["atomic_write", "atomic_write_text", "sha256_file", "use_default_permissions"]
+
+
+def use_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile`` (mode 0600 / 0700) the mode a plain ``open`` / ``mkdir`` gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -24,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        use_default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -93,6 +93,10 @@ def test_export_writes_timm_hub_format(exported: dict[str, HubFolder]) -> None:
         assert needle in card
     assert verify_folder(folder, org=ORG) == []
     assert not list(folder.path.parent.glob(".*")), "no temporary files left beside the folder"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in [folder.path, *folder.path.iterdir()]} == {
+        p.name: oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in [folder.path, *folder.path.iterdir()]}
 
 
 def test_card_metrics_are_the_hubs_model_index(exported: dict[str, HubFolder]) -> None:

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf
 
 from .. import __version__
-from .._io import atomic_write_text
+from .._io import atomic_write_text, use_default_permissions
 from .card import render_model_card
 from .layout import WEIGHTS_FILE, HubFolder, default_org
 
@@ -22,6 +22,8 @@ __all__ = ["export_hub_folder"]
 
 def _swap_into_place(tmp_dir: Path, final_dir: Path) -> None:
     """Replace ``final_dir`` by ``tmp_dir`` so readers never see a half-written folder."""
+    for path in [tmp_dir, *tmp_dir.iterdir()]:
+        use_default_permissions(path)  # tempfile made them private; a published folder is not
     old = final_dir.with_name(f".{final_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final_dir.exists():
