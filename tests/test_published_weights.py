@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from _paths import MONUSEG, REPO
 from gdzoo.data.fashion_mnist import find_fashion_mnist
@@ -97,3 +99,26 @@ def test_published_weights_reproduce_their_card(name: str, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["value"] == pytest.approx(stated, abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PUBLISHED_WEIGHTS if n.endswith(".monuseg")))
+def test_predict_cli_with_pretrained_segments_real_nuclei(name: str, tmp_path) -> None:
+    """``gdzoo predict --model M --pretrained`` as a user runs it (offline, seeded cache, no weights/ in the cwd)."""
+    if not (MONUSEG / "index.csv").is_file():
+        pytest.skip("MoNuSeg data not installed")
+    image_id = "TCGA-21-5786-01Z-00-DX1"  # an index.csv test image
+    Image.open(MONUSEG / "images" / f"{image_id}.png").crop((100, 50, 400, 470)).save(tmp_path / "crop.png")
+    cache = tmp_path / "hub-cache"
+    seed_cache(HubFolder.open(REPO / "weights" / name), cache_dir=cache)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("GDZOO_HF_ORG", None)
+    proc = subprocess.run([sys.executable, "-m", "gdzoo", "predict", "--model", name.split(".")[0], "--pretrained",
+                           str(tmp_path / "crop.png"), "-o", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mask = np.array(Image.open(tmp_path / "out" / "crop_mask.png")) > 127
+    truth = np.array(Image.open(MONUSEG / "masks" / f"{image_id}.png").crop((100, 50, 400, 470))) > 127
+    assert mask.shape == truth.shape == (420, 300)
+    assert Image.open(tmp_path / "out" / "crop_overlay.png").size == (300, 420)
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.6, f"Dice {dice:.3f} on a real test crop"
