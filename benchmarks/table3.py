@@ -98,7 +98,7 @@ def write_figure(results: dict[str, dict], log: Log | None = None, crop: int = 2
     root = ROOT / "../shared/data/nuclei/monuseg2018"
     ids = results["gd_unet"]["splits"]["test"][:rows]
     fig, axes = plt.subplots(len(ids), 4, figsize=(12, 3 * len(ids)), squeeze=False)
-    for row, image_id in zip(axes, ids):
+    for r, (row, image_id) in enumerate(zip(axes, ids)):
         with Image.open(root / "images" / f"{image_id}.png") as img:
             rgb = np.array(img.convert("RGB"))
         with Image.open(root / "masks" / f"{image_id}.png") as img:
@@ -112,7 +112,7 @@ def write_figure(results: dict[str, dict], log: Log | None = None, crop: int = 2
         titles = ["input", "ground truth", NAMES["unet5"], NAMES["gd_unet"]]
         for ax, panel, title in zip(row, panels, titles):
             ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray")
-            ax.set_title(title if row is axes[0] else "", fontsize=10)
+            ax.set_title(title if r == 0 else "", fontsize=10)
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(image_id[:12], fontsize=8)
