@@ -46,7 +46,7 @@ __all__ = [
 ORG_ENV = "GDZOO_HF_ORG"
 
 # '<model>.<tag>' of every weights/<model>.<tag>/ folder published to the Hub (tests keep the two equal).
-PUBLISHED_WEIGHTS: frozenset[str] = frozenset({"ff_fmnist.fmnist", "gd_fmnist.fmnist", "gd_unet.monuseg", "rfnn_fmnist.fmnist", "unet5.monuseg"})
+PUBLISHED_WEIGHTS: frozenset[str] = frozenset({"ff_fmnist.fmnist", "gd_fmnist.fmnist", "gd_fmnist_sep.fmnist", "gd_unet.monuseg", "rfnn_fmnist.fmnist", "unet5.monuseg"})
 
 
 def default_org() -> str:
