@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..layers import GDConv2d
 from ..layers.fit import FitReport, fit_gdconv_, natural_images, relative_error
-from ..layers.gdify import unsupported_reason
+from ..layers.gdify import first_conv_names, unsupported_reason
 from .export import export_hub_folder
 from .layout import HubFolder
 
@@ -80,8 +80,7 @@ class ConvertReport:
 
 def stem_name(model: nn.Module) -> str:
     """The module named by ``pretrained_cfg['first_conv']`` (the first one if several)."""
-    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
-    names = [first] if isinstance(first, str) else list(first or ())
+    names = first_conv_names(model)
     if not names:
         raise ValueError(f"{type(model).__name__} has no pretrained_cfg['first_conv']: cannot tell which layer is the stem")
     return names[0]

@@ -18,7 +18,7 @@ import torch.nn as nn
 from .fit import FitReport, fit_gdconv_
 from .gd_conv import GDConv2d
 
-__all__ = ["conv_to_gd", "gdify", "select_convs", "unsupported_reason"]
+__all__ = ["conv_to_gd", "first_conv_names", "gdify", "select_convs", "unsupported_reason"]
 
 FIT_OPTIONS = ("images", "refine_steps", "refine_lr", "restarts", "steps", "polish_steps", "subspace_candidates", "seed")
 
@@ -50,6 +50,12 @@ def unsupported_reason(module: nn.Module) -> str | None:
     return None
 
 
+def first_conv_names(model: nn.Module) -> list[str]:
+    """The module names in timm's ``pretrained_cfg['first_conv']`` (a name or a tuple of names); empty if none."""
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    return [first] if isinstance(first, str) else list(first or ())
+
+
 def select_convs(model: nn.Module, layers: str | Sequence[str] = "stem") -> list[str]:
     """Names of the modules ``layers`` selects.
 
@@ -69,11 +75,8 @@ def select_convs(model: nn.Module, layers: str | Sequence[str] = "stem") -> list
             raise ValueError(f"layers names {missing} are not modules of {type(model).__name__}")
         return names
     if layers == "stem":
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        first = cfg.get("first_conv")
-        firsts = [first] if isinstance(first, str) else list(first or ())
         named = dict(model.named_modules())
-        firsts = [f for f in firsts if f in named and isinstance(named[f], nn.Conv2d)]
+        firsts = [f for f in first_conv_names(model) if f in named and isinstance(named[f], nn.Conv2d)]
         if firsts:
             return firsts[:1]
         plain = [n for n in convs if isinstance(named[n], nn.Conv2d)]
