@@ -1,0 +1,63 @@
+"""The Table-1 scripts' commands resolve to the recipes docs/table1.md describes (checked through `gdzoo train --print-config`)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from _paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import table1  # noqa: E402
+import table1_variants  # noqa: E402
+
+from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+
+
+def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.chdir(REPO)  # the scripts name recipes relative to the repository root
+    assert gdzoo_main([*args, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(("n", "steps_per_epoch", "epochs"), [(1000, 32, 188), (5000, 157, 39), (10000, 313, 30), (30000, 938, 30), (60000, 1875, 30)])
+def test_schedule_rule(n: int, steps_per_epoch: int, epochs: int) -> None:
+    """epochs = max(30, ceil(6000 / ceil(n / 32))), warmup = 200 steps, as the doc says."""
+    s = table1.schedule(n)
+    assert (s["steps_per_epoch"], s["epochs"]) == (steps_per_epoch, epochs)
+    assert s["warmup_epochs"] * steps_per_epoch == pytest.approx(200, abs=1e-3)
+
+
+def test_subset_cell_selects_on_validation(capsys, monkeypatch) -> None:
+    cfg = resolved(table1.train_args("gd_fmnist_sep", 5000, 2), capsys, monkeypatch)
+    assert cfg["model"]["name"] == "gd_fmnist_sep"
+    assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["split_seed"]) == (5000, 5000, 2)
+    assert (cfg["train"]["seed"], cfg["train"]["epochs"], cfg["data"]["batch_size"]) == (2, 39, 32)
+    assert cfg["output"]["name"] == "table1/gd_fmnist_sep_5000_s2" and not cfg["output"]["export"]
+    assert not cfg["augment"]["enabled"] and cfg["optim"]["weight_decay"] == 0
+
+
+def test_full_cell_trains_on_everything_and_exports(capsys, monkeypatch) -> None:
+    cfg = resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)
+    assert cfg["data"]["train_subset"] is None and cfg["data"]["val_size"] == 0
+    assert cfg["output"]["export"] and cfg["output"]["export_tag"] == "fmnist"
+    assert not resolved(table1.train_args("gd_fmnist_few", 60000, 0), capsys, monkeypatch)["output"]["export"]
+
+
+def test_variant_changes_only_its_overrides(capsys, monkeypatch) -> None:
+    base = resolved(table1.train_args("rfnn_fmnist", 10000, 0), capsys, monkeypatch)
+    aug = resolved(table1_variants.variant_args("augment", "rfnn_fmnist", 10000, 0), capsys, monkeypatch)
+    assert aug["output"]["name"] == "table1_variants/augment/rfnn_fmnist_10000_s0"
+    assert aug["augment"]["enabled"] and aug["augment"]["scale"] == [0.8, 1.0] and aug["augment"]["hflip"] == 0.5
+    for section in ("model", "data", "sched", "train", "optim"):
+        assert aug[section] == base[section], section
+    wd = resolved(table1_variants.variant_args("weight_decay", "rfnn_fmnist", 10000, 0), capsys, monkeypatch)
+    assert (wd["optim"]["opt"], wd["optim"]["weight_decay"]) == ("adamw", 0.05)
+    assert wd["data"] == base["data"] and wd["augment"] == base["augment"]
+
+
+def test_variants_refuse_the_full_training_set() -> None:
+    with pytest.raises(ValueError, match="below 60000"):
+        table1_variants.variant_args("augment", "gd_fmnist", 60000, 0)
