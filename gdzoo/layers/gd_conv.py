@@ -24,7 +24,7 @@ from .gd_functional import (
     path_costs,
 )
 
-__all__ = ["GDConv2d", "GEOMETRY_NAMES", "IMPLS"]
+__all__ = ["GDConv2d", "GEOMETRY_NAMES", "IMPLS", "no_weight_decay_names"]
 
 GEOMETRY_NAMES = ("sigma", "mu", "theta")
 IMPLS = ("auto", "dense", "basis", "factorized")
@@ -398,3 +398,19 @@ class GDConv2d(nn.Module):
         if self.impl != "auto":
             s += f", impl={self.impl!r}"
         return s
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Full names of the σ, μ, θ parameters of every GDConv2d in ``module``: the set for timm's ``no_weight_decay()``.
+
+    Decay would pull σ towards ``sigma_min + softplus(0)``, μ to the kernel centre and θ to 0: a prior on the
+    kernels' geometry, not a penalty on their magnitude, so (like timm's position embeddings) they are left out.
+
+    Examples:
+        >>> net = nn.Sequential(GDConv2d(1, 4, 5), nn.ReLU())
+        >>> sorted(no_weight_decay_names(net))
+        ['0.mu_raw', '0.sigma_raw', '0.theta_raw']
+    """
+    return {f"{prefix}.{name}_raw" if prefix else f"{name}_raw"
+            for prefix, m in module.named_modules() if isinstance(m, GDConv2d) for name in GEOMETRY_NAMES}
+

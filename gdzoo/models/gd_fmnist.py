@@ -35,7 +35,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from ..layers import GDConv2d
+from ..layers import GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
 from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
@@ -145,6 +145,11 @@ class FmnistNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for layer-wise LR decay: the stem, then one group per stage."""
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay: the GD kernels' σ, μ, θ."""
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -41,7 +41,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
-from ..layers import GDConv2d
+from ..layers import GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
 from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
@@ -187,6 +187,11 @@ class UNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups: first level, encoder levels, then decoder levels (deepest first)."""
         return dict(stem=r"^encoder\.0\.", blocks=r"^encoder\.(\d+)", decoder=r"^decoder\.(\d+)")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay: the GD kernels' σ, μ, θ."""
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

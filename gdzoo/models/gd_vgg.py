@@ -19,7 +19,7 @@ from timm.models.vgg import VGG
 from timm.models.vgg import _filter_fn as _vgg_filter_fn
 from timm.models.vgg import cfgs as vgg_cfgs
 
-from ..layers import GDConv2d
+from ..layers import GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
 from .pretrained import build_gd_model
 
@@ -37,6 +37,11 @@ class GdVGG(VGG):
         factory = {"device": first.weight.device, "dtype": first.weight.dtype}
         stem_args = {**GD_STEM_ARGS, **(gd_stem_args or {})}
         self.features[0] = GDConv2d(first.in_channels, first.out_channels, 3, padding=1, **stem_args, **factory)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay: the GD kernels' σ, μ, θ."""
+        return no_weight_decay_names(self)
 
 
 def _filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

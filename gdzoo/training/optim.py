@@ -16,17 +16,23 @@ import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..layers import no_weight_decay_names
 from .config import OptimConfig, SchedConfig
 
 __all__ = ["LrSchedule", "create_optimizer", "create_scheduler", "cosine_decay", "build_schedule"]
 
 
 def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer over the model's trainable parameters (no decay on biases / norms, timm-style)."""
+    """The optimizer over the model's trainable parameters.
+
+    With ``no_decay_bias_norm`` (the default), timm's grouping: no decay on biases, norms, the model's
+    ``no_weight_decay()`` names and the σ, μ, θ of every GDConv2d (also in models gdzoo did not build).
+    """
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters (check train.freeze / train.freeze_patterns)")
     if cfg.weight_decay and cfg.no_decay_bias_norm:
-        params = param_groups_weight_decay(model, cfg.weight_decay)
+        skip = set(getattr(model, "no_weight_decay", set)()) | no_weight_decay_names(model)
+        params = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
     else:
         params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
     if cfg.opt == "adam":
