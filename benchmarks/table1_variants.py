@@ -51,9 +51,10 @@ def variant_args(variant: str, model: str, n: int, seed: int) -> list[str]:
     if n >= FULL:
         raise ValueError(f"variants run below {FULL} samples only (they select on the validation split), got {n}")
     args = train_args(model, n, seed)
+    args[args.index("--name") + 1] = f"table1_variants/{variant}/{cell_name(model, n, seed)}"
     for override in VARIANTS[variant][1]:
         args += ["--set", override]
-    return args + ["--name", f"table1_variants/{variant}/{cell_name(model, n, seed)}"]
+    return args
 
 
 def run_cell(variant: str, model: str, n: int, seed: int, log: Log, threads: int, kill_at: dt.datetime | None) -> str:
@@ -81,10 +82,48 @@ def load(folder) -> dict[tuple[str, int], list[float]]:
     return cells
 
 
+def row_means(cells: dict[tuple[str, int], list[float]], n: int) -> dict[str, float]:
+    """Mean test top-1 per column at ``n`` samples (columns without a run are left out)."""
+    return {m: statistics.mean(cells[(m, n)]) for m in MODELS if cells.get((m, n))}
+
+
+def margins(means: dict[str, float]) -> dict[str, float]:
+    """Each GD column minus the better baseline (empty unless both baselines ran)."""
+    if not all(b in means for b in MODELS[:2]):
+        return {}
+    base = max(means[b] for b in MODELS[:2])
+    return {m: means[m] - base for m in MODELS[2:] if m in means}
+
+
+def variant_sizes() -> list[int]:
+    return sorted({n for v in VARIANTS for (_, n) in load(RESULTS / v)})
+
+
+def summary_lines() -> list[str]:
+    """Bullets for docs/table1.md: per variant and size, each column's change against the protocol and the GD margins."""
+    protocol = load(PROTOCOL_RESULTS)
+    lines = []
+    for v, (desc, _) in VARIANTS.items():
+        cells = load(RESULTS / v)
+        for n in variant_sizes():
+            means, base_means = row_means(cells, n), row_means(protocol, n)
+            if not means:
+                continue
+            changes = ", ".join(f"{PAPER_NAMES[m]} {means[m]:.2f} ({means[m] - base_means[m]:+.2f})" if m in base_means
+                                else f"{PAPER_NAMES[m]} {means[m]:.2f}" for m in means)
+            missing = [PAPER_NAMES[m] for m in MODELS if m not in means]
+            line = f"- `{v}` ({desc}) at {n}: {changes}" + (f"; not run yet: {', '.join(missing)}" if missing else "")
+            after, before = margins(means), margins(base_means)
+            if after:
+                line += ". GD margins over the best baseline: " + ", ".join(
+                    f"{PAPER_NAMES[m]} {after[m]:+.2f}" + (f" (protocol {before[m]:+.2f})" if m in before else "") for m in after)
+            lines.append(line + ".")
+    return lines or ["- No variant run has finished yet."]
+
+
 def write_doc(log: Log | None = None) -> None:
     rows = {"protocol (docs/table1.md)": load(PROTOCOL_RESULTS)}
     rows.update({v: load(RESULTS / v) for v in VARIANTS})
-    sizes = sorted({n for cells in list(rows.values())[1:] for (_, n) in cells})
     lines = [
         "# Table 1: what was tried beyond the paper's protocol",
         "",
@@ -92,25 +131,27 @@ def write_doc(log: Log | None = None) -> None:
         "",
         "Each variant adds one training change to every column's Table-1 cell and keeps everything else "
         "(recipe, training subset, validation split, seed, epochs, selection on the validation split; see "
-        "docs/table1.md, \"Protocol\"). Test top-1 (%) on the 10,000 test images; a cell's value is the mean of its "
-        "runs. \"margin\" is the GD column minus the better of Free-Form and RFNN in the same row.",
+        "[table1.md](table1.md), \"Protocol\"). Test top-1 (%) on the 10,000 test images; a cell's value is the mean "
+        "of its runs. \"margin\" is the GD column minus the better of Free-Form and RFNN in the same row.",
         "",
         "Variants:",
         "",
     ]
     lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}." for v, (desc, overrides) in VARIANTS.items()]
-    for n in sizes:
+    for n in variant_sizes():
         lines += ["", f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} {', '.join(map(str, seeds_for(n)))})", "",
                   "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | " + " | ".join(f"`{m}` margin" for m in MODELS[2:]) + " |",
                   "|---|" + "---:|" * (len(MODELS) + 3)]
         for label, cells in rows.items():
-            means = {m: statistics.mean(cells[(m, n)]) for m in MODELS if cells.get((m, n))}
+            means = row_means(cells, n)
             if not means:
                 continue
-            base = max((means[m] for m in MODELS[:2] if m in means), default=None)
+            gaps = margins(means)
             row = [f"{means[m]:.2f}" if m in means else "not run yet" for m in MODELS]
-            row += [f"{means[m] - base:+.2f}" if m in means and base is not None and all(b in means for b in MODELS[:2]) else "—" for m in MODELS[2:]]
+            row += [f"{gaps[m]:+.2f}" if m in gaps else "—" for m in MODELS[2:]]
             lines.append(f"| {label if label.startswith('protocol') else f'`{label}`'} | " + " | ".join(row) + " |")
+    if not variant_sizes():
+        lines += ["", "No variant run has finished yet."]
     lines += ["", "## Commands", "", "```bash",
               "python benchmarks/table1_variants.py               # every variant, every column, at 10000 samples (resumable)",
               "python benchmarks/table1_variants.py --table-only  # regenerate this file", "```", "", "One cell, e.g.:", "", "```bash"]

@@ -61,3 +61,11 @@ def test_variant_changes_only_its_overrides(capsys, monkeypatch) -> None:
 def test_variants_refuse_the_full_training_set() -> None:
     with pytest.raises(ValueError, match="below 60000"):
         table1_variants.variant_args("augment", "gd_fmnist", 60000, 0)
+
+
+def test_readme_table_matches_the_committed_results() -> None:
+    """README.md's Table-1 block is what benchmarks/table1.py writes from results/table1/ (regenerate with --table-only)."""
+    readme = (REPO / "README.md").read_text()
+    start, end = table1.README_MARKERS
+    block = start + readme.split(start, 1)[1].split(end, 1)[0] + end
+    assert block == "\n".join(table1.readme_block(table1.load_results()))
