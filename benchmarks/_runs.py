@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,3 +106,27 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
         log(f"FAIL   {name}: exit {proc.returncode}; see {run_dir / 'train.log'}")
         return "failed", wall
     return "done", wall
+
+
+def run_queue(cells: Sequence[Any], run_cell: Callable[[Any, dt.datetime | None], str], refresh: Callable[[], None], log: Log,
+              stop_at: str | None = None, kill_at: str | None = None, max_cells: int | None = None) -> int:
+    """Run ``cells`` one at a time with ``run_cell(cell, kill_at)`` ('done' | 'failed' | 'killed'), calling
+    ``refresh()`` after each and at the end; stop at ``max_cells``, at ``stop_at`` (HH:MM UTC, launch nothing
+    after) or after a kill at ``kill_at``. Returns the exit status: 1 if a cell failed, else 0."""
+    stop, kill = utc_today_at(stop_at), utc_today_at(kill_at)
+    log(f"queue: {len(cells)} cells to run; stop-at {stop}, kill-at {kill}")
+    failures = 0
+    for i, cell in enumerate(cells):
+        if max_cells is not None and i >= max_cells:
+            log(f"stop: --max-cells {max_cells} reached")
+            break
+        if stop is not None and dt.datetime.now(dt.timezone.utc) >= stop:
+            log(f"stop: --stop-at {stop_at} reached; {len(cells) - i} cells left")
+            break
+        status = run_cell(cell, kill)
+        failures += status == "failed"
+        if status == "killed":
+            break
+        refresh()
+    refresh()
+    return 1 if failures else 0

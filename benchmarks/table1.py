@@ -34,7 +34,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _runs import ROOT, Log, cpu_name, git_commit, run_training, utc_today_at
+from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training
 RESULTS = ROOT / "results" / "table1"
 RUNS = ROOT / "runs" / "table1"
 DOC = ROOT / "docs" / "table1.md"
@@ -498,24 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in todo:
             print(human_command(*c) + ("  --resume" if (RUNS / cell_name(*c) / "last.pth").is_file() else ""))
         return 0
-    stop_at, kill_at = utc_today_at(args.stop_at), utc_today_at(args.kill_at)
-    log(f"grid: {len(todo)} cells to run (sizes {sorted(args.sizes)}, models {args.models}); stop-at {stop_at}, kill-at {kill_at}")
-    failures = 0
-    for i, cell in enumerate(todo):
-        if args.max_cells is not None and i >= args.max_cells:
-            log(f"stop: --max-cells {args.max_cells} reached")
-            break
-        if stop_at is not None and dt.datetime.now(dt.timezone.utc) >= stop_at:
-            log(f"stop: --stop-at {args.stop_at} reached; {len(todo) - i} cells left")
-            break
-        status = run_cell(*cell, log, args.threads, kill_at)
-        failures += status == "failed"
-        if status == "killed":
-            break
-        write_table(log)
-    write_table(log)
-    return 1 if failures else 0
-
+    log(f"grid: sizes {sorted(args.sizes)}, models {args.models}")
+    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_table(log), log,
+                     args.stop_at, args.kill_at, args.max_cells)
 
 if __name__ == "__main__":
     sys.exit(main())

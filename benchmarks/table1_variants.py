@@ -24,7 +24,7 @@ import shlex
 import statistics
 import sys
 
-from _runs import ROOT, Log, run_training, utc_today_at
+from _runs import ROOT, Log, run_queue, run_training
 from table1 import FULL, MODELS, PAPER_NAMES, RESULTS as PROTOCOL_RESULTS, cell_name, collect_result, seeds_for, train_args
 
 RESULTS = ROOT / "results" / "table1_variants"
@@ -181,21 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sizes must be below {FULL} (variants select on a validation split), got {bad}")
     todo = [(v, m, n, s) for v in args.variants for n in sorted(args.sizes) for s in seeds_for(n) for m in MODELS
             if m in args.models and not (RESULTS / v / f"{cell_name(m, n, s)}.json").is_file()]
-    stop_at, kill_at = utc_today_at(args.stop_at), utc_today_at(args.kill_at)
-    log(f"variants: {len(todo)} cells to run; stop-at {stop_at}, kill-at {kill_at}")
-    failures = 0
-    for i, cell in enumerate(todo):
-        if stop_at is not None and dt.datetime.now(dt.timezone.utc) >= stop_at:
-            log(f"stop: --stop-at {args.stop_at} reached; {len(todo) - i} cells left")
-            break
-        status = run_cell(*cell, log, args.threads, kill_at)
-        failures += status == "failed"
-        if status == "killed":
-            break
-        write_doc(log)
-    write_doc(log)
-    return 1 if failures else 0
-
+    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_doc(log), log,
+                     args.stop_at, args.kill_at)
 
 if __name__ == "__main__":
     sys.exit(main())

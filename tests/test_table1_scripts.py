@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 
 import pytest
@@ -69,3 +70,23 @@ def test_readme_table_matches_the_committed_results() -> None:
     start, end = table1.README_MARKERS
     block = start + readme.split(start, 1)[1].split(end, 1)[0] + end
     assert block == "\n".join(table1.readme_block(table1.load_results()))
+
+
+def test_run_queue_stops_after_a_kill_and_reports_failures(tmp_path) -> None:
+    from _runs import Log, run_queue
+
+    outcomes = {"a": "done", "b": "failed", "c": "killed", "d": "done"}
+    ran, refreshed = [], []
+
+    def run(cell: str, kill_at) -> str:
+        ran.append(cell)
+        return outcomes[cell]
+
+    log = Log(tmp_path / "log.txt")
+    assert run_queue(list(outcomes), run, lambda: refreshed.append(len(ran)), log) == 1
+    assert ran == ["a", "b", "c"] and refreshed == [1, 2, 3]  # after each finished cell and once at the end
+    ran.clear()
+    assert run_queue(["a", "d", "a"], run, lambda: None, log, max_cells=2) == 0 and ran == ["a", "d"]
+    ran.clear()
+    a_minute_ago = f"{dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1):%H:%M}"
+    assert run_queue(["a"], run, lambda: None, log, stop_at=a_minute_ago) == 0 and ran == []  # launches nothing
