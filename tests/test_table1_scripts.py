@@ -59,9 +59,13 @@ def test_variant_changes_only_its_overrides(capsys, monkeypatch) -> None:
     assert wd["data"] == base["data"] and wd["augment"] == base["augment"]
 
 
-def test_variants_refuse_the_full_training_set() -> None:
-    with pytest.raises(ValueError, match="below 60000"):
-        table1_variants.variant_args("augment", "gd_fmnist", 60000, 0)
+def test_full_size_variant_never_exports(capsys, monkeypatch) -> None:
+    """At 60000 a variant trains like the protocol's cell (no validation split) but never overwrites weights/."""
+    cfg = resolved(table1_variants.variant_args("augment", "gd_fmnist", 60000, 0), capsys, monkeypatch)
+    assert cfg["data"]["val_size"] == 0 and cfg["augment"]["enabled"] and not cfg["output"]["export"]
+    assert cfg["output"]["name"] == "table1_variants/augment/gd_fmnist_60000_s0"
+    with pytest.raises(ValueError, match="1..60000"):
+        table1_variants.variant_args("augment", "gd_fmnist", 60001, 0)
 
 
 def test_readme_table_matches_the_committed_results() -> None:
