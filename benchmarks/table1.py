@@ -238,6 +238,11 @@ def partial(values: list, n: int) -> str:
     return "*" if len(values) < len(seeds_for(n)) else ""
 
 
+def any_partial(cells: dict) -> bool:
+    """Whether some finished cell has fewer runs than its seeds."""
+    return any(cells.get((m, n)) and partial(cells[(m, n)], n) for m in MODELS for n in SIZES)
+
+
 def param_counts() -> dict[str, tuple[int, int]]:
     import timm
 
@@ -325,7 +330,7 @@ def readme_block(cells: dict) -> list[str]:
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     misses = target_misses(cells)
     lines += ["", "Test top-1 (%), ours (paper); 1000 and 5000: mean of 3 subsets"
-              + ("; `*`: not all subsets run yet" if any(cells.get((m, n)) and partial(cells[(m, n)], n) for m in MODELS for n in SIZES) else "")
+              + ("; `*`: not all subsets run yet" if any_partial(cells) else "")
               + ". Targets (a GD column ahead of both baselines in its row, `gd_fmnist` ≥ 93.1 at 60000): "
               + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses else "met in every finished cell."),
               README_MARKERS[1]]
@@ -403,7 +408,9 @@ def write_table(log: Log | None = None) -> None:
             values = [r["test_top1"] for r in cells.get((m, n), [])]
             row.append(f"{statistics.mean(values) - best:+.2f}{partial(values, n)}" if values else "—")
         lines.append(f"| {n} | {best:.2f}{partial_base} | " + " | ".join(row) + " |")
-    lines += ["", "`*`: mean over fewer runs than the cell needs (some seeds not run yet).", ""]
+    if any_partial(cells):
+        lines += ["", "`*`: mean over fewer runs than the cell needs (some seeds not run yet)."]
+    lines += [""]
     lines += shortfalls(cells)
 
     # Speed: seconds per epoch at each size and a 60000-image epoch extrapolated from the measured rate.
