@@ -315,7 +315,11 @@ def variant_summary() -> list[str]:
     """One bullet per regularisation variant tried (from results/table1_variants), or a line saying none finished."""
     from table1_variants import summary_lines  # imported here: table1_variants builds on this module
 
-    return summary_lines() + [""]
+    total_h = sum(r["wall_s"] for v in load_results().values() for r in v) / 3600
+    return summary_lines() + ["", "Numbers in brackets: change against the protocol's run of the same cell. Not tried yet, because "
+                              "adopting any of these for the table means rerunning the whole grid for every column (the "
+                              f"45 runs above took {total_h:.1f} h of one core here): a variant as the protocol at every "
+                              "size, longer schedules with augmentation, dropout.", ""]
 
 
 def readme_block(cells: dict) -> list[str]:
