@@ -191,5 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_doc(log), log,
                      args.stop_at, args.kill_at)
 
+
 if __name__ == "__main__":
     sys.exit(main())

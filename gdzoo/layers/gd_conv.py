@@ -413,4 +413,3 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
     """
     return {f"{prefix}.{name}_raw" if prefix else f"{name}_raw"
             for prefix, m in module.named_modules() if isinstance(m, GDConv2d) for name in GEOMETRY_NAMES}
-
