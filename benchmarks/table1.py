@@ -211,9 +211,10 @@ def grid(sizes: list[int], models: list[str]) -> list[tuple[str, int, int]]:
 # The table
 
 
-def load_results() -> dict[tuple[str, int], list[dict]]:
+def load_results(folder: Path = RESULTS) -> dict[tuple[str, int], list[dict]]:
+    """Result records of a folder by (model, train samples), sorted by seed."""
     cells: dict[tuple[str, int], list[dict]] = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
         cells.setdefault((r["model"], r["train_samples"]), []).append(r)
     for v in cells.values():
@@ -269,19 +270,28 @@ def _mean(cells: dict, m: str, n: int) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def row_means(cells: dict, n: int) -> dict[str, float]:
+    """Mean test top-1 per column at ``n`` samples (columns without a run are left out)."""
+    return {m: v for m in MODELS if (v := _mean(cells, m, n)) is not None}
+
+
+def margins(means: dict[str, float]) -> dict[str, float]:
+    """Each GD column minus the better baseline (empty unless both baselines ran)."""
+    if not all(b in means for b in MODELS[:2]):
+        return {}
+    best = max(means[b] for b in MODELS[:2])
+    return {m: means[m] - best for m in MODELS[2:] if m in means}
+
+
 def target_misses(cells: dict) -> list[str]:
     """Issue 6's targets the finished cells miss: a GD column not ahead of the best baseline, gd_fmnist < 93.1 at 60000."""
     misses = []
     for n in SIZES:
-        base = [v for v in (_mean(cells, m, n) for m in MODELS[:2]) if v is not None]
-        if len(base) < 2:
-            continue
-        for m in MODELS[2:]:
-            v = _mean(cells, m, n)
-            if v is not None and v <= max(base):
-                runs = [r["test_top1"] for r in cells.get((m, n), [])]
-                misses.append(f"`{m}` at {n}: {v - max(base):+.2f} points behind the best baseline ({max(base):.2f})"
-                              + (" (not all seeds run yet)" if partial(runs, n) else ""))
+        means = row_means(cells, n)
+        for m, gap in margins(means).items():
+            if gap <= 0:
+                misses.append(f"`{m}` at {n}: {gap:+.2f} points behind the best baseline ({means[m] - gap:.2f})"
+                              + (" (not all seeds run yet)" if partial(cells[(m, n)], n) else ""))
     ours = _mean(cells, "gd_fmnist", FULL)
     if ours is not None and ours < PAPER[FULL]["gd_fmnist"]:
         misses.append(f"`gd_fmnist` at {FULL}: {ours:.2f}, {PAPER[FULL]['gd_fmnist'] - ours:.2f} points short of the paper's 93.1")
@@ -300,7 +310,7 @@ def shortfalls(cells: dict) -> list[str]:
               "is no validation split to stop early. So two regularisers were then tried on every column at once, at "
               "10000 samples where a run costs minutes rather than an hour, and augmentation also on `gd_fmnist` at "
               "60000 (`python benchmarks/table1_variants.py`, [table1_variants.md](table1_variants.md)):", ""]
-    lines += variant_summary()
+    lines += variant_summary(cells)
     return lines
 
 
@@ -311,12 +321,12 @@ def overfit_at_full(cells: dict) -> str:
         f"{PAPER_NAMES[m]} {r['last_train_top1']:.2f} / {r['test_top1']:.2f}" for m, r in pairs) if pairs else "not recorded"
 
 
-def variant_summary() -> list[str]:
+def variant_summary(cells: dict) -> list[str]:
     """One bullet per regularisation variant tried (from results/table1_variants), or a line saying none finished."""
     from table1_variants import summary_lines  # imported here: table1_variants builds on this module
 
-    total_h = sum(r["wall_s"] for v in load_results().values() for r in v) / 3600
-    return summary_lines() + ["", "Numbers in brackets: change against the protocol's run of the same cell. Not tried yet, because "
+    total_h = sum(r["wall_s"] for v in cells.values() for r in v) / 3600
+    return summary_lines(cells) + ["", "Numbers in brackets: change against the protocol's run of the same cell. Not tried yet, because "
                               "adopting any of these for the table means rerunning the whole grid for every column (the "
                               f"45 runs above took {total_h:.1f} h of one core here): a variant as the protocol at every "
                               "size, longer schedules with augmentation, dropout.", ""]
@@ -401,16 +411,14 @@ def write_table(log: Log | None = None) -> None:
               "| train samples | best baseline | " + " | ".join(f"`{m}` margin" for m in MODELS[2:]) + " |",
               "|---|---:|" + "---:|" * 3]
     for n in SIZES:
-        base = [statistics.mean([r["test_top1"] for r in cells[(m, n)]]) for m in MODELS[:2] if cells.get((m, n))]
-        if len(base) < 2:
+        means = row_means(cells, n)
+        gaps = margins(means)
+        if not all(b in means for b in MODELS[:2]):
             lines.append(f"| {n} | — | " + " | ".join("—" for _ in MODELS[2:]) + " |")
             continue
-        best = max(base)
-        partial_base = "*" if any(len(cells[(m, n)]) < len(seeds_for(n)) for m in MODELS[:2]) else ""
-        row = []
-        for m in MODELS[2:]:
-            values = [r["test_top1"] for r in cells.get((m, n), [])]
-            row.append(f"{statistics.mean(values) - best:+.2f}{partial(values, n)}" if values else "—")
+        best = max(means[b] for b in MODELS[:2])
+        partial_base = "*" if any(partial(cells[(m, n)], n) for m in MODELS[:2]) else ""
+        row = [f"{gaps[m]:+.2f}{partial(cells[(m, n)], n)}" if m in gaps else "—" for m in MODELS[2:]]
         lines.append(f"| {n} | {best:.2f}{partial_base} | " + " | ".join(row) + " |")
     if any_partial(cells):
         lines += ["", "`*`: mean over fewer runs than the cell needs (some seeds not run yet)."]

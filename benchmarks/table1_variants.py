@@ -21,11 +21,11 @@ import argparse
 import datetime as dt
 import json
 import shlex
-import statistics
 import sys
 
 from _runs import ROOT, Log, run_queue, run_training
-from table1 import FULL, MODELS, PAPER, PAPER_NAMES, RESULTS as PROTOCOL_RESULTS, cell_name, collect_result, seeds_for, train_args
+from table1 import (FULL, MODELS, PAPER, PAPER_NAMES, cell_name, collect_result, load_results, margins, row_means, seeds_for,
+                    train_args)
 
 RESULTS = ROOT / "results" / "table1_variants"
 RUNS = ROOT / "runs" / "table1_variants"
@@ -76,39 +76,22 @@ def run_cell(variant: str, model: str, n: int, seed: int, log: Log, threads: int
     return "done"
 
 
-def load(folder) -> dict[tuple[str, int], list[float]]:
-    """Test top-1 values per (model, train samples) from a folder of result files."""
-    cells: dict[tuple[str, int], list[float]] = {}
-    for path in sorted(folder.glob("*.json")):
-        r = json.loads(path.read_text())
-        cells.setdefault((r["model"], r["train_samples"]), []).append(r["test_top1"])
-    return cells
+def load_variants() -> dict[str, dict[tuple[str, int], list[dict]]]:
+    """Each variant's result records by (model, train samples)."""
+    return {v: load_results(RESULTS / v) for v in VARIANTS}
 
 
-def row_means(cells: dict[tuple[str, int], list[float]], n: int) -> dict[str, float]:
-    """Mean test top-1 per column at ``n`` samples (columns without a run are left out)."""
-    return {m: statistics.mean(cells[(m, n)]) for m in MODELS if cells.get((m, n))}
+def sizes_of(variants: dict[str, dict]) -> list[int]:
+    return sorted({n for cells in variants.values() for (_, n) in cells})
 
 
-def margins(means: dict[str, float]) -> dict[str, float]:
-    """Each GD column minus the better baseline (empty unless both baselines ran)."""
-    if not all(b in means for b in MODELS[:2]):
-        return {}
-    base = max(means[b] for b in MODELS[:2])
-    return {m: means[m] - base for m in MODELS[2:] if m in means}
-
-
-def variant_sizes() -> list[int]:
-    return sorted({n for v in VARIANTS for (_, n) in load(RESULTS / v)})
-
-
-def summary_lines() -> list[str]:
-    """Bullets for docs/table1.md: per variant and size, each column's test top-1 (change against the protocol) and the GD margins."""
-    protocol = load(PROTOCOL_RESULTS)
+def summary_lines(protocol: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """Bullets for docs/table1.md: per variant and size, each column's test top-1 (change against the ``protocol``
+    cells of table1.load_results) and the GD margins."""
+    variants = load_variants()
     lines = []
-    for v in VARIANTS:
-        cells = load(RESULTS / v)
-        for n in variant_sizes():
+    for v, cells in variants.items():
+        for n in sizes_of(variants):
             means, base_means = row_means(cells, n), row_means(protocol, n)
             if not means:
                 continue
@@ -128,8 +111,8 @@ def summary_lines() -> list[str]:
 
 
 def write_doc(log: Log | None = None) -> None:
-    rows = {"protocol (docs/table1.md)": load(PROTOCOL_RESULTS)}
-    rows.update({v: load(RESULTS / v) for v in VARIANTS})
+    variants = load_variants()
+    rows = {"protocol (docs/table1.md)": load_results(), **variants}
     lines = [
         "# Table 1: what was tried beyond the paper's protocol",
         "",
@@ -145,7 +128,7 @@ def write_doc(log: Log | None = None) -> None:
         "",
     ]
     lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}." for v, (desc, overrides) in VARIANTS.items()]
-    for n in variant_sizes():
+    for n in sizes_of(variants):
         lines += ["", f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} {', '.join(map(str, seeds_for(n)))})", "",
                   "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | " + " | ".join(f"`{m}` margin" for m in MODELS[2:]) + " |",
                   "|---|" + "---:|" * (len(MODELS) + 3)]
@@ -157,7 +140,7 @@ def write_doc(log: Log | None = None) -> None:
             row = [f"{means[m]:.2f}" if m in means else "not run yet" for m in MODELS]
             row += [f"{gaps[m]:+.2f}" if m in gaps else "—" for m in MODELS[2:]]
             lines.append(f"| {label if label.startswith('protocol') else f'`{label}`'} | " + " | ".join(row) + " |")
-    if not variant_sizes():
+    if not sizes_of(variants):
         lines += ["", "No variant run has finished yet."]
     lines += ["", "## Commands", "", "```bash",
               "python benchmarks/table1_variants.py               # every variant, every column, at 10000 samples (resumable)",
