@@ -1,8 +1,10 @@
 """torch.hub entry points for gdzoo: ``torch.hub.load('<owner>/gdzoo', 'gd_fmnist', pretrained=True)``.
 
 Every entry builds the timm model of the same name (gdzoo registers them on import), so keyword
-arguments are timm's: ``num_classes``, ``in_chans``, ``features_only``, ``norm``... Pretrained weights
-come from ``hf-hub:<org>/<model>.<tag>`` (org: ``$GDZOO_HF_ORG``, default ``gdzoo``).
+arguments are timm's: ``num_classes``, ``in_chans``, ``features_only``, ``norm``... ``pretrained=True``
+resolves as ``timm.create_model`` does in gdzoo: published weights from the ``weights/`` folder of this
+repository copy (sha256-checked, no network), ``gd_vgg16``/``gd_vgg16_bn`` from the Hub or derived from
+timm's ImageNet VGG16 on first use, anything else from ``hf-hub:<org>/<model>.<tag>``.
 Helpers are imported under underscore names so that ``torch.hub.list`` shows only the models.
 """
 

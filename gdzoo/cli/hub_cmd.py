@@ -1,4 +1,4 @@
-"""``gdzoo hub``: export, seed, verify, serve and push Hub folders of pretrained weights."""
+"""``gdzoo hub``: export, seed, verify, ship (manifest), serve and push Hub folders of pretrained weights."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-cache", action="store_true", help="check the folders only, not the cache")
     p.set_defaults(run=_verify)
+
+    p = cmds.add_parser("manifest", help="write (or --check) the manifest of the weights that ship with gdzoo")
+    p.add_argument("folders", nargs="*", help="Hub folders to ship (default: every folder under weights/)")
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when the manifest differs")
+    p.set_defaults(run=_manifest)
 
     p = cmds.add_parser("serve", help="serve Hub folders over HTTP (point HF_ENDPOINT at it)")
     p.add_argument("folders", nargs="*", help="Hub folders (default: every folder under weights/)")
@@ -102,6 +107,21 @@ def _verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from ..hub.manifest import MANIFEST_FILE, manifest_differences, write_manifest
+
+    folders = _folders(args.folders)
+    if args.check:
+        problems = manifest_differences(folders)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        print(f"{'FAIL' if problems else 'ok  '} {MANIFEST_FILE}")
+        return 1 if problems else 0
+    path = write_manifest(folders)
+    print(f"wrote {path}: {', '.join(f.path.name for f in folders)}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -12,12 +12,12 @@ PAPER_NAME = "Fully Trainable Gaussian Derivative Convolutional Layer"
 PAPER_IDS = "doi:10.1109/ICIP46576.2022.9897734"
 
 
-def gd_cfg(model_tag: str, **kwargs: Any) -> dict[str, Any]:
+def gd_cfg(model_tag: str, derived: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Pretrained cfg for ``'<model>.<tag>'``: weights at ``hf-hub:<org>/<model>.<tag>/model.safetensors``.
 
-    Only published tags (``PUBLISHED_WEIGHTS``, one per ``weights/<model>.<tag>/`` folder) get an
-    ``hf_hub_id``, so ``timm.list_pretrained()`` lists exactly the weights that exist; the others are
-    architectures-only until their weights land. ``<org>`` is ``$GDZOO_HF_ORG`` (default ``gdzoo``), read when the cfg is built (at ``import gdzoo``).
+    Only published tags (``PUBLISHED_WEIGHTS``, one per shipped ``weights/<model>.<tag>/`` folder) and
+    tags whose weights are ``derived`` on first use get an ``hf_hub_id``, so ``timm.list_pretrained()``
+    lists exactly the weights that can be had; the others are architectures-only until their weights land. ``<org>`` is ``$GDZOO_HF_ORG`` (default ``gdzoo``), read when the cfg is built (at ``import gdzoo``).
 
     ``kwargs`` (input_size, mean, std, num_classes, first_conv, classifier, ...) override the generic
     defaults below; every model family passes its own data and head fields.
@@ -30,7 +30,7 @@ def gd_cfg(model_tag: str, **kwargs: Any) -> dict[str, Any]:
     model, sep, tag = model_tag.partition(".")
     if not (model and sep and tag):
         raise ValueError(f"expected '<model>.<tag>', got {model_tag!r}")
-    published = {"hf_hub_id": hub_repo_id(model, tag)} if model_tag in PUBLISHED_WEIGHTS else {}
+    published = {"hf_hub_id": hub_repo_id(model, tag)} if derived or model_tag in PUBLISHED_WEIGHTS else {}
     return {
         "url": "",
         **published,

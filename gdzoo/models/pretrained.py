@@ -1,23 +1,34 @@
-"""Loading pretrained weights into gdzoo models: integrity checks, GD-stem channel adaptation, clear errors.
+"""Loading pretrained weights into gdzoo models: where they come from, integrity checks, GD-stem adaptation.
 
 Every gdzoo model is built through :func:`build_gd_model`, which runs timm's own loader
 (``build_model_with_cfg``) with :func:`gd_pretrained_filter` and turns Hub/cache failures into
-messages a user can act on.
+messages a user can act on. ``pretrained=True`` resolves, in this order:
+
+1. an explicit ``hf-hub:`` name, ``pretrained_cfg_overlay=dict(file=...)`` or ``state_dict``: as timm does;
+2. a published tag whose copy ships with the code (:mod:`gdzoo.models.shipped`): that file, sha256-checked
+   against the manifest, with no network call;
+3. a derivable tag (``gd_vgg16.tv_in1k``): the Hub repo if it is cached or reachable, else weights derived
+   from their source once and cached (:mod:`gdzoo.models.derived`);
+4. otherwise the Hugging Face cache / Hub (``<org>/<model>.<tag>``, org ``$GDZOO_HF_ORG``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
@@ -25,13 +36,15 @@ from huggingface_hub.errors import (
 )
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, get_pretrained_cfg
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._hub import hf_split
 from timm.models._manipulate import adapt_input_conv
 
 from .._io import sha256_file
 from ..layers import GDConv2d
+from .derived import Derive, cached_derived_file, derive_weights_file
+from .shipped import PUBLISHED_ORG, load_manifest, shipped_weights_file
 
 __all__ = [
     "PUBLISHED_WEIGHTS",
@@ -40,13 +53,17 @@ __all__ = [
     "gd_pretrained_filter",
     "hub_repo_id",
     "load_weights_file",
+    "available_weights_file",
+    "local_weights_file",
     "verify_cached_weights",
 ]
 
+_logger = logging.getLogger(__name__)
+
 ORG_ENV = "GDZOO_HF_ORG"
 
-# '<model>.<tag>' of every weights/<model>.<tag>/ folder published to the Hub (tests keep the two equal).
-PUBLISHED_WEIGHTS: frozenset[str] = frozenset({"ff_fmnist.fmnist", "gd_fmnist.fmnist", "gd_fmnist_sep.fmnist", "gd_unet.monuseg", "rfnn_fmnist.fmnist", "unet5.monuseg"})
+# '<model>.<tag>' of every published weights/<model>.<tag>/ folder: the manifest's keys (tests keep them equal).
+PUBLISHED_WEIGHTS: frozenset[str] = frozenset(load_manifest())
 
 
 def default_org() -> str:
@@ -68,9 +85,13 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def verify_cached_weights(pretrained_cfg: dict[str, Any]) -> None:
-    """Raise if the cached Hub weights file's sha256 differs from its blob name (the Hub's ETag)."""
+    """Raise if the cached Hub weights file's sha256 differs from its blob name (the Hub's ETag).
+
+    Nothing to check when the weights came from a local ``file`` (shipped and derived files are checked
+    before they are loaded).
+    """
     hub_id, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename")
-    if not hub_id or not filename:
+    if not hub_id or not filename or pretrained_cfg.get("file"):
         return
     repo_id, revision = hf_split(hub_id)
     cached = try_to_load_from_cache(repo_id, filename, revision=revision)
@@ -92,8 +113,13 @@ def _adapt_in_channels(weight: torch.Tensor, in_dim: int, in_chans: int, base_ch
     return adapted.reshape(shape[0], in_chans, *shape[2:]).movedim(1, in_dim).contiguous()
 
 
-def gd_pretrained_filter(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Check the cached file's integrity, then adapt a GD stem to the model's ``in_chans``."""
+def gd_pretrained_filter(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, adapted: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Check the cached file's integrity, then adapt a GD stem to the model's ``in_chans``.
+
+    The names of the adapted stems are appended to ``adapted``.
+    """
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     verify_cached_weights(cfg)
     first_convs = cfg.get("first_conv") or ()
@@ -110,7 +136,34 @@ def gd_pretrained_filter(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             key = name + suffix
             if key in state_dict and state_dict[key].shape[in_dim] == base_chans:
                 state_dict[key] = _adapt_in_channels(state_dict[key], in_dim, stem.in_channels, base_chans)
+                if adapted is not None and name not in adapted:
+                    adapted.append(name)
+                    _logger.info("Adapted GD stem %s pretrained weights from %d to %d channel(s)", name, base_chans,
+                                 stem.in_channels)
     return state_dict
+
+
+class _AdaptedStemLogFilter(logging.Filter):
+    """Drops timm's "weights already match the model ... Loading unchanged" warning for GD stems gdzoo adapted."""
+
+    def __init__(self, adapted: list[str]) -> None:
+        super().__init__()
+        self.adapted = adapted
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Pretrained {name} weights already match the model") for name in self.adapted)
+
+
+@contextmanager
+def _quiet_adapted_stems(adapted: list[str]) -> Iterator[None]:
+    timm_logger = logging.getLogger("timm.models._builder")
+    log_filter = _AdaptedStemLogFilter(adapted)
+    timm_logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        timm_logger.removeFilter(log_filter)
 
 
 @contextmanager
@@ -140,24 +193,113 @@ def _actionable_hub_errors(pretrained_cfg: dict[str, Any]) -> Iterator[None]:
         ) from e
 
 
+def _hub_file_in_cache(hub_id: str, filename: str) -> bool:
+    repo_id, revision = hf_split(hub_id)
+    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+
+
+def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
+    """Download ``filename`` of ``hub_id`` into the HF cache; False when offline, absent or unreachable."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return False
+    repo_id, revision = hf_split(hub_id)
+    try:
+        hf_hub_download(repo_id, filename, revision=revision)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
+            EntryNotFoundError, HfHubHTTPError, OSError) as e:
+        _logger.info("%s/%s not available from the Hub (%s): deriving the weights", hub_id, filename, type(e).__name__)
+        return False
+    return True
+
+
+def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], Derive] | None = None) -> str | None:
+    """The local file ``pretrained=True`` loads for this cfg: a shipped copy or derived weights.
+
+    None means timm's own resolution applies (an explicit ``hf-hub:`` name, a given file or state dict,
+    or the Hugging Face cache / Hub). ``derive(model_tag)`` returns the function that derives the weights
+    of a tag that may be derived (checked after the Hub's own copy).
+
+    Example:
+        >>> from timm.models import get_pretrained_cfg
+        >>> local_weights_file(get_pretrained_cfg('gd_fmnist.fmnist').to_dict()).endswith('model.safetensors')
+        True
+    """
+    if pretrained_cfg.get("source") == "hf-hub" or pretrained_cfg.get("file") or pretrained_cfg.get("state_dict"):
+        return None
+    hub_id = pretrained_cfg.get("hf_hub_id") or ""
+    filename = pretrained_cfg.get("hf_hub_filename") or "model.safetensors"
+    model_tag = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
+    if hf_split(hub_id)[0] == f"{PUBLISHED_ORG}/{model_tag}":
+        shipped = shipped_weights_file(model_tag)
+        if shipped is not None:
+            return str(shipped)
+    derive_fn = derive(model_tag) if derive is not None and hub_id else None
+    if derive_fn is None or _hub_file_in_cache(hub_id, filename):
+        return None
+    cached = cached_derived_file(model_tag)
+    if cached is not None:
+        return str(cached)
+    if _hub_file_downloaded(hub_id, filename):
+        return None
+    return str(derive_weights_file(model_tag, derive_fn))
+
+
+def available_weights_file(name: str) -> str | None:
+    """Where ``name``'s (``'<model>[.<tag>]'``) pretrained weights are on this machine, without deriving or downloading.
+
+    A shipped copy, cached derived weights, or the Hugging Face cache; None when none of them holds them
+    (or the model has no pretrained weights).
+
+    Example:
+        >>> available_weights_file('gd_fmnist').endswith('gd_fmnist.fmnist/model.safetensors')
+        True
+    """
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.has_weights:
+        return None
+    cfg_dict = cfg.to_dict()
+    local = local_weights_file(cfg_dict, derive=None)
+    if local is not None:
+        return local
+    model_tag = f"{cfg.architecture}.{cfg.tag}"
+    cached = cached_derived_file(model_tag)
+    if cached is not None:
+        return str(cached)
+    if cfg.hf_hub_id:
+        repo_id, revision = hf_split(cfg.hf_hub_id)
+        hit = try_to_load_from_cache(repo_id, cfg.hf_hub_filename or "model.safetensors", revision=revision)
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
 def build_gd_model(
     model_cls: Callable[..., nn.Module],
     variant: str,
     pretrained: bool = False,
     pretrained_filter_fn: Callable | None = None,
+    derive: Callable[[str], Derive | None] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """timm's ``build_model_with_cfg`` with gdzoo's pretrained filter and actionable load errors."""
+    """timm's ``build_model_with_cfg`` with gdzoo's weight resolution, pretrained filter and actionable errors.
+
+    ``derive(model_tag)``: the function deriving that tag's weights when neither shipped nor on the Hub
+    (None for tags that cannot be derived).
+    """
+    adapted: list[str] = []
 
     def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
         if pretrained_filter_fn is not None:
             state_dict = pretrained_filter_fn(state_dict, model)
-        return gd_pretrained_filter(state_dict, model)
+        return gd_pretrained_filter(state_dict, model, adapted)
 
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=filter_fn, **kwargs)
     resolved = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
-    )
-    with _actionable_hub_errors(resolved.to_dict()):
+    ).to_dict()
+    local = local_weights_file(resolved, derive)
+    if local is not None:
+        kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": local}
+    with _actionable_hub_errors(resolved), _quiet_adapted_stems(adapted):
         return build_model_with_cfg(model_cls, variant, pretrained=True, pretrained_filter_fn=filter_fn, **kwargs)

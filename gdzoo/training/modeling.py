@@ -8,14 +8,13 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from huggingface_hub import try_to_load_from_cache
-from timm.models import get_pretrained_cfg, split_model_name_tag
 
 from .. import models as _gdzoo_models  # noqa: F401  (registers gdzoo models with timm)
+from ..models.pretrained import available_weights_file
 from .checkpoint import model_state_from_file
 from .config import ModelConfig
 
-__all__ = ["create_model", "find_pretrained_file", "is_segmentation", "load_initial_checkpoint"]
+__all__ = ["create_model", "is_segmentation", "load_initial_checkpoint"]
 
 
 def is_segmentation(model: nn.Module, task: str = "auto") -> bool:
@@ -44,30 +43,6 @@ def is_segmentation(model: nn.Module, task: str = "auto") -> bool:
     return isinstance(out, torch.Tensor) and out.dim() == 4
 
 
-def find_pretrained_file(name: str, weights_root: str | Path = "weights") -> Path | None:
-    """A local copy of ``name``'s default pretrained weights: ``weights/<model>.<tag>/`` or the HF cache."""
-    arch, tag = split_model_name_tag(name)
-    try:
-        cfg = get_pretrained_cfg(name if tag else arch)
-    except Exception:  # noqa: BLE001 - unknown model: timm raises its own error later
-        return None
-    if cfg is None:
-        return None
-    tag = tag or cfg.tag
-    if tag:
-        local = Path(weights_root) / f"{arch}.{tag}" / "model.safetensors"
-        if local.is_file():
-            return local
-    if cfg.hf_hub_id:
-        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-        repo, _, revision = cfg.hf_hub_id.partition("@")
-        for filename in names:
-            cached = try_to_load_from_cache(repo, filename, revision=revision or None)
-            if isinstance(cached, str):
-                return Path(cached)
-    return None
-
-
 def load_initial_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     """Load weights from ``path``; classifier tensors whose shape differs are skipped (returned)."""
     state = model_state_from_file(path)
@@ -90,8 +65,12 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     return skipped
 
 
-def create_model(cfg: ModelConfig, num_classes: int | None, weights_root: str | Path = "weights") -> tuple[nn.Module, dict[str, Any]]:
-    """``timm.create_model`` per the recipe; returns the model and where its weights came from."""
+def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, dict[str, Any]]:
+    """``timm.create_model`` per the recipe; returns the model and where its weights came from.
+
+    ``model.pretrained``: true loads the weights as ``timm.create_model(pretrained=True)`` does (shipped,
+    derived, HF cache or Hub); ``auto`` does so only when they are already on this machine.
+    """
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -102,14 +81,13 @@ def create_model(cfg: ModelConfig, num_classes: int | None, weights_root: str | 
     source = "random init"
     pretrained = cfg.pretrained
     if pretrained in (True, "auto"):
-        local = find_pretrained_file(cfg.name, weights_root)
+        local = available_weights_file(cfg.name)
         if local is not None:
-            kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
             pretrained, source = True, f"pretrained ({local})"
         elif pretrained == "auto":
             pretrained = False
         else:
-            source = "pretrained (download)"
+            source = "pretrained (derived or downloaded)"
     try:
         model = timm.create_model(cfg.name, pretrained=bool(pretrained), **kwargs)
     except RuntimeError as e:
@@ -117,8 +95,8 @@ def create_model(cfg: ModelConfig, num_classes: int | None, weights_root: str | 
             raise ValueError(f"model.name {cfg.name!r} is not a timm model; see `gdzoo models` or timm.list_models()") from e
         if pretrained:
             raise ValueError(
-                f"model.pretrained=true but weights for {cfg.name} could not be loaded: {e} Put them in "
-                f"{weights_root}/<model>.<tag>/ (gdzoo hub export) or the HF cache (gdzoo hub seed), or use "
+                f"model.pretrained=true but weights for {cfg.name} could not be loaded: {e} Put them in the HF "
+                "cache (gdzoo hub seed), load a file with model.initial_checkpoint, or use "
                 "model.pretrained=auto (random init when absent) / false."
             ) from e
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..models.pretrained import available_weights_file
 from .config import Recipe, apply_overrides, recipe_from_dict
 
 __all__ = ["DEFAULT_RECIPE", "FINETUNE_OVERRIDES", "default_recipe"]
@@ -21,7 +22,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "output": {"dir": "runs", "plots": True},
 }
 
-# When pretrained gd_fmnist weights exist (weights/ or the HF cache) the main job fine-tunes them
+# When pretrained gd_fmnist weights are on this machine (shipped with gdzoo, or in the HF cache) the main job fine-tunes them
 # gently instead: a small learning rate, no warmup, two epochs.
 FINETUNE_OVERRIDES = ["name=fmnist_finetune", "optim.lr=0.001", "sched.warmup_epochs=0", "train.epochs=2"]
 
@@ -29,7 +30,5 @@ FINETUNE_OVERRIDES = ["name=fmnist_finetune", "optim.lr=0.001", "sched.warmup_ep
 def default_recipe(finetune: bool | None = None) -> Recipe:
     """The built-in main job; ``finetune`` None decides by whether pretrained weights are available."""
     if finetune is None:
-        from .modeling import find_pretrained_file
-
-        finetune = find_pretrained_file(DEFAULT_RECIPE["model"]["name"]) is not None
+        finetune = available_weights_file(DEFAULT_RECIPE["model"]["name"]) is not None
     return recipe_from_dict(apply_overrides(DEFAULT_RECIPE, FINETUNE_OVERRIDES if finetune else []))

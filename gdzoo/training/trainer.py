@@ -237,7 +237,7 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         atomic_write_text(run_dir / "config.yaml", recipe_to_yaml(recipe))
 
     num_classes = recipe.model.num_classes or dataset_num_classes(recipe.data)
-    model, model_info = create_model(recipe.model, num_classes, recipe.output.export_root)
+    model, model_info = create_model(recipe.model, num_classes)
     task = "segmentation" if is_segmentation(model, recipe.model.task) else "classification"
     bundle = build_datasets(recipe.data, recipe.augment, model, task)
     if info.is_primary:
