@@ -1,15 +1,17 @@
 """Convert a pretrained free-form timm model into its gdzoo GD twin: copy the weights, fit the GD stem, check logits.
 
-The pipeline behind ``gdzoo convert vgg16.tv_in1k --to gd_vgg16 --tag tv_in1k`` (paper, Table 2):
+One code path for ``gdzoo convert vgg16.tv_in1k --to gd_vgg16 --tag tv_in1k`` (paper, Table 2) and for
+``gd_vgg16.tv_in1k`` weights derived on first use by ``pretrained=True``:
 every tensor except the stem is copied unchanged; the stem (``pretrained_cfg['first_conv']``) is
 fitted by :func:`gdzoo.layers.fit.fit_gdconv_` (kernel space, then output space on sample images);
-both models then run on the same images and the logits are compared. :func:`export_converted`
-writes the Hub folder with the errors in its model card.
+both models then run on the same images and the logits are compared.
+:func:`gdzoo.hub.convert.export_converted` writes the Hub folder with the errors in its model card.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,10 +22,8 @@ import torch.nn as nn
 from ..layers import GDConv2d
 from ..layers.fit import FitReport, fit_gdconv_, natural_images, relative_error
 from ..layers.gdify import first_conv_names, unsupported_reason
-from .export import export_hub_folder
-from .layout import HubFolder
 
-__all__ = ["ConvertReport", "convert_model", "export_converted", "stem_name"]
+__all__ = ["ConvertReport", "convert_model", "stem_name"]
 
 
 @dataclass
@@ -76,6 +76,17 @@ class ConvertReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: the fit's tensors are tiny, and on a busy CPU more threads only spin (20× slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stem_name(model: nn.Module) -> str:
@@ -177,34 +188,12 @@ def convert_model(
     if images.dim() != 4 or images.shape[1] != conv.in_channels:
         raise ValueError(f"images must be (N, {conv.in_channels}, H, W), got shape {tuple(images.shape)}")
     images = images.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    report = fit_gdconv_(gd, conv.weight, conv.bias, images=images, refine_steps=refine_steps, seed=seed,
-                         **(fit_options or {}))
+    with _one_thread():
+        report = fit_gdconv_(gd, conv.weight, conv.bias, images=images, refine_steps=refine_steps, seed=seed,
+                             **(fit_options or {}))
     source.eval()
     model.eval()
     logit_error, agreement = _compare_logits(source, model, images)
     cfg = getattr(source, "pretrained_cfg", None) or {}
     name = source_name or ".".join(p for p in (cfg.get("architecture"), cfg.get("tag")) if p) or type(source).__name__
     return model, ConvertReport(name, target, stem, report, logit_error, agreement, int(images.shape[-1]), int(images.shape[0]))
-
-
-def export_converted(
-    model: nn.Module,
-    report: ConvertReport,
-    tag: str,
-    root: str | os.PathLike = "weights",
-    *,
-    org: str | None = None,
-    command: str | None = None,
-    license: str | None = None,
-    datasets: tuple[str, ...] = ("imagenet-1k",),
-) -> HubFolder:
-    """``weights/<target>.<tag>/`` (config.json, model.safetensors, README.md) with the conversion errors."""
-    description = (
-        f"`{report.target}`: `{report.source}` with its first convolution replaced by a fully trainable "
-        "Gaussian-derivative layer (Penaud--Polge et al., ICIP 2022), the starting point of the paper's "
-        "Table 2.\n\n" + report.card_section()
-    )
-    metrics = {"stem_kernel_rel_error": report.fit.kernel_error, "logit_rel_error": report.logit_error,
-               "top1_agreement": report.top1_agreement}
-    return export_hub_folder(model, tag, root, org=org, metrics=metrics, command=command, datasets=datasets,
-                             license=license, description=description)

@@ -2,16 +2,24 @@
 
 Everything except ``features.0`` is timm's own ``timm.models.vgg.VGG`` (its cfgs, head, pre-logits
 ConvMlp, feature taps, weight init and torchvision-checkpoint filter). ``features.0`` becomes
-``GDConv2d(in_chans, 64, 3, padding=1, num_bases=16, order=2)``: 3×3 like the layer it replaces (so the
-rest of an ImageNet VGG16 checkpoint loads unchanged), order 2 because a 3×3 support holds only 9
-independent taps (N = 6 kernels per basis; order 3's N = 10 would be over-complete), and one basis per
-4 output channels (16 bases, the authors' own example ratio). Override with ``gd_stem_args=dict(...)``.
+``GDConv2d(in_chans, 64, 3, padding=1, num_bases=16, order=3)``: 3×3 like the layer it replaces (so the
+rest of an ImageNet VGG16 checkpoint loads unchanged), order 3 (N = 10 kernels per basis, one more than the
+9 taps of a 3×3 support) because that spans every 3×3 filter: ImageNet's first layer is reproduced exactly
+(order 2, N = 6, leaves ~3 % kernel error, docs/convert.md), and one basis per 4 output channels (16
+bases, the authors' own example ratio). Override with ``gd_stem_args=dict(...)``.
+
+Pretrained ``tv_in1k`` weights: ``<org>/gd_vgg16.tv_in1k`` from the HF cache or the Hub where it exists;
+otherwise derived once from timm's own ``vgg16.tv_in1k`` (``vgg16_bn.tv_in1k``) by
+:func:`gdzoo.models.conversion.convert_model` (every layer copied, the stem fitted) and cached.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
@@ -21,11 +29,20 @@ from timm.models.vgg import cfgs as vgg_cfgs
 
 from ..layers import GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
+from .derived import Derive
 from .pretrained import build_gd_model
 
-__all__ = ["GdVGG", "GD_STEM_ARGS"]
+__all__ = ["DERIVED_FROM", "GdVGG", "GD_STEM_ARGS", "STEM_OUTPUT_TOLERANCE", "derive_gd_vgg"]
 
-GD_STEM_ARGS: dict[str, Any] = dict(num_bases=16, order=2)
+_logger = logging.getLogger(__name__)
+
+GD_STEM_ARGS: dict[str, Any] = dict(num_bases=16, order=3)
+# gdzoo tag -> the timm weights it is derived from when the Hub has no copy.
+DERIVED_FROM: dict[str, str] = {"gd_vgg16.tv_in1k": "vgg16.tv_in1k", "gd_vgg16_bn.tv_in1k": "vgg16_bn.tv_in1k"}
+# A derived stem whose output differs from the original first layer's by more than this is refused.
+STEM_OUTPUT_TOLERANCE = 0.01
+# Check images for the derivation: natural-like (1/f) images, as many and as large as keeps it fast.
+CHECK_IMAGES, CHECK_SIZE = 8, 128
 
 
 class GdVGG(VGG):
@@ -49,6 +66,43 @@ def _filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> d
     return _vgg_filter_fn(state_dict)
 
 
+def derive_gd_vgg(model_tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights for ``model_tag`` from timm's pretrained VGG: every layer copied, the GD stem fitted to its first layer.
+
+    The source comes through timm's normal pretrained path (HF cache or Hub). Raises when the fitted
+    stem's output differs from the original first layer's by more than ``STEM_OUTPUT_TOLERANCE``.
+    Returns the state dict and a record of the source and the errors (written beside the cached file).
+    """
+    from ..layers.fit import natural_images  # local: fitting is only needed when deriving
+    from .conversion import convert_model
+
+    start = time.perf_counter()
+    source_name = DERIVED_FROM[model_tag]
+    source = timm.create_model(source_name, pretrained=True)
+    images = natural_images(CHECK_IMAGES, 3, CHECK_SIZE, seed=0)
+    model, report = convert_model(source, model_tag.split(".")[0], images=images, refine_steps=0)
+    stem_error = report.fit.output_error
+    seconds = time.perf_counter() - start
+    summary = (f"{model_tag}: derived from timm {source_name} in {seconds:.1f} s: stem kernel rel. error "
+               f"{report.fit.kernel_error:.2e}, stem output rel. error {stem_error:.2e}, logits rel. error "
+               f"{report.logit_error:.2e}, top-1 agreement {report.top1_agreement:.3f}")
+    if stem_error is None or stem_error > STEM_OUTPUT_TOLERANCE:
+        raise RuntimeError(f"{summary}: the stem output error exceeds {STEM_OUTPUT_TOLERANCE}; refusing to return a "
+                           "network that differs from the original. Nothing was cached.")
+    _logger.warning(summary)
+    source_cfg = source.pretrained_cfg or {}
+    record = dict(source=source_cfg.get("hf_hub_id") or source_name, seconds=round(seconds, 2),
+                  stem_kernel_error=report.fit.kernel_error, stem_output_error=stem_error,
+                  logit_error=report.logit_error, top1_agreement=report.top1_agreement,
+                  stem_args=dict(GD_STEM_ARGS))
+    return model.state_dict(), record
+
+
+def _derivation(model_tag: str) -> Derive | None:
+    """The derive function of a tag that may be derived, else None."""
+    return (lambda: derive_gd_vgg(model_tag)) if model_tag in DERIVED_FROM else None
+
+
 def _create_gd_vgg(variant: str, pretrained: bool, **kwargs: Any) -> GdVGG:
     """Mirror of ``timm.models.vgg._create_vgg`` (same model cfg, feature cfg and filter) for GdVGG.
 
@@ -63,6 +117,7 @@ def _create_gd_vgg(variant: str, pretrained: bool, **kwargs: Any) -> GdVGG:
         model_cfg=vgg_cfgs[cfg],
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         pretrained_filter_fn=_filter_fn,
+        derive=_derivation,
         **kwargs,
     )
 
@@ -70,6 +125,7 @@ def _create_gd_vgg(variant: str, pretrained: bool, **kwargs: Any) -> GdVGG:
 def _vgg_cfg(model_tag: str, **kwargs: Any) -> dict[str, Any]:
     return gd_cfg(
         model_tag,
+        derived=model_tag in DERIVED_FROM,
         num_classes=1000,
         input_size=(3, 224, 224),
         pool_size=(7, 7),
