@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# CI clones the repository next to ``shared/``; this workspace keeps it at /work/shared.
-SHARED = next((p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), REPO.parent / "shared")
+SHARED = REPO.parent / "shared"  # a clone sits beside shared/ (CI and every workspace)
 MONUSEG = SHARED / "data" / "nuclei" / "monuseg2018"
 IMAGENET_STEM = SHARED / "data" / "imagenet_stem"

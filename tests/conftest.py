@@ -15,3 +15,11 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def newcomer(tmp_path_factory: pytest.TempPathFactory):
+    """gdzoo installed from a freshly built wheel into a new venv, used offline with empty caches."""
+    from _newcomer import make_newcomer
+
+    return make_newcomer(tmp_path_factory.mktemp("newcomer"))

@@ -261,14 +261,19 @@ def test_features_only_pretrained_loads_the_backbone(exported: dict[str, HubFold
         torch.testing.assert_close(loaded[key], state[key], msg=key)
 
 
-def test_list_pretrained_is_exactly_the_published_folders() -> None:
+def test_list_pretrained_is_exactly_the_published_folders_and_derived_tags() -> None:
+    """timm lists the shipped folders (= the manifest, hashes equal) and the tags derived on first use, nothing else."""
+    from gdzoo.hub.manifest import manifest_differences
+    from gdzoo.models.gd_vgg import DERIVED_FROM
     from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
     from gdzoo.models.registry import list_gdzoo_models
 
     weights = REPO_ROOT / "weights"
     folders = {p.name for p in weights.iterdir() if p.is_dir() and "." in p.name} if weights.is_dir() else set()
     listed = {t for name in list_gdzoo_models() for t in timm.list_pretrained(name)}
-    assert listed == folders == set(PUBLISHED_WEIGHTS)
+    assert folders == set(PUBLISHED_WEIGHTS)
+    assert listed == folders | set(DERIVED_FROM)
+    assert manifest_differences([HubFolder.open(weights / name) for name in folders]) == []
 
 
 def test_torch_load_only_with_weights_only() -> None:

@@ -1,5 +1,5 @@
-"""Every published ``weights/<model>.<tag>/`` folder, loaded as a user would (``timm.create_model(name, pretrained=True)``
-from a seeded Hugging Face cache, offline), reproduces the number its model card states.
+"""Every published ``weights/<model>.<tag>/`` folder, loaded as a newcomer would (gdzoo installed from a wheel,
+``timm.create_model(name, pretrained=True)`` offline with empty caches), reproduces the number its model card states.
 
 The evaluation here is written independently of gdzoo's training code: the Fashion-MNIST idx files are parsed
 with numpy and top-1 counted directly; MoNuSeg Dice is pooled over the test images' pixels with numpy from
@@ -8,18 +8,14 @@ the tiled whole-image prediction (``predict_tiled``, itself checked against a wh
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from _newcomer import last_json
 from _paths import MONUSEG, REPO
 from gdzoo.data.fashion_mnist import find_fashion_mnist
-from gdzoo.hub import HubFolder, seed_cache
+from gdzoo.hub import HubFolder
 from gdzoo.hub.card import card_metrics
 from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
 
@@ -43,7 +39,7 @@ with torch.no_grad():
     for i in range(0, len(labels), 1000):
         x = (torch.from_numpy(images[i:i + 1000].copy()).float() / 255 - mean) / std
         correct += int((model(x).argmax(1).numpy() == labels[i:i + 1000]).sum())
-print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels))}))
+print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels)), "file": model.pretrained_cfg["file"]}))
 """
 
 MONUSEG_DICE = """
@@ -65,7 +61,7 @@ for image_id in test_ids:
     x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
     pred = predict_tiled(model, x, tile=128, overlap=32, batch_size=16).argmax(0).numpy() > 0
     tp += int((pred & truth).sum()); fp += int((pred & ~truth).sum()); fn += int((~pred & truth).sum())
-print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids)}))
+print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids), "file": model.pretrained_cfg["file"]}))
 """
 
 # tag -> (the card metric that is recomputed, evaluation program, its data folder)
@@ -88,7 +84,8 @@ def test_every_published_tag_has_an_evaluation() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_WEIGHTS))
-def test_published_weights_reproduce_their_card(name: str, tmp_path) -> None:
+def test_published_weights_reproduce_their_card(name: str, newcomer) -> None:
+    """From the wheel, offline, empty caches: the shipped copy loads and reproduces the card's number."""
     folder = HubFolder.open(REPO / "weights" / name)
     metric, program, data = EVALUATIONS[folder.tag]
     try:
@@ -98,31 +95,20 @@ def test_published_weights_reproduce_their_card(name: str, tmp_path) -> None:
     if root is None:
         pytest.skip(f"evaluation data for '{folder.tag}' is not installed")
     stated = card_metrics((folder.path / "README.md").read_text())[metric]
-    cache = tmp_path / "hub-cache"
-    seed_cache(folder, cache_dir=cache)
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("GDZOO_HF_ORG", None)
-    proc = subprocess.run([sys.executable, "-c", program, name, str(root)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = last_json(newcomer.run(["-c", program, name, str(root)]))
+    assert got["file"].startswith(str(newcomer.root / "venv")) and got["file"].endswith(f"gdzoo/_weights/{name}/model.safetensors")
     assert got["value"] == pytest.approx(stated, abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in PUBLISHED_WEIGHTS if n.endswith(".monuseg")))
-def test_predict_cli_with_pretrained_segments_real_nuclei(name: str, tmp_path) -> None:
-    """``gdzoo predict --model M --pretrained`` as a user runs it (offline, seeded cache, no weights/ in the cwd)."""
+def test_predict_cli_with_pretrained_segments_real_nuclei(name: str, newcomer, tmp_path) -> None:
+    """``gdzoo predict --model M --pretrained`` as a newcomer runs it (wheel install, offline, empty caches)."""
     if not (MONUSEG / "index.csv").is_file():
         pytest.skip("MoNuSeg data not installed")
     image_id = "TCGA-21-5786-01Z-00-DX1"  # an index.csv test image
     Image.open(MONUSEG / "images" / f"{image_id}.png").crop((100, 50, 400, 470)).save(tmp_path / "crop.png")
-    cache = tmp_path / "hub-cache"
-    seed_cache(HubFolder.open(REPO / "weights" / name), cache_dir=cache)
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("GDZOO_HF_ORG", None)
-    proc = subprocess.run([sys.executable, "-m", "gdzoo", "predict", "--model", name.split(".")[0], "--pretrained",
-                           str(tmp_path / "crop.png"), "-o", str(tmp_path / "out")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = newcomer.run(["-m", "gdzoo", "predict", "--model", name.split(".")[0], "--pretrained",
+                         str(tmp_path / "crop.png"), "-o", str(tmp_path / "out")], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     mask = np.array(Image.open(tmp_path / "out" / "crop_mask.png")) > 127
     truth = np.array(Image.open(MONUSEG / "masks" / f"{image_id}.png").crop((100, 50, 400, 470))) > 127
