@@ -90,3 +90,18 @@ def test_tags_that_cannot_be_derived_go_to_the_hub(offline_caches: Path) -> None
     cfg = get_pretrained_cfg("gd_vgg16.tv_in1k").to_dict()
     assert local_weights_file(cfg, derive=lambda tag: None) is None
     assert local_weights_file(cfg, derive=None) is None
+
+
+def test_adapted_gd_stem_gets_no_false_timm_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """timm warns 'weights already match ... Loading unchanged' after gdzoo adapted the GD stem: not for GD stems."""
+    import timm
+
+    with caplog.at_level(logging.INFO):
+        model = timm.create_model("gd_fmnist", pretrained=True, in_chans=3)
+    assert model.stem.conv.in_channels == 3
+    assert "already match the model" not in caplog.text
+    assert "Adapted GD stem stem.conv pretrained weights from 1 to 3 channel(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        timm.create_model("gd_fmnist", pretrained=True)
+    assert "Adapted GD stem" not in caplog.text
