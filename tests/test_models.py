@@ -82,6 +82,39 @@ def test_build_on_meta_device() -> None:
         assert all(p.is_meta for p in model.parameters())
 
 
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+@pytest.mark.parametrize("model_name", list_gdzoo_models())
+def test_device_kwarg(model_name: str) -> None:
+    """timm's ``device=`` factory kwarg: every parameter and buffer is created there."""
+    model = timm.create_model(model_name, device="meta")
+    wrong = [n for n, t in _tensors(model) if not t.is_meta]
+    assert not wrong, f"not on the meta device: {wrong}"
+
+
+SMALL_MODELS = FMNIST_MODELS + SEG_MODELS
+
+
+@pytest.mark.parametrize("model_name", list_gdzoo_models())
+def test_dtype_kwarg(model_name: str) -> None:
+    """timm's ``dtype=`` factory kwarg: every floating parameter/buffer is bf16; small models run a bf16 forward."""
+    model = timm.create_model(model_name, dtype=torch.bfloat16).eval()
+    wrong = [(n, t.dtype) for n, t in _tensors(model) if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong, f"not bfloat16: {wrong}"
+    if model_name not in SMALL_MODELS:
+        return
+    x = torch.randn(2, *_input_size(model))
+    with torch.no_grad():
+        out = model(x.bfloat16())
+        ref = timm.create_model(model_name).eval()
+        ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+        expected = ref(x.bfloat16().float())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert float((out.float() - expected).norm() / expected.norm()) < 0.05  # bf16 rounding only
+
+
 # ---------------------------------------------------------------------------------------------
 # timm's conformance checks, classification models
 # ---------------------------------------------------------------------------------------------

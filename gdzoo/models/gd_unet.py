@@ -55,15 +55,17 @@ class DoubleConv(nn.Module):
     """Optional 2×2 max-pool, then two conv → norm → ReLU: one U-net level."""
 
     def __init__(
-        self, in_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str = "batchnorm", downsample: bool = False
+        self, in_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str = "batchnorm", downsample: bool = False,
+        device: Any = None, dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
-        self.conv1 = _make_conv(in_chs, out_chs, **conv_args)
-        self.norm1 = create_norm(norm, out_chs)
+        self.conv1 = _make_conv(in_chs, out_chs, **conv_args, **dd)
+        self.norm1 = create_norm(norm, out_chs, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = _make_conv(out_chs, out_chs, **conv_args)
-        self.norm2 = create_norm(norm, out_chs)
+        self.conv2 = _make_conv(out_chs, out_chs, **conv_args, **dd)
+        self.norm2 = create_norm(norm, out_chs, **dd)
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +76,12 @@ class DoubleConv(nn.Module):
 class UpBlock(nn.Module):
     """Bilinear ×2 upsampling of the deeper map, concatenation with the skip, then a :class:`DoubleConv`."""
 
-    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str) -> None:
+    def __init__(
+        self, in_chs: int, skip_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str,
+        device: Any = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.conv = DoubleConv(in_chs + skip_chs, out_chs, conv_args, norm=norm)
+        self.conv = DoubleConv(in_chs + skip_chs, out_chs, conv_args, norm=norm, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -107,15 +112,19 @@ def _make_conv(
     order: int = 2,
     separated: bool = False,
     gd_args: dict[str, Any] | None = None,
+    device: Any = None,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
+    """A bias-free 'same' conv: ``nn.Conv2d``, or a GDConv2d with one basis per ``filters_per_basis`` outputs."""
+    dd = {"device": device, "dtype": dtype}
     if conv_type == "conv":
-        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False)
+        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False, **dd)
     num_bases = max(1, out_chs // filters_per_basis)
     while out_chs % num_bases:
         num_bases -= 1
     return GDConv2d(
         in_chs, out_chs, kernel_size, bias=False, num_bases=num_bases, order=order, separated=separated,
-        **(gd_args or {}),
+        **(gd_args or {}), **dd,
     )
 
 
@@ -132,6 +141,7 @@ class UNet(nn.Module):
         gd_args: further GDConv2d keyword arguments for every GD layer.
         norm: ``'batchnorm'`` (default) or ``'fixed'``.
         in_chans: input channels; num_classes: output maps (logits).
+        device, dtype: where and in which dtype every parameter and buffer is created (timm's factory kwargs).
     """
 
     task = "segmentation"  # read by the trainer and the Hub exporter (timm's PretrainedCfg has no task field)
@@ -149,8 +159,11 @@ class UNet(nn.Module):
         in_chans: int = 3,
         num_classes: int = 2,
         drop_rate: float = 0.0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if conv_type not in ("gd", "conv"):
             raise ValueError(f"conv_type must be 'gd' or 'conv', got {conv_type!r}")
         widths = tuple(widths)
@@ -169,18 +182,18 @@ class UNet(nn.Module):
         self.feature_info = []
         encoder, prev = [], in_chans
         for i, chs in enumerate(widths):
-            encoder.append(DoubleConv(prev, chs, conv_args, norm=norm, downsample=i > 0))
+            encoder.append(DoubleConv(prev, chs, conv_args, norm=norm, downsample=i > 0, **dd))
             self.feature_info.append(dict(num_chs=chs, reduction=2**i, module=f"encoder.{i}"))
             prev = chs
         self.encoder = nn.ModuleList(encoder)
         decoder = []
         for chs in reversed(widths[:-1]):
-            decoder.append(UpBlock(prev, chs, chs, conv_args, norm=norm))
+            decoder.append(UpBlock(prev, chs, chs, conv_args, norm=norm, **dd))
             prev = chs
         self.decoder = nn.ModuleList(decoder)
         self.num_features = self.head_hidden_size = prev
         self.drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.head = nn.Conv2d(prev, num_classes, 1) if num_classes > 0 else nn.Identity()
+        self.head = nn.Conv2d(prev, num_classes, 1, **dd) if num_classes > 0 else nn.Identity()
         init_free_form_convs(self)
 
     @torch.jit.ignore
