@@ -23,12 +23,13 @@ sample of the basis, i.e. a scaled channel mixing with nothing left to parameter
 Any input size works: the input is zero-padded at the bottom/right to a multiple of ``2 ** 3`` (zero is
 the dataset mean after normalisation, and what the convolutions' own padding uses) and the logits are
 cropped back, so ``forward`` maps ``(N, in_chans, H, W)`` to ``(N, num_classes, H, W)``. Encoder
-features (``forward_intermediates`` / ``features_only``) are cropped to ``ceil(H / reduction)``.
+features are cropped to ``ceil(H / reduction)`` by parameter-free :class:`FeatureCrop` taps
+(``feature_crops.i``, the ``feature_info`` modules), so ``features_only`` gives the same maps with
+``feature_cls='getter'`` (``forward_intermediates``) and ``'fx'`` (graph nodes of those taps).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import get_device_dtype, register_notrace_function
+from timm.layers import get_device_dtype, register_notrace_function, register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -46,7 +47,7 @@ from ._cfg import gd_cfg
 from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
 
-__all__ = ["UNet", "DoubleConv", "UpBlock", "UNET_WIDTHS", "crop_to", "pad_to_multiple"]
+__all__ = ["UNet", "DoubleConv", "FeatureCrop", "UpBlock", "UNET_WIDTHS", "crop_to", "pad_to_multiple"]
 
 UNET_WIDTHS = (8, 16, 16, 24)
 
@@ -101,6 +102,26 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def crop_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """The top-left ``ref.shape[-2:]`` window of ``x`` (undoes :func:`pad_to_multiple`)."""
     return x[..., : ref.shape[-2], : ref.shape[-1]]
+
+
+@register_notrace_module  # reason: size-dependent slicing; one leaf call (a named FX node: a feature tap)
+class FeatureCrop(nn.Module):
+    """Feature tap: a padded level map cropped to ``ceil(H / reduction) × ceil(W / reduction)`` of the input ``ref``.
+
+    Parameter-free. The padded map keeps flowing through the U-net; this crop is what feature
+    extraction returns, the same for ``forward_intermediates`` and FX graph taps.
+    """
+
+    def __init__(self, reduction: int) -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        r = self.reduction
+        return x[..., : (ref.shape[-2] + r - 1) // r, : (ref.shape[-1] + r - 1) // r]
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction}"
 
 
 def _make_conv(
@@ -183,9 +204,10 @@ class UNet(nn.Module):
         encoder, prev = [], in_chans
         for i, chs in enumerate(widths):
             encoder.append(DoubleConv(prev, chs, conv_args, norm=norm, downsample=i > 0, **dd))
-            self.feature_info.append(dict(num_chs=chs, reduction=2**i, module=f"encoder.{i}"))
+            self.feature_info.append(dict(num_chs=chs, reduction=2**i, module=f"feature_crops.{i}"))
             prev = chs
         self.encoder = nn.ModuleList(encoder)
+        self.feature_crops = nn.ModuleList([FeatureCrop(2**i) for i in range(len(widths))])
         decoder = []
         for chs in reversed(widths[:-1]):
             decoder.append(UpBlock(prev, chs, chs, conv_args, norm=norm, **dd))
@@ -231,21 +253,31 @@ class UNet(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Encoder features of the levels in ``indices`` (level i at ``ceil(H / 2**i)``), and the bottleneck."""
+        """Encoder features of the levels in ``indices`` (level i at ``ceil(H / 2**i)``), and the final features.
+
+        ``final`` is what :meth:`forward_head` takes (``forward_head(final) == forward(x)``): the last
+        decoder map at ``H × W``. Without a full encoder and decoder (``stop_early`` cut, or decoder pruned
+        by :meth:`prune_intermediate_layers`) it is the last encoder level that ran, cropped.
+        """
         assert output_fmt == "NCHW", "Output shape must be NCHW."
         take_indices, max_index = feature_take_indices(len(self.encoder), indices)
-        h, w = x.shape[-2:]
+        inp = x
         x = pad_to_multiple(x, self.pad_multiple)
         intermediates = []
-        encoder = self.encoder if torch.jit.is_scripting() or not stop_early else self.encoder[: max_index + 1]
-        for i, block in enumerate(encoder):
+        skips: list[torch.Tensor] = []
+        stop = len(self.encoder) if torch.jit.is_scripting() or not stop_early else max_index + 1
+        for i, (block, tap) in enumerate(zip(self.encoder, self.feature_crops)):
+            if i >= stop:
+                break
             x = checkpoint(block, x) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x)
+            skips.append(x)
             if i in take_indices:
-                r = 2**i
-                intermediates.append(x[..., : math.ceil(h / r), : math.ceil(w / r)])
+                intermediates.append(tap(x, inp))
         if intermediates_only:
             return intermediates
-        return x, intermediates
+        if stop < len(self.encoder) or len(self.decoder) == 0:
+            return self.feature_crops[len(skips) - 1](x, inp), intermediates
+        return self._decode(skips, inp), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -253,29 +285,35 @@ class UNet(nn.Module):
         """Keep the encoder up to the last of ``indices``; drop the decoder and head (features only)."""
         take_indices, max_index = feature_take_indices(len(self.encoder), indices)
         self.encoder = self.encoder[: max_index + 1]
+        self.feature_crops = self.feature_crops[: max_index + 1]
         if prune_head:
             self.decoder = nn.ModuleList()
             self.reset_classifier(0)
         return take_indices
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last decoder map ``(N, num_features, H, W)``: the per-pixel features the 1×1 head classifies."""
-        inp = x
-        x = pad_to_multiple(x, self.pad_multiple)
-        skips: list[torch.Tensor] = []
-        for block in self.encoder:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x)
-            else:
-                x = block(x)
-            skips.append(x)
-        skips.pop()  # the bottleneck is x itself
+    def _decode(self, skips: list[torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
+        """Decoder on the padded encoder maps ``skips`` (bottleneck last), cropped back to ``inp``'s size."""
+        x = skips.pop()
         for up in self.decoder:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(up, x, skips.pop())
             else:
                 x = up(x, skips.pop())
         return crop_to(x, inp)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last decoder map ``(N, num_features, H, W)``: the per-pixel features the 1×1 head classifies."""
+        inp = x
+        x = pad_to_multiple(x, self.pad_multiple)
+        skips: list[torch.Tensor] = []
+        for block, tap in zip(self.encoder, self.feature_crops):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+            skips.append(x)
+            tap(x, inp)  # a free view; makes the cropped map a node that FX feature extraction can return
+        return self._decode(skips, inp)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Per-pixel logits ``(N, num_classes, H, W)`` (the features themselves when ``pre_logits``)."""
