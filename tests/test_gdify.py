@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import timm
@@ -159,7 +160,10 @@ def test_gdify_keeps_geometry_out_of_timm_weight_decay() -> None:
     gdify(model, "stem", fit=False, num_bases=4, order=2)
     assert isinstance(model.patch_embed.proj, GDConv2d)
     assert model.no_weight_decay() >= own | {f"patch_embed.proj.{g}" for g in GEOMETRY}
-    assert copy.deepcopy(model).no_weight_decay() == model.no_weight_decay()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # e.g. ModelEmaV3, torch.save
+        assert clone.no_weight_decay() == model.no_weight_decay()
+        clone.patch_embed.proj = nn.Conv2d(3, 192, 16, stride=16)  # the clone's names follow the clone
+        assert not any(n.startswith("patch_embed.proj.") for n in clone.no_weight_decay())
     optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=0.1, weight_decay=0.5)
     named = dict(model.named_parameters())
     for name in [*own & set(named), *(f"patch_embed.proj.{g}" for g in GEOMETRY)]:

@@ -13,7 +13,6 @@ optimizer factory keeps them out of weight decay.
 from __future__ import annotations
 
 import re
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch.nn as nn
 from .fit import FitReport, fit_gdconv_
 from .gd_conv import GDConv2d, no_weight_decay_names
 
-__all__ = ["conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay", "select_convs", "unsupported_reason"]
+__all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay", "select_convs", "unsupported_reason"]
 
 FIT_OPTIONS = ("images", "refine_steps", "refine_lr", "restarts", "steps", "polish_steps", "subspace_candidates", "seed")
 
@@ -159,19 +158,33 @@ def _layer_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> d
     return captured
 
 
-def _no_weight_decay_with_gd(self: nn.Module) -> set[str]:
-    """The class's own ``no_weight_decay()`` names (if any) plus the σ, μ, θ of every GDConv2d in the model."""
-    own = getattr(type(self), "no_weight_decay", None)
-    return set(own(self) if own is not None else ()) | no_weight_decay_names(self)
+class NoWeightDecayWithGD:
+    """``model.no_weight_decay`` after gdify: the names the model reported before, plus its GD geometry.
+
+    A plain object holding the model (not a bound method), so ``copy.deepcopy`` (e.g. timm's
+    ``ModelEmaV3``) and pickling (``torch.save(model)``) carry it over, pointing at the copy.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        previous = model.__dict__.get("no_weight_decay")  # an instance-level one (not ours) is kept too
+        self.previous = previous.previous if isinstance(previous, NoWeightDecayWithGD) else previous
+
+    def __call__(self) -> set[str]:
+        own = getattr(type(self.model), "no_weight_decay", None)
+        names = set(own(self.model)) if own is not None else set()
+        if self.previous is not None:
+            names |= set(self.previous())
+        return names | no_weight_decay_names(self.model)
 
 
 def report_gd_no_weight_decay(model: nn.Module) -> None:
     """Make ``model.no_weight_decay()`` (what timm's optimizer factory reads) also name its GD geometry.
 
-    Instance-level and bound to ``model`` (``copy.deepcopy`` rebinds it to the copy); the names the
-    model's class reports are kept. Decay would pull σ, μ, θ towards arbitrary values (docs/training.md).
+    Instance-level; the names the model's class (or an earlier instance-level method) reports are kept.
+    Decay would pull σ, μ, θ towards arbitrary values (docs/training.md).
     """
-    model.no_weight_decay = types.MethodType(_no_weight_decay_with_gd, model)
+    model.no_weight_decay = NoWeightDecayWithGD(model)
 
 
 def _build_replacements(
