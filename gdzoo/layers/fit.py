@@ -450,9 +450,7 @@ def _beta_starts(proj: torch.Tensor, weight: torch.Tensor | None) -> list[torch.
     return [torch.linalg.svd(m, full_matrices=False)[2][..., 0, :] for m in mats]
 
 
-def _weight_out_residual(
-    rows: torch.Tensor, beta: torch.Tensor, phi: torch.Tensor
-) -> torch.Tensor:
+def _weight_out_residual(rows: torch.Tensor, beta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """``min_λ ‖T_b − Σ_n λ β φ‖²`` per basis with ``λ`` eliminated (variable projection): ``‖T_b‖² − Σ_j rᵀG⁻¹r``."""
     proj, phi_gram = _projections(rows, phi), phi @ phi.transpose(-1, -2)
     gram = (beta @ beta.transpose(-1, -2)) * phi_gram
