@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,9 @@ def test_real_imagenet_filters(squeezenet_stem) -> None:
     with torch.no_grad():
         measured = (gd(images) - reference).norm() / (reference - bias.view(1, -1, 1, 1)).norm()
     assert float(measured) == pytest.approx(report.output_error, rel=1e-3)
-    assert len(report.kernel_error_per_channel) == 64 and torch.equal(gd.bias.detach(), gd.bias.detach())
+    assert len(report.kernel_error_per_channel) == 64
+    # the bias is copied, then nudged by the 40 refinement steps (measured max change 5e-4; bias spans ±0.2)
+    assert float((gd.bias.detach() - bias).abs().max()) < 0.01
 
 
 def test_real_filters_kernel_space_per_order(squeezenet_stem) -> None:
@@ -70,13 +73,80 @@ def test_combination_lstsq_is_exact_for_a_known_basis() -> None:
     assert torch.allclose(combination_lstsq(weight, basis), coef, atol=1e-6)
 
 
-def test_separated_layer_gets_a_rank_one_split() -> None:
+def _smooth_target(out: int = 16, cin: int = 8, k: int = 5, seed: int = 0) -> torch.Tensor:
+    """White noise blurred by a normalised 5-tap Gaussian (σ = 1): smooth, pretrained-like filters."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(out * cin, 1, k + 4, k + 4, generator=gen)
+    taps = torch.exp(-(torch.arange(5) - 2.0) ** 2 / 2)
+    blur = (taps[:, None] * taps[None, :] / taps.sum() ** 2)[None, None]
+    return F.conv2d(noise, blur).reshape(out, cin, k, k)
+
+
+def _free_cp_error(target: torch.Tensor, num_bases: int, rank: int, iters: int = 300, starts: int = 3) -> float:
+    """Relative error of a rank-``rank`` CP split of each basis's ``(out/B, in, taps)`` targets with *free*
+    spatial factors (plain ALS, best of ``starts``): eq. (4) with unconstrained φ, so GD kernels cannot beat
+    it (up to ALS local minima)."""
+    out, cin, kh, kw = target.shape
+    rows = target.double().reshape(num_bases, out // num_bases, cin, kh * kw)
+    residual = 0.0
+    for x in rows:
+        best = math.inf
+        for s in range(starts):
+            gen = torch.Generator().manual_seed(s)
+            a, b, c = (torch.randn(d, rank, generator=gen, dtype=torch.float64) for d in x.shape)
+            for _ in range(iters):
+                a = torch.einsum("jip,ir,pr->jr", x, b, c) @ torch.linalg.pinv((b.T @ b) * (c.T @ c))
+                b = torch.einsum("jip,jr,pr->ir", x, a, c) @ torch.linalg.pinv((a.T @ a) * (c.T @ c))
+                c = torch.einsum("jip,jr,ir->pr", x, a, b) @ torch.linalg.pinv((a.T @ a) * (b.T @ b))
+            best = min(best, float((x - torch.einsum("jr,ir,pr->jip", a, b, c)).pow(2).sum()))
+        residual += best
+    return math.sqrt(residual / float(rows.pow(2).sum()))
+
+
+def _separated_loop_weight(gd: GDConv2d) -> torch.Tensor:
+    """Eq. (4) with loops: ``W[o, i] = Σ_n λ[o, n] β[b(o), n, i] φ^{b(o), n}``."""
+    basis, lam, beta = gd.basis().detach(), gd.weight_out.detach(), gd.weight_in.detach()
+    per = gd.out_channels // gd.num_bases
+    w = torch.zeros(gd.out_channels, gd.in_channels, *gd.kernel_size, dtype=basis.dtype)
+    for o in range(gd.out_channels):
+        for i in range(gd.in_channels):
+            for n in range(gd.num_kernels):
+                w[o, i] += lam[o, n] * beta[o // per, n, i] * basis[o // per, n]
+    return w
+
+
+@pytest.mark.parametrize("num_bases, margin", [(1, 0.03), (4, 0.1)])
+def test_separated_fit_approaches_the_free_cp_split(num_bases: int, margin: float) -> None:
+    """Separated 8→16 5×5 fit: far better than zero weights (error 1), near eq. (4) with free spatial factors.
+
+    Before the kernel-space ALS / variable-projection fit, the rank-1 split of the non-separated
+    weights gave 1.06 (B=1) and 0.96 (B=4) here: worse than (or as bad as) zero weights.
+    Measured after: 0.736 (B=1, free-φ CP 0.725) and 0.562 (B=4, free-φ CP 0.501).
+    """
+    torch.manual_seed(0)
+    target = _smooth_target()
+    gd = GDConv2d(8, 16, 5, bias=False, num_bases=num_bases, order=2, separated=True)
+    report = fit_gdconv_(gd, target)
+    measured = float((_separated_loop_weight(gd) - target).norm() / target.norm())
+    assert measured == pytest.approx(report.kernel_error, rel=1e-4)
+    free_cp = _free_cp_error(target, num_bases, gd.num_kernels)
+    assert report.subspace_bound <= report.kernel_error <= free_cp + margin < 0.8
+
+
+def test_separated_fit_beats_zero_on_white_noise() -> None:
+    """Unstructured targets (a fresh nn.Conv2d) with short fits: still clearly below zero weights' error 1.
+
+    Measured 0.49 (0.40 with the default fit, 0.39 with a 10x longer one; non-separated 0.21).
+    """
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 3, padding=1)
     gd = GDConv2d(3, 8, 3, padding=1, num_bases=2, order=2, separated=True)
-    report = fit_gdconv_(gd, conv.weight, conv.bias, restarts=2, steps=50, polish_steps=0)
-    assert report.settings["separated"] and 0 < report.kernel_error <= 1.0
-    assert float((gd.dense_weight() - conv.weight).detach().norm() / conv.weight.detach().norm()) == pytest.approx(report.kernel_error, rel=1e-4)
+    report = fit_gdconv_(gd, conv.weight, conv.bias, restarts=2, steps=50, polish_steps=20)
+    assert report.settings["separated"]
+    assert report.subspace_bound <= report.kernel_error < 0.6
+    measured = float((_separated_loop_weight(gd) - conv.weight.detach()).norm() / conv.weight.detach().norm())
+    assert measured == pytest.approx(report.kernel_error, rel=1e-4)
+    assert torch.equal(gd.bias.detach(), conv.bias.detach())
 
 
 def test_clear_errors() -> None:

@@ -82,6 +82,39 @@ def test_build_on_meta_device() -> None:
         assert all(p.is_meta for p in model.parameters())
 
 
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+@pytest.mark.parametrize("model_name", list_gdzoo_models())
+def test_device_kwarg(model_name: str) -> None:
+    """timm's ``device=`` factory kwarg: every parameter and buffer is created there."""
+    model = timm.create_model(model_name, device="meta")
+    wrong = [n for n, t in _tensors(model) if not t.is_meta]
+    assert not wrong, f"not on the meta device: {wrong}"
+
+
+SMALL_MODELS = FMNIST_MODELS + SEG_MODELS
+
+
+@pytest.mark.parametrize("model_name", list_gdzoo_models())
+def test_dtype_kwarg(model_name: str) -> None:
+    """timm's ``dtype=`` factory kwarg: every floating parameter/buffer is bf16; small models run a bf16 forward."""
+    model = timm.create_model(model_name, dtype=torch.bfloat16).eval()
+    wrong = [(n, t.dtype) for n, t in _tensors(model) if t.is_floating_point() and t.dtype != torch.bfloat16]
+    assert not wrong, f"not bfloat16: {wrong}"
+    if model_name not in SMALL_MODELS:
+        return
+    x = torch.randn(2, *_input_size(model))
+    with torch.no_grad():
+        out = model(x.bfloat16())
+        ref = timm.create_model(model_name).eval()
+        ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+        expected = ref(x.bfloat16().float())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert float((out.float() - expected).norm() / expected.norm()) < 0.05  # bf16 rounding only
+
+
 # ---------------------------------------------------------------------------------------------
 # timm's conformance checks, classification models
 # ---------------------------------------------------------------------------------------------
@@ -546,6 +579,51 @@ def test_unet_features_only(model_name: str) -> None:
     sub = timm.create_model(model_name, features_only=True, out_indices=(1, 2)).eval()
     with torch.no_grad():
         assert [o.shape[1] for o in sub(torch.randn(1, 3, 32, 32))] == [16, 16]
+
+
+def _padded_encoder_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Reference: the encoder levels run on x zero-padded (bottom/right) to a multiple of 8, each cropped to ceil(H / r)."""
+    h, w = x.shape[-2:]
+    y = torch.nn.functional.pad(x, (0, -w % 8, 0, -h % 8))
+    maps = []
+    for i, level in enumerate(model.encoder):
+        y = level(y)
+        maps.append(y[..., : math.ceil(h / 2**i), : math.ceil(w / 2**i)])
+    return maps
+
+
+@pytest.mark.parametrize("model_name", SEG_MODELS)
+def test_unet_forward_intermediates_final_feeds_the_head(model_name: str) -> None:
+    """timm's contract: ``forward_head(forward_intermediates(x)[0]) == forward(x)``; intermediates are the cropped levels."""
+    model = timm.create_model(model_name).eval()
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        assert final.shape == (2, model.num_features, 37, 45)
+        torch.testing.assert_close(model.forward_head(final), model(x), rtol=1e-5, atol=1e-5)
+        for got, ref in zip(intermediates, _padded_encoder_maps(model, x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
+        only = model.forward_intermediates(x, indices=[1, 2], stop_early=True, intermediates_only=True)
+    assert [o.shape[-2:] for o in only] == [(19, 23), (10, 12)]
+
+
+@pytest.mark.parametrize("model_name", SEG_MODELS)
+def test_unet_feature_paths_agree_on_odd_sizes(model_name: str) -> None:
+    """features_only: 'getter' (forward_intermediates) and 'fx' (graph taps) give the same cropped maps."""
+    wrappers = []
+    for feature_cls in ("getter", "fx"):
+        torch.manual_seed(0)
+        wrappers.append(timm.create_model(model_name, features_only=True, feature_cls=feature_cls).eval())
+    torch.manual_seed(0)
+    reference = timm.create_model(model_name).eval()
+    x = torch.randn(2, 3, 37, 45)
+    with torch.no_grad():
+        expected = _padded_encoder_maps(reference, x)
+        for wrapper in wrappers:
+            outs = wrapper(x)
+            assert [tuple(o.shape[-2:]) for o in outs] == [(37, 45), (19, 23), (10, 12), (5, 6)]
+            for got, ref in zip(outs, expected, strict=True):
+                torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_name", SEG_MODELS)

@@ -4,6 +4,10 @@ Module surgery only: which convolutions are replaced (``'stem'``, ``'all'``, a r
 check that each keeps its exact semantics as a GDConv2d (stride, padding, dilation, padding mode,
 bias), and the fit of :mod:`gdzoo.layers.fit`. Each new layer keeps its :class:`FitReport` in
 ``layer.fit_report`` (a plain attribute: not saved in the state dict).
+
+Every replacement is built (and fitted) before any is swapped in, so a layer that fails leaves the
+model unchanged. The converted model's ``no_weight_decay()`` also names the new σ, μ, θ, so timm's
+optimizer factory keeps them out of weight decay.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from .fit import FitReport, fit_gdconv_
-from .gd_conv import GDConv2d
+from .gd_conv import GDConv2d, no_weight_decay_names
 
-__all__ = ["conv_to_gd", "first_conv_names", "gdify", "select_convs", "unsupported_reason"]
+__all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay", "select_convs", "unsupported_reason"]
 
 FIT_OPTIONS = ("images", "refine_steps", "refine_lr", "restarts", "steps", "polish_steps", "subspace_candidates", "seed")
 
@@ -154,6 +158,57 @@ def _layer_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> d
     return captured
 
 
+class NoWeightDecayWithGD:
+    """``model.no_weight_decay`` after gdify: the names the model reported before, plus its GD geometry.
+
+    A plain object holding the model (not a bound method), so ``copy.deepcopy`` (e.g. timm's
+    ``ModelEmaV3``) and pickling (``torch.save(model)``) carry it over, pointing at the copy.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        previous = model.__dict__.get("no_weight_decay")  # an instance-level one (not ours) is kept too
+        self.previous = previous.previous if isinstance(previous, NoWeightDecayWithGD) else previous
+
+    def __call__(self) -> set[str]:
+        own = getattr(type(self.model), "no_weight_decay", None)
+        names = set(own(self.model)) if own is not None else set()
+        if self.previous is not None:
+            names |= set(self.previous())
+        return names | no_weight_decay_names(self.model)
+
+
+def report_gd_no_weight_decay(model: nn.Module) -> None:
+    """Make ``model.no_weight_decay()`` (what timm's optimizer factory reads) also name its GD geometry.
+
+    Instance-level; the names the model's class (or an earlier instance-level method) reports are kept.
+    Decay would pull σ, μ, θ towards arbitrary values (docs/training.md).
+    """
+    model.no_weight_decay = NoWeightDecayWithGD(model)
+
+
+def _build_replacements(
+    model: nn.Module, names: list[str], fit: bool, inputs: dict[str, torch.Tensor], gd_kwargs: dict[str, Any]
+) -> dict[str, GDConv2d]:
+    """One fitted GDConv2d per name, built without touching ``model``; errors name the layer."""
+    built = {}
+    for name in names:
+        module = model.get_submodule(name)
+        try:
+            built[name], _ = conv_to_gd(module, fit=fit, images=inputs.get(name), **gd_kwargs)
+        except (ValueError, TypeError) as e:  # bad options for this layer (e.g. num_bases vs its width)
+            kind = TypeError if isinstance(e, TypeError) else ValueError
+            raise kind(f"cannot convert {name!r} ({type(module).__name__}) to GDConv2d: {e}") from e
+    return built
+
+
+def _swap_in(model: nn.Module, replacements: dict[str, GDConv2d]) -> None:
+    """Replace every named module by its GDConv2d (only called once all were built)."""
+    for name, gd in replacements.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, gd)
+
+
 def gdify(
     model: nn.Module,
     layers: str | Sequence[str] = "stem",
@@ -176,8 +231,11 @@ def gdify(
             *model* inputs: the model runs once on them and every layer is refined on the input it
             received (captured with forward pre-hooks before any replacement).
 
-    Each new layer's :class:`FitReport` is in ``layer.fit_report``; ``model.gdify_skipped`` lists
-    the skipped modules and why.
+    All-or-nothing: every new layer is built (and fitted) first, then all are swapped in; on an error
+    (which names the layer and the reason) the model is unchanged. Each new layer's
+    :class:`FitReport` is in ``layer.fit_report``; ``model.gdify_skipped`` lists the skipped modules
+    and why; ``model.no_weight_decay()`` also names the new layers' geometry (σ, μ, θ), so that
+    ``timm.optim.create_optimizer_v2`` does not decay it.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
@@ -185,6 +243,8 @@ def gdify(
         GDConv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), num_bases=2, order=2)
         >>> net.gdify_skipped
         {'2': 'kernel_size=(1, 1): a 1x1 kernel has a single tap, nothing for a Gaussian-derivative basis to shape'}
+        >>> sorted(net.no_weight_decay())
+        ['0.mu_raw', '0.sigma_raw', '0.theta_raw']
     """
     if strict is None:
         strict = layers != "all"
@@ -200,12 +260,10 @@ def gdify(
             skipped[name] = reason
         else:
             convert.append(name)
+    gd_kwargs = dict(gd_kwargs)
     images = gd_kwargs.pop("images", None)
     inputs = _layer_inputs(model, convert, images) if fit and images is not None else {}
-    for name in convert:
-        module = model.get_submodule(name)
-        gd, _ = conv_to_gd(module, fit=fit, images=inputs.get(name), **gd_kwargs)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, gd)
+    _swap_in(model, _build_replacements(model, convert, fit, inputs, gd_kwargs))
     model.gdify_skipped = skipped
+    report_gd_no_weight_decay(model)
     return model

@@ -38,14 +38,14 @@ class FixedNorm2d(nn.Module):
         return f"{self.num_features}"
 
 
-def create_norm(norm: str, num_features: int) -> nn.Module:
+def create_norm(norm: str, num_features: int, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
     """``'fixed'`` → :class:`FixedNorm2d` (the paper's Table-1 protocol), ``'batchnorm'`` → ``nn.BatchNorm2d``."""
+    dd = {"device": device, "dtype": dtype}
     if norm == "fixed":
-        return FixedNorm2d(num_features)
+        return FixedNorm2d(num_features, **dd)
     if norm == "batchnorm":
-        return nn.BatchNorm2d(num_features)
+        return nn.BatchNorm2d(num_features, **dd)
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-
 
 
 @torch.no_grad()

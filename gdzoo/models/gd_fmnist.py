@@ -54,11 +54,14 @@ FMNIST_DOWNSAMPLE = (False, True, True, False)
 class ConvNormAct(nn.Module):
     """Optional 2×2 max-pool, then conv → norm → ReLU: one layer of the Fashion-MNIST network."""
 
-    def __init__(self, conv: nn.Module, out_chs: int, norm: str = "fixed", downsample: bool = False) -> None:
+    def __init__(
+        self, conv: nn.Module, out_chs: int, norm: str = "fixed", downsample: bool = False,
+        device: Any = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
         self.conv = conv
-        self.norm = create_norm(norm, out_chs)
+        self.norm = create_norm(norm, out_chs, device=device, dtype=dtype)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +90,7 @@ class FmnistNet(nn.Module):
         downsample: a 2×2 max-pool in front of each layer (True/False per layer).
         norm: ``'fixed'`` (Table-1 protocol) or ``'batchnorm'``.
         in_chans, num_classes, global_pool, drop_rate: as in timm models.
+        device, dtype: where and in which dtype every parameter and buffer is created (timm's factory kwargs).
     """
 
     def __init__(
@@ -105,8 +109,11 @@ class FmnistNet(nn.Module):
         num_classes: int = 10,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if conv_type not in ("gd", "conv"):
             raise ValueError(f"conv_type must be 'gd' or 'conv', got {conv_type!r}")
         widths = tuple(widths)
@@ -126,11 +133,11 @@ class FmnistNet(nn.Module):
             if conv_type == "gd":
                 conv: nn.Module = GDConv2d(
                     prev, chs, kernel_size, bias=False, num_bases=bases, order=order,
-                    separated=separated, sigma_init=sigma, **(gd_args or {}),
+                    separated=separated, sigma_init=sigma, **(gd_args or {}), **dd,
                 )
             else:
-                conv = nn.Conv2d(prev, chs, kernel_size, padding=kernel_size // 2, bias=False)
-            layers.append(ConvNormAct(conv, chs, norm=norm, downsample=down))
+                conv = nn.Conv2d(prev, chs, kernel_size, padding=kernel_size // 2, bias=False, **dd)
+            layers.append(ConvNormAct(conv, chs, norm=norm, downsample=down, **dd))
             reduction *= 2 if down else 1
             module = "stem" if i == 0 else f"stages.{i - 1}"
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=module))
@@ -138,7 +145,7 @@ class FmnistNet(nn.Module):
         self.stem = layers[0]
         self.stages = nn.Sequential(*layers[1:])
         self.num_features = self.head_hidden_size = prev
-        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.head = ClassifierHead(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         init_free_form_convs(self)
 
     @torch.jit.ignore

@@ -23,12 +23,13 @@ sample of the basis, i.e. a scaled channel mixing with nothing left to parameter
 Any input size works: the input is zero-padded at the bottom/right to a multiple of ``2 ** 3`` (zero is
 the dataset mean after normalisation, and what the convolutions' own padding uses) and the logits are
 cropped back, so ``forward`` maps ``(N, in_chans, H, W)`` to ``(N, num_classes, H, W)``. Encoder
-features (``forward_intermediates`` / ``features_only``) are cropped to ``ceil(H / reduction)``.
+features are cropped to ``ceil(H / reduction)`` by parameter-free :class:`FeatureCrop` taps
+(``feature_crops.i``, the ``feature_info`` modules), so ``features_only`` gives the same maps with
+``feature_cls='getter'`` (``forward_intermediates``) and ``'fx'`` (graph nodes of those taps).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import get_device_dtype, register_notrace_function
+from timm.layers import get_device_dtype, register_notrace_function, register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -46,7 +47,7 @@ from ._cfg import gd_cfg
 from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
 
-__all__ = ["UNet", "DoubleConv", "UpBlock", "UNET_WIDTHS", "crop_to", "pad_to_multiple"]
+__all__ = ["UNet", "DoubleConv", "FeatureCrop", "UpBlock", "UNET_WIDTHS", "crop_to", "pad_to_multiple"]
 
 UNET_WIDTHS = (8, 16, 16, 24)
 
@@ -55,15 +56,17 @@ class DoubleConv(nn.Module):
     """Optional 2×2 max-pool, then two conv → norm → ReLU: one U-net level."""
 
     def __init__(
-        self, in_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str = "batchnorm", downsample: bool = False
+        self, in_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str = "batchnorm", downsample: bool = False,
+        device: Any = None, dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
-        self.conv1 = _make_conv(in_chs, out_chs, **conv_args)
-        self.norm1 = create_norm(norm, out_chs)
+        self.conv1 = _make_conv(in_chs, out_chs, **conv_args, **dd)
+        self.norm1 = create_norm(norm, out_chs, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = _make_conv(out_chs, out_chs, **conv_args)
-        self.norm2 = create_norm(norm, out_chs)
+        self.conv2 = _make_conv(out_chs, out_chs, **conv_args, **dd)
+        self.norm2 = create_norm(norm, out_chs, **dd)
         self.act2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +77,12 @@ class DoubleConv(nn.Module):
 class UpBlock(nn.Module):
     """Bilinear ×2 upsampling of the deeper map, concatenation with the skip, then a :class:`DoubleConv`."""
 
-    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str) -> None:
+    def __init__(
+        self, in_chs: int, skip_chs: int, out_chs: int, conv_args: dict[str, Any], norm: str,
+        device: Any = None, dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.conv = DoubleConv(in_chs + skip_chs, out_chs, conv_args, norm=norm)
+        self.conv = DoubleConv(in_chs + skip_chs, out_chs, conv_args, norm=norm, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
@@ -98,6 +104,26 @@ def crop_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return x[..., : ref.shape[-2], : ref.shape[-1]]
 
 
+@register_notrace_module  # reason: size-dependent slicing; one leaf call (a named FX node: a feature tap)
+class FeatureCrop(nn.Module):
+    """Feature tap: a padded level map cropped to ``ceil(H / reduction) × ceil(W / reduction)`` of the input ``ref``.
+
+    Parameter-free. The padded map keeps flowing through the U-net; this crop is what feature
+    extraction returns, the same for ``forward_intermediates`` and FX graph taps.
+    """
+
+    def __init__(self, reduction: int) -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        r = self.reduction
+        return x[..., : (ref.shape[-2] + r - 1) // r, : (ref.shape[-1] + r - 1) // r]
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction}"
+
+
 def _make_conv(
     in_chs: int,
     out_chs: int,
@@ -107,15 +133,19 @@ def _make_conv(
     order: int = 2,
     separated: bool = False,
     gd_args: dict[str, Any] | None = None,
+    device: Any = None,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
+    """A bias-free 'same' conv: ``nn.Conv2d``, or a GDConv2d with one basis per ``filters_per_basis`` outputs."""
+    dd = {"device": device, "dtype": dtype}
     if conv_type == "conv":
-        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False)
+        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False, **dd)
     num_bases = max(1, out_chs // filters_per_basis)
     while out_chs % num_bases:
         num_bases -= 1
     return GDConv2d(
         in_chs, out_chs, kernel_size, bias=False, num_bases=num_bases, order=order, separated=separated,
-        **(gd_args or {}),
+        **(gd_args or {}), **dd,
     )
 
 
@@ -132,6 +162,7 @@ class UNet(nn.Module):
         gd_args: further GDConv2d keyword arguments for every GD layer.
         norm: ``'batchnorm'`` (default) or ``'fixed'``.
         in_chans: input channels; num_classes: output maps (logits).
+        device, dtype: where and in which dtype every parameter and buffer is created (timm's factory kwargs).
     """
 
     task = "segmentation"  # read by the trainer and the Hub exporter (timm's PretrainedCfg has no task field)
@@ -149,8 +180,11 @@ class UNet(nn.Module):
         in_chans: int = 3,
         num_classes: int = 2,
         drop_rate: float = 0.0,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if conv_type not in ("gd", "conv"):
             raise ValueError(f"conv_type must be 'gd' or 'conv', got {conv_type!r}")
         widths = tuple(widths)
@@ -169,18 +203,19 @@ class UNet(nn.Module):
         self.feature_info = []
         encoder, prev = [], in_chans
         for i, chs in enumerate(widths):
-            encoder.append(DoubleConv(prev, chs, conv_args, norm=norm, downsample=i > 0))
-            self.feature_info.append(dict(num_chs=chs, reduction=2**i, module=f"encoder.{i}"))
+            encoder.append(DoubleConv(prev, chs, conv_args, norm=norm, downsample=i > 0, **dd))
+            self.feature_info.append(dict(num_chs=chs, reduction=2**i, module=f"feature_crops.{i}"))
             prev = chs
         self.encoder = nn.ModuleList(encoder)
+        self.feature_crops = nn.ModuleList([FeatureCrop(2**i) for i in range(len(widths))])
         decoder = []
         for chs in reversed(widths[:-1]):
-            decoder.append(UpBlock(prev, chs, chs, conv_args, norm=norm))
+            decoder.append(UpBlock(prev, chs, chs, conv_args, norm=norm, **dd))
             prev = chs
         self.decoder = nn.ModuleList(decoder)
         self.num_features = self.head_hidden_size = prev
         self.drop = nn.Dropout2d(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.head = nn.Conv2d(prev, num_classes, 1) if num_classes > 0 else nn.Identity()
+        self.head = nn.Conv2d(prev, num_classes, 1, **dd) if num_classes > 0 else nn.Identity()
         init_free_form_convs(self)
 
     @torch.jit.ignore
@@ -218,21 +253,31 @@ class UNet(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Encoder features of the levels in ``indices`` (level i at ``ceil(H / 2**i)``), and the bottleneck."""
+        """Encoder features of the levels in ``indices`` (level i at ``ceil(H / 2**i)``), and the final features.
+
+        ``final`` is what :meth:`forward_head` takes (``forward_head(final) == forward(x)``): the last
+        decoder map at ``H × W``. Without a full encoder and decoder (``stop_early`` cut, or decoder pruned
+        by :meth:`prune_intermediate_layers`) it is the last encoder level that ran, cropped.
+        """
         assert output_fmt == "NCHW", "Output shape must be NCHW."
         take_indices, max_index = feature_take_indices(len(self.encoder), indices)
-        h, w = x.shape[-2:]
+        inp = x
         x = pad_to_multiple(x, self.pad_multiple)
         intermediates = []
-        encoder = self.encoder if torch.jit.is_scripting() or not stop_early else self.encoder[: max_index + 1]
-        for i, block in enumerate(encoder):
+        skips: list[torch.Tensor] = []
+        stop = len(self.encoder) if torch.jit.is_scripting() or not stop_early else max_index + 1
+        for i, (block, tap) in enumerate(zip(self.encoder, self.feature_crops)):
+            if i >= stop:
+                break
             x = checkpoint(block, x) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x)
+            skips.append(x)
             if i in take_indices:
-                r = 2**i
-                intermediates.append(x[..., : math.ceil(h / r), : math.ceil(w / r)])
+                intermediates.append(tap(x, inp))
         if intermediates_only:
             return intermediates
-        return x, intermediates
+        if stop < len(self.encoder) or len(self.decoder) == 0:
+            return self.feature_crops[len(skips) - 1](x, inp), intermediates
+        return self._decode(skips, inp), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -240,29 +285,35 @@ class UNet(nn.Module):
         """Keep the encoder up to the last of ``indices``; drop the decoder and head (features only)."""
         take_indices, max_index = feature_take_indices(len(self.encoder), indices)
         self.encoder = self.encoder[: max_index + 1]
+        self.feature_crops = self.feature_crops[: max_index + 1]
         if prune_head:
             self.decoder = nn.ModuleList()
             self.reset_classifier(0)
         return take_indices
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last decoder map ``(N, num_features, H, W)``: the per-pixel features the 1×1 head classifies."""
-        inp = x
-        x = pad_to_multiple(x, self.pad_multiple)
-        skips: list[torch.Tensor] = []
-        for block in self.encoder:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x)
-            else:
-                x = block(x)
-            skips.append(x)
-        skips.pop()  # the bottleneck is x itself
+    def _decode(self, skips: list[torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
+        """Decoder on the padded encoder maps ``skips`` (bottleneck last), cropped back to ``inp``'s size."""
+        x = skips.pop()
         for up in self.decoder:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(up, x, skips.pop())
             else:
                 x = up(x, skips.pop())
         return crop_to(x, inp)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last decoder map ``(N, num_features, H, W)``: the per-pixel features the 1×1 head classifies."""
+        inp = x
+        x = pad_to_multiple(x, self.pad_multiple)
+        skips: list[torch.Tensor] = []
+        for block, tap in zip(self.encoder, self.feature_crops):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+            skips.append(x)
+            tap(x, inp)  # a free view; makes the cropped map a node that FX feature extraction can return
+        return self._decode(skips, inp)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Per-pixel logits ``(N, num_classes, H, W)`` (the features themselves when ``pre_logits``)."""
