@@ -223,8 +223,9 @@ def test_gradcheck_layer(separated: bool, impl: str, kwargs: dict[str, Any]) -> 
         {"weight_out", "weight_in"} if separated else {"weight"}
     )
     assert set(names) == expected
+    randomize_bias(m)  # before the clone: gradcheck must see a non-zero bias
     params = [p.detach().clone().requires_grad_(True) for _, p in m.named_parameters()]
-    randomize_bias(m)
+    assert params[names.index("bias")].abs().min() > 0
     x = torch.randn(1, 2, 5, 5, dtype=F64, requires_grad=True)
 
     def fn(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ MAX_SIZE = 64  # spatial cap for test inputs (VGG's 224 → 64)
 
 TORCHSCRIPT_SKIP = (
     "GDConv2d is not TorchScript-compilable: it keeps a Python-side kernel cache keyed on parameter "
-    "versions, a dataclass ConvSpec and property-based geometry (TorchScript is also deprecated in "
+    "values, a dataclass ConvSpec and property-based geometry (TorchScript is also deprecated in "
     "torch 2.x); GD models are checked with torch.jit.trace and FX instead"
 )
 

@@ -12,7 +12,13 @@ import torch
 
 from .gaussian import gaussian_derivative_1d
 
-__all__ = ["derivative_orders", "num_basis_kernels", "kernel_coordinates", "gaussian_derivative_basis"]
+__all__ = [
+    "derivative_orders",
+    "num_basis_kernels",
+    "kernel_coordinates",
+    "gaussian_derivative_basis",
+    "gaussian_derivative_basis_reference",
+]
 
 
 def derivative_orders(order: int) -> list[tuple[int, int]]:
@@ -84,35 +90,99 @@ def _axis_derivatives(
     return torch.gather(derivs, 0, index)
 
 
+def _shifted_coordinates(
+    mu: torch.Tensor, theta: torch.Tensor, kernel_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u, y)``: rotated tap coordinates ``u`` and shifted ones ``y = u − μ``, each ``(..., N, kH, kW, 2)``."""
+    u1, u2 = _rotated_coordinates(theta, kernel_size)
+    u = torch.stack((u1, u2), dim=-1)
+    return u, u - mu[..., None, None, :]
+
+
+def _basis_vjp(
+    grad: torch.Tensor, sigma: torch.Tensor, u: torch.Tensor, factors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(∂/∂σ, ∂/∂μ, ∂/∂θ)`` of ``Σ grad · φ`` from ``factors = G_{o+e}`` (e = 0, 1, 2) of both axes."""
+    g0, g1, g2 = factors[0], factors[1], factors[2]
+    weighted = grad.unsqueeze(-1) * g0.flip(-1)  # dφ/d(axis-a factor) · grad
+    grad_y = weighted * g1  # (..., N, kH, kW, 2)
+    grad_sigma = sigma * (weighted * g2).sum(dim=(-3, -2))
+    grad_mu = -grad_y.sum(dim=(-3, -2))
+    grad_theta = (grad_y[..., 0] * u[..., 1] - grad_y[..., 1] * u[..., 0]).sum(dim=(-2, -1))
+    return grad_sigma, grad_mu, grad_theta
+
+
+def _forward_ad_possible() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level`` or a ``torch.func`` transform (``jvp``, ``jacfwd``...)."""
+    return torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
 class _GaussianDerivativeBasis(torch.autograd.Function):
     """Basis sampling with an analytic backward (far fewer ops than autograd through the recurrence).
 
     It uses ``∂G_p/∂y = G_{p+1}`` and the heat equation ``∂G_p/∂σ = σ·G_{p+2}``; ``∂y/∂μ = −1`` and
     ``∂(u1, u2)/∂θ = (u2, −u1)``.
+
+    Higher-order derivatives are exact: the backward (and the forward-mode ``jvp``) is itself made of
+    differentiable torch ops. When the engine asks for a differentiable backward (``create_graph=True``,
+    e.g. a Hessian-vector product), the ``G_{p+1}``, ``G_{p+2}`` factors are recomputed from the saved
+    σ, μ, θ with autograd on, so their own dependence on the geometry is part of the graph; otherwise the
+    factors computed by the forward are reused. ``setup_context`` and ``generate_vmap_rule`` make the
+    function usable under ``torch.func`` (``grad``, ``vjp``, ``vmap``, ``jacrev``); forward mode (``jvp``,
+    ``jacfwd``, ``hessian``, ``torch.autograd.forward_ad``) is :class:`_GaussianDerivativeBasisFwd`'s.
     """
 
-    @staticmethod
-    def forward(ctx, sigma, mu, theta, orders, kernel_size, max_order=None):  # noqa: ANN001, ANN205
-        u1, u2 = _rotated_coordinates(theta, kernel_size)
-        u = torch.stack((u1, u2), dim=-1)
-        y = u - mu[..., None, None, :]
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        factors = _axis_derivatives(y, sigma, orders, extra=2 if need_grad else 0, max_order=max_order)
-        if need_grad:
-            ctx.save_for_backward(sigma, u, factors)
-        return factors[0, ..., 0] * factors[0, ..., 1]
+    generate_vmap_rule = True
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        sigma, u, factors = ctx.saved_tensors
+    def forward(sigma, mu, theta, orders, kernel_size, max_order, extra):  # noqa: ANN001, ANN205
+        # The factors and rotated coordinates are outputs only so that setup_context can save them.
+        u, y = _shifted_coordinates(mu, theta, kernel_size)
+        factors = _axis_derivatives(y, sigma, orders, extra=extra, max_order=max_order)
+        return factors[0, ..., 0] * factors[0, ..., 1], factors, u
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+        sigma, mu, theta, orders, kernel_size, max_order, extra = inputs
+        _, factors, u = output
+        ctx.mark_non_differentiable(factors, u)
+        ctx.kernel_size, ctx.max_order = kernel_size, max_order
+        ctx.has_factors = extra >= 2
+        ctx.save_for_backward(sigma, mu, theta, orders, *((factors, u) if ctx.has_factors else (None, None)))
+        ctx.save_for_forward(sigma, mu, theta, orders)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_factors, _grad_u):  # noqa: ANN001, ANN205
+        sigma, mu, theta, orders, factors, u = ctx.saved_tensors
+        if torch.is_grad_enabled() or not ctx.has_factors:
+            # create_graph=True: the factors and coordinates must carry their dependence on σ, μ, θ (the
+            # forward's ones do not), so they are recomputed here with autograd on.
+            u, y = _shifted_coordinates(mu, theta, ctx.kernel_size)
+            factors = _axis_derivatives(y, sigma, orders, extra=2, max_order=ctx.max_order)
+        grads = _basis_vjp(grad, sigma, u, factors)
+        return (*(g if ctx.needs_input_grad[i] else None for i, g in enumerate(grads)), None, None, None, None)
+
+
+class _GaussianDerivativeBasisFwd(_GaussianDerivativeBasis):
+    """:class:`_GaussianDerivativeBasis` plus forward-mode AD (``jvp``): used only while forward AD can be
+    asked for, since ``torch.compile`` cannot trace an ``autograd.Function`` that defines ``jvp``."""
+
+    @staticmethod
+    def jvp(ctx, d_sigma, d_mu, d_theta, *_):  # noqa: ANN001, ANN205
+        sigma, mu, theta, orders = ctx.saved_tensors
+        u, y = _shifted_coordinates(mu, theta, ctx.kernel_size)
+        factors = _axis_derivatives(y, sigma, orders, extra=2, max_order=ctx.max_order)
         g0, g1, g2 = factors[0], factors[1], factors[2]
-        weighted = grad.unsqueeze(-1) * g0.flip(-1)  # dφ/d(axis-a factor) · grad
-        grad_y = weighted * g1  # (..., N, kH, kW, 2)
-        grad_sigma = sigma * (weighted * g2).sum(dim=(-3, -2))
-        grad_mu = -grad_y.sum(dim=(-3, -2))
-        grad_theta = (grad_y[..., 0] * u[..., 1] - grad_y[..., 1] * u[..., 0]).sum(dim=(-2, -1))
-        return grad_sigma, grad_mu, grad_theta, None, None, None
+        d_y = torch.zeros_like(y)
+        if d_theta is not None:  # ∂(u1, u2)/∂θ = (u2, −u1)
+            d_y = d_y + torch.stack((u[..., 1], -u[..., 0]), dim=-1) * d_theta[..., None, None, None]
+        if d_mu is not None:
+            d_y = d_y - d_mu[..., None, None, :]
+        d_factor = g1 * d_y  # (..., N, kH, kW, 2): change of each axis factor
+        if d_sigma is not None:
+            d_factor = d_factor + sigma[..., None, None, :] * d_sigma[..., None, None, :] * g2
+        d_basis = (d_factor * g0.flip(-1)).sum(dim=-1)
+        return d_basis, None, None
 
 
 def gaussian_derivative_basis(
@@ -125,7 +195,8 @@ def gaussian_derivative_basis(
 ) -> torch.Tensor:
     """Sample every kernel ``φ^{b,n}`` of eq. (1) on the tap grid in one vectorised pass.
 
-    Differentiable in ``sigma``, ``mu`` and ``theta`` (first order, analytic backward).
+    Differentiable in ``sigma``, ``mu`` and ``theta`` (analytic backward; higher orders, forward mode and
+    ``torch.func`` transforms are exact too).
 
     Args:
         sigma: ``(..., N, 2)`` scales ``(σ1, σ2)``, positive.
@@ -146,4 +217,32 @@ def gaussian_derivative_basis(
         >>> basis.shape
         torch.Size([4, 3, 7, 7])
     """
-    return _GaussianDerivativeBasis.apply(sigma, mu, theta, orders, tuple(kernel_size), max_order)
+    max_order = int(orders.max()) if max_order is None else int(max_order)
+    need_grad = torch.is_grad_enabled() and (sigma.requires_grad or mu.requires_grad or theta.requires_grad)
+    function = _GaussianDerivativeBasis if torch.compiler.is_compiling() or not _forward_ad_possible() else (
+        _GaussianDerivativeBasisFwd
+    )
+    # With gradients to come, the forward also evaluates G_{o+1}, G_{o+2} once for the backward.
+    basis, _, _ = function.apply(
+        sigma, mu, theta, orders, tuple(kernel_size), max_order, 2 if need_grad else 0
+    )
+    return basis
+
+
+def gaussian_derivative_basis_reference(
+    sigma: torch.Tensor,
+    mu: torch.Tensor,
+    theta: torch.Tensor,
+    orders: torch.Tensor,
+    kernel_size: tuple[int, int],
+    max_order: int | None = None,
+) -> torch.Tensor:
+    """``gaussian_derivative_basis`` as plain torch ops (no custom ``autograd.Function``).
+
+    Same values; its gradients come from autograd through the Hermite recurrence. Used where a
+    graph of ordinary ops is wanted (``torch.jit.trace``) and as a reference in the tests.
+    """
+    max_order = int(orders.max()) if max_order is None else int(max_order)
+    _, y = _shifted_coordinates(mu, theta, tuple(kernel_size))
+    factors = _axis_derivatives(y, sigma, orders, extra=0, max_order=max_order)
+    return factors[0, ..., 0] * factors[0, ..., 1]

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import derivative_orders, gaussian_derivative_basis
+from ..kernels.basis import gaussian_derivative_basis_reference
 from .gd_functional import (
     ConvSpec,
     combine_dense,
@@ -31,6 +32,15 @@ IMPLS = ("auto", "dense", "basis", "factorized")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 RANDOM_SIGMA_RANGE = (0.5, 2.0)  # the authors' init ranges
 RANDOM_MU_RANGE = (-1.0, 1.0)
+# A basis kernel whose squared norm is below this fraction of the largest one in its basis is "degenerate"
+# (numerically zero, e.g. an odd derivative sampled only on its zero line in a 1×k or 1×1 grid): the
+# variance-preserving init must not divide by its norm.
+DEGENERATE_NORM_SQ = 1e-8
+STATE_ORDER = ("sigma_raw", "mu_raw", "theta_raw", "weight", "weight_out", "weight_in", "bias")
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# Host tensors with at least this many elements are snapshot and compared as bytes (one memcmp), several
+# times faster than torch.equal's element loop; smaller ones with torch.equal (less call overhead).
+_BYTES_MIN_NUMEL = 2048
 
 
 def _positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
@@ -64,6 +74,58 @@ def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` reinterpreted as integers of its element size: equality is then bitwise (NaN == NaN, -0 != 0)."""
+    return t.view(_INT_OF_SIZE[t.element_size()]) if t.is_floating_point() else t
+
+
+def _same_bits_one_read(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    """Off the CPU torch.equal waits for the device once per tensor: compare everything, then read one flag."""
+    return not bool(torch.stack([torch.ne(x, y).any() for x, y in zip(a, b)]).any())
+
+
+class _Snapshot:
+    """An exact copy of the bits of some tensors; ``matches`` says whether they still hold exactly those bits."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        self.meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
+        self.host = all(t.device.type == "cpu" for t in tensors)
+        self.copies = tuple(
+            bits.numpy().tobytes() if self.host and bits.numel() >= _BYTES_MIN_NUMEL else bits.clone()
+            for bits in (_bits(t.detach()) for t in tensors)
+        )
+
+    def matches(self, tensors: tuple[torch.Tensor, ...]) -> bool:
+        if tuple((t.shape, t.dtype, t.device) for t in tensors) != self.meta:
+            return False
+        bits = tuple(_bits(t.detach()) for t in tensors)
+        if not self.host:
+            return _same_bits_one_read(self.copies, bits)
+        return all(
+            copy == b.numpy().tobytes() if isinstance(copy, bytes) else torch.equal(copy, b)
+            for copy, b in zip(self.copies, bits)
+        )
+
+
+# fx.symbolic_trace (is_fx_tracing() also answers for torch.export, with a logged warning)
+_is_fx_symbolic_tracing = getattr(
+    torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
+)
+
+
+def _graph_capture() -> bool:
+    """True while the forward is being captured rather than run: ``torch.compile``/``torch.export`` (strict or
+    not, so ONNX's dynamo exporter too), ``torch.jit.trace``/``script`` (and the TorchScript ONNX exporter, which
+    traces), FX symbolic tracing and ``torch.func`` transforms. Cached kernels would become constants there."""
+    return (
+        torch.compiler.is_compiling()  # torch.export sets it too (strict: dynamo; non-strict: explicitly)
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or _is_fx_symbolic_tracing()
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
 class GDConv2d(nn.Module):
     """Fully trainable Gaussian-derivative convolution (Penaud--Polge et al., ICIP 2022).
 
@@ -77,11 +139,24 @@ class GDConv2d(nn.Module):
         num_bases: number of independent bases ``B``; must divide ``out_channels``.
         order: highest total derivative order ``K``; each basis holds ``(K+1)(K+2)/2`` kernels.
         separated: use the separated combination of eq. (4).
-        trainable: which kernel geometries learn: a subset of ``('sigma', 'mu', 'theta')``.
+        trainable: which kernel geometries learn: a subset of ``('sigma', 'mu', 'theta')``. Those are
+            ``nn.Parameter``; the others are fixed, registered as (persistent) buffers under the same names
+            (``sigma_raw``, ``mu_raw``, ``theta_raw``), so the state-dict keys never depend on ``trainable``.
         init: ``'random'`` (σ ~ U[0.5, 2], μ ~ U[−1, 1], θ ~ U[−π, π]) or ``'fixed'``.
         sigma_init, mu_init, theta_init: values for ``init='fixed'`` (float or ``(x1, x2)`` pair).
         sigma_min: σ stays above this through ``σ = sigma_min + softplus(raw)``.
         impl: ``'auto'``, ``'dense'``, ``'basis'`` (non-separated) or ``'factorized'`` (separated).
+
+    Kernel cache: while gradients are off (``torch.no_grad``, ``torch.inference_mode``: evaluation, EMA or
+    teacher targets) the generated kernels are kept and reused as long as the tensors they come from (σ, μ,
+    θ and the combination weights) hold the same values, compared bit for bit with a snapshot on every
+    call. So any change is seen, whatever made it: optimizers (fused ones included), ``load_state_dict``,
+    in-place ops and writes through ``param.data``. The cache is not used while the forward is captured
+    (``torch.compile``, ``torch.export``, ONNX export, ``torch.jit.trace``, ``torch.func`` transforms), and
+    it is neither pickled (``torch.save(module)``) nor deep-copied.
+
+    Derivatives of any order are exact (double backward, Hessian-vector products), and the layer works under
+    ``torch.func`` (``functional_call``, ``grad``, ``vmap``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``).
 
     Example:
         >>> conv = GDConv2d(3, 8, 7, num_bases=2, order=2)
@@ -172,9 +247,12 @@ class GDConv2d(nn.Module):
 
         factory = {"device": device, "dtype": dtype}
         b, n = num_bases, self.num_kernels
-        self.sigma_raw = nn.Parameter(torch.empty(b, n, 2, **factory), requires_grad="sigma" in trainable)
-        self.mu_raw = nn.Parameter(torch.empty(b, n, 2, **factory), requires_grad="mu" in trainable)
-        self.theta_raw = nn.Parameter(torch.empty(b, n, **factory), requires_grad="theta" in trainable)
+        for name, shape in zip(GEOMETRY_NAMES, ((b, n, 2), (b, n, 2), (b, n))):
+            tensor = torch.empty(shape, **factory)
+            if name in trainable:
+                self.register_parameter(f"{name}_raw", nn.Parameter(tensor))
+            else:  # fixed geometry is state, not a parameter (timm: every parameter trains)
+                self.register_buffer(f"{name}_raw", tensor)
         if separated:
             self.weight_out = nn.Parameter(torch.empty(out_channels, n, **factory))
             self.weight_in = nn.Parameter(torch.empty(b, n, in_channels, **factory))
@@ -184,7 +262,8 @@ class GDConv2d(nn.Module):
         self.register_buffer(
             "orders_index", torch.tensor(derivative_orders(order), device=device, dtype=torch.long), persistent=False
         )
-        self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        # (key, snapshot of the kernel sources, kernels): see _kernels
+        self._cache: tuple[tuple, _Snapshot, tuple[torch.Tensor, ...]] | None = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters and views
@@ -239,23 +318,38 @@ class GDConv2d(nn.Module):
         ``E[out²] = gain²`` (``gain = √2`` compensates ReLU, as Kaiming init). Separated: each
         ``β[b,n,i] ~ N(0, 1/(in·‖φ^{b,n}‖²))`` makes every intermediate map unit-variance, and
         ``λ ~ N(0, gain²/N)`` gives the same ``E[out²] = gain²``.
+
+        Degenerate kernels (``‖φ‖² ≤ DEGENERATE_NORM_SQ ·`` the basis' largest, e.g. odd derivatives on a
+        1×k or 1×1 grid with ``init='fixed'``) contribute nothing now but become ordinary kernels as soon as
+        θ or μ move: their weights are drawn as if their norm were the mean of the basis' other kernels, and
+        ``N`` above counts only the non-degenerate kernels, so ``E[out²] = gain²`` still holds at init and
+        no weight is scaled by ``1/‖φ‖ ≈ ∞``.
         """
-        norms_sq = self._compute_basis().pow(2).sum(dim=(-2, -1)).clamp_min(1e-12)  # (B, N)
-        n, cin = self.num_kernels, self.in_channels
+        norms_sq = self._compute_basis().pow(2).sum(dim=(-2, -1))  # (B, N)
+        degenerate = norms_sq <= DEGENERATE_NORM_SQ * norms_sq.amax(dim=-1, keepdim=True)
+        live = (~degenerate).to(norms_sq.dtype)
+        n_live = live.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, 1); 0 only if the whole basis is zero
+        typical = ((norms_sq * live).sum(dim=-1, keepdim=True) / n_live).clamp_min(torch.finfo(norms_sq.dtype).tiny)
+        norms_sq = torch.where(degenerate, typical, norms_sq)
+        cin, per_basis = self.in_channels, self.out_channels // self.num_bases
         if self.separated:
             std_in = (1.0 / (cin * norms_sq)).sqrt().unsqueeze(-1)  # (B, N, 1)
             self.weight_in.copy_(torch.randn_like(self.weight_in) * std_in)
-            nn.init.normal_(self.weight_out, std=gain / math.sqrt(n))
+            std_out = (gain / n_live.sqrt()).repeat_interleave(per_basis, dim=0)  # (out, 1)
+            self.weight_out.normal_().mul_(std_out)
         else:
-            per_output = norms_sq.repeat_interleave(self.out_channels // self.num_bases, dim=0)  # (out, N)
-            std = (gain**2 / (cin * n * per_output)).sqrt().unsqueeze(1)  # (out, 1, N)
+            per_output = (cin * n_live * norms_sq).repeat_interleave(per_basis, dim=0)  # (out, N)
+            std = (gain**2 / per_output).sqrt().unsqueeze(1)  # (out, 1, N)
             self.weight.copy_(torch.randn_like(self.weight) * std)
 
     # ------------------------------------------------------------------ kernel generation
     def _compute_basis(self) -> torch.Tensor:
         dtype = torch.promote_types(self.sigma_raw.dtype, torch.float32)
+        # torch.jit.trace records a custom autograd.Function as an opaque Python call (not serialisable):
+        # trace the same values as plain ops instead.
+        generate = gaussian_derivative_basis_reference if torch.jit.is_tracing() else gaussian_derivative_basis
         with torch.autocast(self.sigma_raw.device.type, enabled=False):
-            return gaussian_derivative_basis(
+            return generate(
                 self.sigma.to(dtype), self.mu.to(dtype), self.theta.to(dtype), self.orders_index, self.kernel_size,
                 max_order=self.order,  # a Python int: no host read of orders_index (sync / graph break)
             )
@@ -290,23 +384,44 @@ class GDConv2d(nn.Module):
             return (self.weight.to(basis.dtype), basis)
         return (self.weight_out.to(basis.dtype), self.weight_in.to(basis.dtype), basis)
 
+    def _kernel_sources(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the generated kernels depend on (the bias is applied live, so it is not one)."""
+        weights = (self.weight_out, self.weight_in) if self.separated else (self.weight,)
+        return (self.sigma_raw, self.mu_raw, self.theta_raw, *weights)
+
     def _cache_key(self, impl: str) -> tuple:
-        params = [p for p in self.parameters(recurse=False)]
-        return (impl, *((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params))
+        """What must match besides the sources (their values, shapes, dtypes and devices: the snapshot)."""
+        return (impl, self.sigma_min, self.kernel_size, self.order)
 
     def _kernels(self, impl: str) -> tuple[torch.Tensor, ...]:
-        """Generated kernels for ``impl``; reused while gradients are off and no parameter changed.
+        """Generated kernels for ``impl``; reused while gradients are off and the sources hold the same values.
 
-        A change is seen through each parameter's version counter, which optimizers,
-        ``load_state_dict`` and in-place ops bump. Writes through ``param.data`` bypass it: call
-        ``.train()`` (or ``.eval()``) afterwards to drop the cache.
+        Version counters are not enough: fused optimizers (``Adam(..., fused=True)``) and writes through
+        ``param.data`` change values without bumping them. So the sources (σ, μ, θ and the combination
+        weights: small next to the kernels) are compared bit for bit with a snapshot taken when the kernels
+        were generated; any difference regenerates. This costs a read of the sources per call: ≈ 30–60 µs on
+        one CPU core for 64→64 channels, N = 10 (41k values), i.e. < 0.1 % of a batch-64 14×14 forward and
+        ≈ 3–5 % at batch 1 (docs/benchmarks.md); on an accelerator, one host-device sync per layer and call.
         """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or _graph_capture():
             return self._generate(impl)
-        key = self._cache_key(impl)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._generate(impl))
-        return self._cache[1]
+        key, sources = self._cache_key(impl), self._kernel_sources()
+        cache = self._cache
+        if cache is None or cache[0] != key or not cache[1].matches(sources):
+            self._cache = cache = (key, _Snapshot(sources), self._generate(impl))
+        return cache[2]
+
+    def __getstate__(self) -> dict:
+        """Pickling and ``copy.deepcopy`` leave the kernel cache out (it is rebuilt on demand)."""
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
+        """As ``nn.Module``, with the keys in one order whichever geometry is a parameter or a buffer."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key in [prefix + name for name in STATE_ORDER if prefix + name in destination]:
+            destination[key] = destination.pop(key)
 
     def train(self, mode: bool = True) -> GDConv2d:
         self._cache = None
@@ -376,7 +491,8 @@ class GDConv2d(nn.Module):
             last = conv
         if self.bias is not None:
             last.bias.copy_(self.bias)
-        for name in [name for name, _ in self.named_parameters(recurse=False)]:
+        fixed_geometry = [f"{g}_raw" for g in GEOMETRY_NAMES if f"{g}_raw" in self._buffers]
+        for name in [name for name, _ in self.named_parameters(recurse=False)] + fixed_geometry:
             delattr(self, name)
         self.bias = None
         self._cache = None
@@ -403,6 +519,8 @@ class GDConv2d(nn.Module):
 def no_weight_decay_names(module: nn.Module) -> set[str]:
     """Full names of the σ, μ, θ parameters of every GDConv2d in ``module``: the set for timm's ``no_weight_decay()``.
 
+    Fixed geometry (not in ``trainable``) is a buffer, never decayed, and not listed.
+
     Decay would pull σ towards ``sigma_min + softplus(0)``, μ to the kernel centre and θ to 0: a prior on the
     kernels' geometry, not a penalty on their magnitude, so (like timm's position embeddings) they are left out.
 
@@ -412,4 +530,5 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
         ['0.mu_raw', '0.sigma_raw', '0.theta_raw']
     """
     return {f"{prefix}.{name}_raw" if prefix else f"{name}_raw"
-            for prefix, m in module.named_modules() if isinstance(m, GDConv2d) for name in GEOMETRY_NAMES}
+            for prefix, m in module.named_modules() if isinstance(m, GDConv2d)
+            for name in GEOMETRY_NAMES if f"{name}_raw" in m._parameters}
