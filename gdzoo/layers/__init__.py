@@ -4,5 +4,6 @@ from .fit import FitReport, fit_gd_kernel, fit_gdconv_
 from .gd_conv import GDConv2d, no_weight_decay_names
 from .gd_functional import combine_dense, combine_separated
 from .gdify import conv_to_gd, gdify
+from .steer import steer, steer_gdconv
 
-__all__ = ["FitReport", "GDConv2d", "combine_dense", "combine_separated", "conv_to_gd", "fit_gd_kernel", "fit_gdconv_", "gdify", "no_weight_decay_names"]
+__all__ = ["FitReport", "GDConv2d", "combine_dense", "combine_separated", "conv_to_gd", "fit_gd_kernel", "fit_gdconv_", "gdify", "no_weight_decay_names", "steer", "steer_gdconv"]

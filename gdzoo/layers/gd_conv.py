@@ -459,6 +459,13 @@ class GDConv2d(nn.Module):
             y = gd_conv2d_factorized(x, *kernels, bias, spec)
         return y.squeeze(0) if unbatched else y
 
+    # ------------------------------------------------------------------ steering
+    def steered(self, scale: float = 1.0, angle: float = 0.0) -> GDConv2d:
+        """A copy of this layer for inputs resized by ``scale`` and rotated by ``angle`` degrees (:func:`gdzoo.steer`)."""
+        from .steer import steer_gdconv  # steer builds on this class
+
+        return steer_gdconv(self, scale, angle)
+
     # ------------------------------------------------------------------ export
     @torch.no_grad()
     def reparameterize(self) -> None:
