@@ -76,3 +76,23 @@ def test_stem_and_head(model: torch.nn.Module) -> None:
     names = apply_freeze(model, "stem_and_head")
     assert {n.split(".")[0] for n in names} == {"stem", "head"}
     assert all(n.startswith(("stem.conv.", "head.fc.")) for n in names)
+
+
+def test_rfnn_geometry_stays_fixed_through_training_steps() -> None:
+    """RFNN's Gaussian geometry is fixed (the baseline's definition): freeze='none' and optimizer steps leave it exact.
+
+    The trainer's ``apply_freeze('none')`` used to switch every parameter on, so the "fixed" σ, μ, θ
+    (then frozen parameters) were learned.
+    """
+    model = timm.create_model("rfnn_fmnist", num_classes=10)
+    geometry = {n: b.detach().clone() for n, b in model.named_buffers() if n.endswith(("sigma_raw", "mu_raw", "theta_raw"))}
+    assert len(geometry) == 12  # four GD layers × (σ, μ, θ)
+    weights = model.stem.conv.weight.detach().clone()
+    apply_freeze(model, "none")
+    optimizer = create_optimizer(model, OptimConfig(opt="adam", lr=0.1))
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 1, 28, 28)).logsumexp(1).sum().backward()
+        optimizer.step()
+    assert all(torch.equal(model.state_dict()[n], v) for n, v in geometry.items())
+    assert not torch.equal(model.stem.conv.weight, weights)  # the combination weights did train
