@@ -252,14 +252,14 @@ def test_cached_eval_forward_sees_the_optimizer_step(device: torch.device, optim
 def test_compile_fullgraph_matches_eager(device: torch.device, model_name: str) -> None:
     """``torch.compile(fullgraph=True)`` (a graph break raises): train forward/backward and cached eval agree with eager.
 
-    Inductor on CUDA; ``aot_eager`` on CPU (the same Dynamo capture and AOT-autograd trace, without a C++ build).
+    Inductor on CUDA; the ``eager`` backend on CPU (the same Dynamo capture, so graph breaks still fail, without a build).
     """
     if ON_CPU and model_name != "gd_fmnist":
         pytest.skip("one model is enough for the CPU plumbing run")
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = timm.create_model(model_name).to(device).train()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager" if ON_CPU else "inductor")
+    compiled = torch.compile(model, fullgraph=True, backend="eager" if ON_CPU else "inductor")
     x = _seeded_input((4, 1, 28, 28)).to(device, torch.float32)
     out = compiled(x)
     out.square().mean().backward()
@@ -329,23 +329,24 @@ def _data_overrides(tmp_path: Path) -> list[str]:
 
     try:
         find_fashion_mnist()
-        return ["--set", "data.train_subset=256", "--set", "data.val_size=64", "--set", "data.test_subset=64"]
+        return ["--set", "data.train_subset=128", "--set", "data.val_size=32", "--set", "data.test_subset=32"]
     except FileNotFoundError:
         _write_image_folder(tmp_path / "images")
         return ["--set", "data.dataset=image_folder", "--set", f"data.root={tmp_path / 'images'}",
                 "--set", "data.val_size=16"]
 
 
-def test_gdzoo_train_tiny_recipe_with_bf16_amp(device: torch.device, tmp_path: Path) -> None:
-    """``gdzoo train -c configs/tiny_fmnist.yaml --amp bf16 --channels-last`` for one short epoch of gd_fmnist."""
-    cmd = [sys.executable, "-m", "gdzoo", "train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"),
-           "--model", "gd_fmnist", "--device", DEVICE, "--amp", "bf16", "--channels-last", "--epochs", "1",
-           "--batch-size", "32", "--output", str(tmp_path / "runs"), "--name", "amp", "--no-progress",
-           "--set", "output.plots=false", *_data_overrides(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"1 x {DEVICE}" in proc.stdout + proc.stderr, "the run did not report training on the device"
+def test_gdzoo_train_tiny_recipe_with_bf16_amp(device: torch.device, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``gdzoo train -c configs/tiny_fmnist.yaml --amp bf16 --channels-last`` for one short epoch of gd_fmnist (in-process)."""
+    from gdzoo.cli.main import main
+
+    args = ["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"),
+            "--model", "gd_fmnist", "--device", DEVICE, "--amp", "bf16", "--channels-last", "--epochs", "1",
+            "--batch-size", "32", "--output", str(tmp_path / "runs"), "--name", "amp", "--no-progress",
+            "--set", "output.plots=false", *_data_overrides(tmp_path)]
+    assert main(args) == 0
+    assert f"1 x {DEVICE}" in capsys.readouterr().out, "the run did not report training on the device"
     rows = [json.loads(line) for line in (tmp_path / "runs" / "amp" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"]) and rows[0]["train_loss"] > 0
     assert math.isfinite(rows[0]["val_loss"])

@@ -1,0 +1,71 @@
+"""``bash benchmarks/gpu_check.sh --cpu``: the GPU check's tests and timings, run on CPU with tiny sizes (CI keeps it working)."""
+
+from __future__ import annotations
+
+import math
+import re
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _paths import REPO
+
+LAYER_HEADER = "| shape | batch | kernel | layer | path | fp32 train | fp32 inference | bf16 train | bf16 inference |"
+MODEL_HEADER = "| model | input | batch | img/s | reference | reference img/s | time ratio | generation | launches step / generation |"
+
+
+def _table(report: str, header: str) -> list[list[str]]:
+    """The body rows of the Markdown table that starts with ``header``, split into cells."""
+    lines = report.splitlines()
+    assert header in lines, f"missing table {header!r} in:\n{report}"
+    rows = []
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _positive(cell: str, unit: str) -> float:
+    assert cell.endswith(unit), f"{cell!r} is not in {unit!r}"
+    value = float(cell.removesuffix(unit))
+    assert math.isfinite(value) and value > 0, cell
+    return value
+
+
+def test_gpu_check_cpu_mode(tmp_path: Path) -> None:
+    docs = (REPO / "docs" / "benchmarks.md").read_bytes()
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu", "--out", str(tmp_path / "report.md")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    final = [line for line in proc.stderr.splitlines() if re.search(r"\d+ passed.* in [\d.]+s", line)]
+    assert len(final) == 1 and not re.search(r"\d+ (failed|errors?)\b", final[0]), proc.stderr[-3000:]  # cuda tests ran on CPU
+    report = proc.stdout
+    assert (tmp_path / "report.md").read_text() == report
+    assert (REPO / "docs" / "benchmarks.md").read_bytes() == docs, "--cpu must not touch the docs' GPU section"
+
+    layers = _table(report, LAYER_HEADER)
+    assert len(layers) == 3 * 3  # 3 tiny shapes × (nn.Conv2d, GD, GD-sep)
+    for row in layers:
+        assert len(row) == 9, row
+        if row[3] == "nn.Conv2d":
+            [_positive(cell, " ms") for cell in row[5:]]
+        else:
+            assert row[3] in ("GD", "GD-sep") and row[4] in ("dense", "basis", "factorized"), row
+            [_positive(cell, "×") for cell in row[5:]]
+    models = _table(report, MODEL_HEADER)
+    assert [row[0].split(",")[0] for row in models] == ["gd_fmnist", "gd_unet", "gd_vgg16"]
+    assert [row[4] for row in models] == ["ff_fmnist", "unet5", "vgg16"]
+    for row in models:
+        _positive(row[3], ""), _positive(row[5], ""), _positive(row[6], "×"), _positive(row[7], "%")
+        step, generation = (int(v) for v in row[8].split(" / "))
+        assert 0 < generation < step, row
+
+
+def test_gpu_check_usage_and_bad_arguments() -> None:
+    usage = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert usage.returncode == 0 and "--cpu" in usage.stdout
+    bad = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--nope"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument '--nope'" in bad.stderr
