@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from _paths import REPO
 
 LAYER_HEADER = "| shape | batch | kernel | layer | path | fp32 train | fp32 inference | bf16 train | bf16 inference |"
@@ -69,3 +71,23 @@ def test_gpu_check_usage_and_bad_arguments() -> None:
     assert usage.returncode == 0 and "--cpu" in usage.stdout
     bad = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--nope"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown argument '--nope'" in bad.stderr
+
+
+def test_docs_section_is_replaced_in_place_and_cpu_results_never_go_there(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpu_bench import BEGIN, END, main, replace_section
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# CPU\nkept\n\n# GPU\nnote, kept\n{BEGIN}\nNot run yet.\n{END}\ntail, kept\n")
+    replace_section(docs, "| table |\n")
+    replace_section(docs, "| new table |\n")  # a second run replaces the first one's tables, nothing else
+    assert docs.read_text() == f"# CPU\nkept\n\n# GPU\nnote, kept\n{BEGIN}\n| new table |\n{END}\ntail, kept\n"
+    (tmp_path / "none.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="needs exactly one"):
+        replace_section(tmp_path / "none.md", "x")
+    with pytest.raises(SystemExit, match="CUDA results only"):
+        main(["--device", "cpu", "--small", "--docs", str(docs)])
+    real = (REPO / "docs" / "benchmarks.md").read_text()
+    assert real.count(BEGIN) == 1 and real.count(END) == 1 and real.index(BEGIN) < real.index(END)
