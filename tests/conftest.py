@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+import gdzoo.layers.gd_conv as gd_conv_module
+from gdzoo import GDConv2d
+
 
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
@@ -23,3 +26,17 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory):
     from _newcomer import make_newcomer
 
     return make_newcomer(tmp_path_factory.mktemp("newcomer"))
+
+
+@pytest.fixture()
+def generate_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts calls to ``GDConv2d._generate`` (kernel generation)."""
+    calls: list[str] = []
+    original = gd_conv_module.GDConv2d._generate
+
+    def counting(self: GDConv2d, impl: str) -> tuple[torch.Tensor, ...]:
+        calls.append(impl)
+        return original(self, impl)
+
+    monkeypatch.setattr(gd_conv_module.GDConv2d, "_generate", counting)
+    return calls

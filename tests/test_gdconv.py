@@ -371,18 +371,6 @@ def test_output_shape_matches_nn_conv2d(args: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Kernel cache
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture()
-def generate_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts calls to ``GDConv2d._generate`` (kernel generation)."""
-    calls: list[str] = []
-    original = gd_conv_module.GDConv2d._generate
-
-    def counting(self: GDConv2d, impl: str) -> tuple[torch.Tensor, ...]:
-        calls.append(impl)
-        return original(self, impl)
-
-    monkeypatch.setattr(gd_conv_module.GDConv2d, "_generate", counting)
-    return calls
 
 
 def fresh(m: GDConv2d, x: torch.Tensor) -> torch.Tensor:

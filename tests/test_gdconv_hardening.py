@@ -60,18 +60,6 @@ def inputs(*shape: int, seed: int = 1, dtype: torch.dtype = torch.float32) -> to
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-@pytest.fixture()
-def generate_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts calls to ``GDConv2d._generate`` (kernel generation)."""
-    calls: list[str] = []
-    original = gd_conv_module.GDConv2d._generate
-
-    def counting(self: GDConv2d, impl: str) -> tuple[torch.Tensor, ...]:
-        calls.append(impl)
-        return original(self, impl)
-
-    monkeypatch.setattr(gd_conv_module.GDConv2d, "_generate", counting)
-    return calls
 
 
 # ============================================================================================ 1. cache vs writes
