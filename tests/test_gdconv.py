@@ -17,7 +17,6 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gdzoo.layers.gd_conv as gd_conv_module
 from gdzoo import GDConv2d
 
 F64 = torch.float64
