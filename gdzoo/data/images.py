@@ -25,6 +25,7 @@ __all__ = [
     "ImageReadError",
     "PngRowWriter",
     "decode_bytes_per_pixel",
+    "describe_read_error",
     "find_unreadable",
     "read_image",
     "read_pil",
@@ -105,8 +106,9 @@ def _no_decompression_bomb_limit() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _reason(error: BaseException, path: Path) -> str:
-    """A short phrase for why PIL could not read ``path``."""
+def describe_read_error(error: BaseException, path: str | os.PathLike) -> str:
+    """A short phrase for why PIL could not read ``path`` (not an image, truncated, permission denied...)."""
+    path = Path(path)
     text = str(error).strip()
     if isinstance(error, FileNotFoundError):
         return "no such file"
@@ -195,7 +197,7 @@ def read_image(path: str | os.PathLike, channels: int = 3, max_bytes: int | None
     except ImageReadError:
         raise
     except Exception as e:  # every way an untrusted file can fail to decode becomes one clear reason
-        raise ImageReadError(path, _reason(e, path)) from e
+        raise ImageReadError(path, describe_read_error(e, path)) from e
 
 
 def read_pil(path: str | os.PathLike, channels: int, max_bytes: int | None = None) -> Image.Image:
