@@ -155,16 +155,29 @@ def _outputs(out_dir: Path, job: Job) -> tuple[Path, Path]:
     return base.parent / f"{base.name}_mask.png", base.parent / f"{base.name}_overlay.png"
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _ends_whole(path: Path) -> bool:
+    """The file ends with PNG's IEND chunk: not cut short (by a copy, a full disk, or a writer other than ours)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < len(_PNG_END):
+            return False
+        f.seek(-len(_PNG_END), os.SEEK_END)
+        return f.read() == _PNG_END
+
+
 def _already_done(mask: Path, overlay: Path, fingerprint: str) -> bool:
-    """Both outputs exist and the mask was made from this very input with these settings."""
+    """Both outputs are whole PNGs and the mask was made from this very input with these settings."""
     from PIL import Image
 
-    if not (mask.is_file() and overlay.is_file()):
-        return False
     try:
+        if not (mask.is_file() and overlay.is_file() and _ends_whole(mask) and _ends_whole(overlay)):
+            return False
         with Image.open(mask) as img:
             return img.info.get(SETTINGS_KEY) == fingerprint
-    except Exception:  # an unreadable old mask is simply redone
+    except Exception:  # an unreadable old output is simply redone
         return False
 
 
