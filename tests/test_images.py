@@ -6,6 +6,7 @@ References are computed here with numpy and PIL's documented formulas, never wit
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,17 @@ def test_bad_files_get_one_clear_reason(tmp_path: Path) -> None:
         read_image(tmp_path / "good.png", max_bytes=1000)
     found = find_unreadable([tmp_path / n for n in ["good.png", "cut.png", "good.jpg", "text.png"]], workers=2)
     assert [p.name for p, _ in found] == ["cut.png", "text.png"]
+
+
+def test_pils_decompression_bomb_limit_is_kept_unless_ours_replaces_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    Image.fromarray(smooth_rgb(64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000: a "bomb" for PIL
+    with pytest.raises(ImageReadError, match="too large: Image size .4096 pixels. exceeds limit"):
+        read_image(tmp_path / "big.png")
+    assert read_image(tmp_path / "big.png", max_bytes=10**6).pixels.shape == (64, 64, 3)  # our limit instead
+    with ThreadPoolExecutor(4) as pool:
+        assert all(d.height == 64 for d in pool.map(lambda p: read_image(p, max_bytes=10**6), [tmp_path / "big.png"] * 16))
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored after reads from several threads
 
 
 @pytest.mark.parametrize(("channels", "bands"), [(1, [3, 0, 5, 9]), (3, [17])])

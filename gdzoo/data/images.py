@@ -8,11 +8,11 @@ with the value of full white in ``scale``, so a huge slide is never held as floa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,15 +95,23 @@ def decode_bytes_per_pixel(mode: str, channels: int, transposed: bool = False) -
     return pil * copies + kept
 
 
-@contextlib.contextmanager
-def _no_decompression_bomb_limit() -> Iterator[None]:
-    """Let PIL open any size: the caller checks the size against its own memory limit before decoding."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(path: Path, any_size: bool) -> Image.Image:
+    """``Image.open``; with ``any_size`` PIL's decompression-bomb check is off (the caller applies its own limit).
+
+    PIL reads that limit from a global, so it is lifted only under a lock and only while the header is read.
+    """
+    if not any_size:
+        return Image.open(path)
+    with _OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def describe_read_error(error: BaseException, path: str | os.PathLike) -> str:
@@ -123,6 +131,8 @@ def describe_read_error(error: BaseException, path: str | os.PathLike) -> str:
         with open(path, "rb") as f:
             head = f.read(8)
         return f"not an image, or a format PIL cannot read (file starts with {head!r})"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large: {text}"
     if isinstance(error, MemoryError):
         return "too large to decode in the available memory"
     if "truncated" in text.lower() or isinstance(error, EOFError):
@@ -181,7 +191,7 @@ def read_image(path: str | os.PathLike, channels: int = 3, max_bytes: int | None
     if channels not in (1, 3):
         raise ValueError(f"images feed 1- or 3-channel models, this one takes {channels} channels")
     try:
-        with _no_decompression_bomb_limit(), Image.open(path) as img:
+        with _open(path, any_size=max_bytes is not None) as img:
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageReadError(path, f"empty image ({width}x{height} pixels)")
