@@ -224,3 +224,17 @@ def test_image_tiles_match_the_float_tensor_path_including_padding() -> None:
         tensor = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
         from_pixels = predict_tiled(model, ImageTiles(pixels, 255.0, MEAN, STD, 3, 32), 32, 8, 5)
         torch.testing.assert_close(from_pixels, predict_tiled(model, tensor, 32, 8, 5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16", "RGBA"])
+def test_banded_copy_out_of_pil_equals_numpys_whole_copy(mode: str) -> None:
+    from gdzoo.data.images import _as_array
+
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (37, 23), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (37, 23, len(mode)), dtype=np.uint8).squeeze(-1) if mode == "L"
+                              else rng.integers(0, 256, (37, 23, len(mode)), dtype=np.uint8), mode)
+    assert img.mode == mode
+    np.testing.assert_array_equal(_as_array(img, band_pixels=23 * 5), np.asarray(img))  # bands of 5 rows, a short last one
