@@ -159,7 +159,7 @@ def _as_array(img: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
     """``np.asarray(img)``, copied a band of rows at a time: a whole-image ``tobytes`` would need twice the memory."""
     width, height = img.size
     if width * height <= band_pixels:
-        return np.asarray(img)
+        return np.array(img)  # a writable copy, as torch.from_numpy wants
     rows = max(1, band_pixels // width)
     first = np.asarray(img.crop((0, 0, width, min(rows, height))))
     out = np.empty((height, *first.shape[1:]), first.dtype)
