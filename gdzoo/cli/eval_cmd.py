@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .._io import atomic_write_text
 from .overrides import accept_dotted_flags
 
 
@@ -29,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--output", help="write the metrics as JSON here")
+    p.add_argument("--strict", action="store_true",
+                   help="stop, before evaluating, when any image of an image-folder split cannot be read "
+                        "(default: skip such images, name them and count them)")
     accept_dotted_flags(p)
     p.set_defaults(run=run)
 
@@ -79,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         print(f"gdzoo eval: the dataset has no {args.split} split", file=sys.stderr)
         return 2
+    dataset, unreadable = _without_unreadable(dataset, bundle.data_config["input_size"][0], args.strict, recipe.data.workers)
+    if dataset is None:
+        return 2
     info = DistInfo(device=resolve_device(args.device))
     model.to(info.device)
     classes = bundle.classes
@@ -87,8 +94,40 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model, model, None, None, build_criterion(task), info, task, args.amp)  # type: ignore[arg-type]
     metrics = engine.evaluate(model, eval_loader(dataset, recipe, info), classes, args.split)
     metrics.update(whole_image_scores(model, dataset, recipe, info.device))
+    if unreadable:
+        metrics["skipped_images"] = len(unreadable)
     print(format_metrics(metrics, f"{recipe.model.name if not args.model else args.model} {args.split}"))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"split": args.split, **metrics}, indent=2) + "\n")
+        skipped = {str(path): reason for path, reason in unreadable}
+        atomic_write_text(args.output, json.dumps({"split": args.split, **metrics, **({"skipped": skipped} if skipped else {})},
+                                                  indent=2) + "\n")
     return 0
+
+
+def _without_unreadable(dataset, channels: int, strict: bool, workers: int):  # type: ignore[no-untyped-def]
+    """The split without the image files that cannot be decoded, and those files with the reasons.
+
+    Every file of an image-folder split is decoded once up front (in threads), so a corrupt file is found
+    before any evaluation: with ``strict`` the command stops there (dataset None), otherwise it is skipped.
+    """
+    from ..data.images import find_unreadable
+    from ..training.datasets import dataset_image_files, drop_image_files
+
+    files = dataset_image_files(dataset)
+    if not files:
+        return dataset, []
+    unreadable = find_unreadable(files, channels, workers=max(4, workers))
+    if not unreadable:
+        return dataset, []
+    listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable)
+    if strict:
+        print(f"gdzoo eval: {len(unreadable)} of {len(files)} images cannot be read (--strict, nothing evaluated):\n{listing}",
+              file=sys.stderr)
+        return None, unreadable
+    if len(unreadable) == len(files):
+        print(f"gdzoo eval: none of the {len(files)} images can be read:\n{listing}", file=sys.stderr)
+        return None, unreadable
+    print(f"gdzoo eval: skipping {len(unreadable)} of {len(files)} images that cannot be read "
+          f"(--strict stops instead):\n{listing}", file=sys.stderr)
+    return drop_image_files(dataset, {path for path, _ in unreadable}), unreadable

@@ -1,7 +1,8 @@
-"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits and timm transforms."""
+"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits, timm transforms, robust image reading."""
 
 from .classification import fashion_mnist_dataset, image_folder_dataset
 from .fashion_mnist import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, find_fashion_mnist, load_fashion_mnist
+from .images import DecodedImage, ImageReadError, find_unreadable, read_image
 from .sampling import EpochSampler, SeededDataset
 from .seg_transforms import PairedAugment
 from .segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs
@@ -9,10 +10,12 @@ from .splits import split_indices
 from .transforms import build_transform, resolve_data_config_for
 
 __all__ = [
+    "DecodedImage",
     "EpochSampler",
     "FMNIST_LABELS",
     "FMNIST_MEAN",
     "FMNIST_STD",
+    "ImageReadError",
     "PairedAugment",
     "SeededDataset",
     "SegmentationTiles",
@@ -20,8 +23,10 @@ __all__ = [
     "fashion_mnist_dataset",
     "find_fashion_mnist",
     "find_segmentation_pairs",
+    "find_unreadable",
     "image_folder_dataset",
     "load_fashion_mnist",
+    "read_image",
     "resolve_data_config_for",
     "split_indices",
     "split_pairs",

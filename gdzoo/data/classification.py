@@ -11,11 +11,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .fashion_mnist import FMNIST_LABELS, load_fashion_mnist
+from .images import read_pil
 
 __all__ = ["TensorImageDataset", "fashion_mnist_dataset", "image_folder_dataset", "IMG_EXTENSIONS"]
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _MODES = {1: "L", 3: "RGB"}
+_CHANNELS = {mode: chans for chans, mode in _MODES.items()}
 
 
 def pil_mode(in_chans: int) -> str:
@@ -49,7 +51,11 @@ def fashion_mnist_dataset(split: str, data_dir: str | os.PathLike | None, mode: 
 
 
 class ImageFileDataset(Dataset):
-    """``(path, label)`` samples read with PIL in ``mode`` and passed through ``transform``."""
+    """``(path, label)`` samples read in ``mode`` ('L' or 'RGB') and passed through ``transform``.
+
+    Files are read by :func:`gdzoo.data.images.read_image`: 16-bit scaled (not clipped), transparency over
+    white, EXIF orientation honoured, the same pixels ``gdzoo predict`` sees.
+    """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str], mode: str = "RGB",
                  transform: Callable | None = None) -> None:
@@ -61,11 +67,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert(self.mode)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read image {path}: {e}") from e
+        image = read_pil(path, _CHANNELS[self.mode])  # ImageReadError names the file and the reason
         return (self.transform(image) if self.transform else image), label
 
 

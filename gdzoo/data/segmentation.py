@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .classification import IMG_EXTENSIONS, pil_mode
+from .images import ImageReadError, describe_read_error, read_image
 from .seg_transforms import PairedAugment, normalize
 from .splits import resolve_count, seeded_permutation
 
@@ -129,8 +130,11 @@ def tile_origins(height: int, width: int, tile: int, stride: int) -> list[tuple[
 
 
 def _load_mask(path: Path, mode: str, num_classes: int) -> np.ndarray:
-    with Image.open(path) as img:
-        array = np.array(img)
+    try:
+        with Image.open(path) as img:
+            array = np.array(img)
+    except Exception as e:  # a broken mask file gets the same clear one-line reason as a broken image
+        raise ImageReadError(path, f"unreadable mask: {describe_read_error(e, path)}") from e
     if array.ndim == 3:
         array = array[..., 0]
     if mode == "binary":
@@ -165,13 +169,12 @@ class SegmentationTiles(Dataset):
             raise ValueError(f"mask_mode must be 'binary' or 'labels', got {mask_mode!r}")
         self.pairs, self.tile, self.stride = list(pairs), int(tile_size), int(stride or tile_size)
         self.mean, self.std, self.augment, self.jitter = tuple(mean), tuple(std), augment, bool(jitter)
-        mode = pil_mode(in_chans)
+        pil_mode(in_chans)  # refuses anything but 1 or 3 channels, with a clear message
         self.images: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.index: list[tuple[int, int, int]] = []
         for i, pair in enumerate(self.pairs):
-            with Image.open(pair.image) as img:
-                image = np.array(img.convert(mode))
+            image = read_image(pair.image, in_chans).as_uint8(channels=in_chans)
             mask = _load_mask(pair.mask, mask_mode, num_classes)
             if image.shape[:2] != mask.shape:
                 raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]}")

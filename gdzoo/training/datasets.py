@@ -9,14 +9,14 @@ from typing import Any
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..data.classification import fashion_mnist_dataset, image_folder_dataset, pil_mode
+from ..data.classification import ImageFileDataset, fashion_mnist_dataset, image_folder_dataset, pil_mode
 from ..data.seg_transforms import PairedAugment
 from ..data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs
 from ..data.splits import resolve_count, seeded_permutation, split_indices
 from ..data.transforms import build_transform, model_in_chans, resolve_data_config_for
 from .config import AugmentConfig, DataConfig
 
-__all__ = ["DataBundle", "build_datasets", "dataset_num_classes", "DEFAULT_VAL_SIZE"]
+__all__ = ["DataBundle", "build_datasets", "dataset_image_files", "dataset_num_classes", "drop_image_files", "DEFAULT_VAL_SIZE"]
 
 DEFAULT_VAL_SIZE = {"fashion_mnist": 5000, "image_folder": 0.1, "segmentation": 0.15}
 
@@ -48,6 +48,23 @@ class _Transformed(Dataset):
     def __getitem__(self, i: int):
         image, label = self.dataset[int(self.indices[i]) if self.indices is not None else i]
         return self.transform(image), label
+
+
+def _sample_indices(dataset: _Transformed) -> list[int]:
+    return [int(i) for i in dataset.indices] if dataset.indices is not None else list(range(len(dataset.dataset)))
+
+
+def dataset_image_files(dataset: Any) -> list[Path] | None:
+    """The image files an image-folder split reads, in order; None for data held in memory (Fashion-MNIST, tiles)."""
+    if isinstance(dataset, _Transformed) and isinstance(dataset.dataset, ImageFileDataset):
+        return [dataset.dataset.samples[i][0] for i in _sample_indices(dataset)]
+    return None
+
+
+def drop_image_files(dataset: _Transformed, files: set[Path]) -> _Transformed:
+    """The same split without the samples read from ``files`` (e.g. the unreadable ones)."""
+    keep = [i for i in _sample_indices(dataset) if dataset.dataset.samples[i][0] not in files]
+    return _Transformed(dataset.dataset, keep, dataset.transform)
 
 
 def _subset(n: int, size: int | float | None, seed: int) -> list[int] | None:
