@@ -429,9 +429,11 @@ def test_fmnist_labels_and_data_config() -> None:
 # Pretrained plumbing
 # ---------------------------------------------------------------------------------------------
 def assert_hub_id(cfg: dict, model_name: str) -> None:
-    """Published tags point at '<org>/<model>.<tag>'; unpublished ones carry no hf_hub_id (nothing to list)."""
+    """Published and derived tags point at '<org>/<model>.<tag>'; the others carry no hf_hub_id (nothing to list)."""
+    from gdzoo.models.gd_vgg import DERIVED_FROM
+
     name = f"{model_name}.{cfg['tag']}"
-    if name in PUBLISHED_WEIGHTS:
+    if name in PUBLISHED_WEIGHTS or name in DERIVED_FROM:
         assert cfg["hf_hub_id"] == f"{default_org()}/{name}"
     else:
         assert "hf_hub_id" not in cfg
