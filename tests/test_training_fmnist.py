@@ -89,17 +89,20 @@ def test_predict_cli_writes_csv(run, tmp_path: Path) -> None:
     assert len(rows[0]["top5"].split("; ")) == 5
 
 
-def test_pretrained_auto_uses_local_weights_folder(run, tmp_path: Path) -> None:
-    import shutil
+def test_pretrained_auto_uses_the_weights_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.pretrained=auto: the shipped copy when there is one, random init when nothing is here (no download)."""
+    from huggingface_hub import constants as hf_constants
 
     from gdzoo.training.config import ModelConfig
     from gdzoo.training.modeling import create_model
 
-    result, out = run
-    shutil.copytree(out / "weights" / "gd_fmnist.test", tmp_path / "weights" / "gd_fmnist.fmnist")
-    model, info = create_model(ModelConfig(name="gd_fmnist", pretrained="auto"), 10, tmp_path / "weights")
-    assert info["weights"].startswith("pretrained (") and "gd_fmnist.fmnist" in info["weights"]
-    best = load_file(result.run_dir / "best.safetensors")
-    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
-    _, scratch = create_model(ModelConfig(name="gd_fmnist", pretrained="auto"), 10, tmp_path / "nothing")
+    shipped = Path(__file__).resolve().parents[1] / "weights" / "gd_fmnist.fmnist" / "model.safetensors"
+    model, info = create_model(ModelConfig(name="gd_fmnist", pretrained="auto"), 10)
+    assert info["weights"] == f"pretrained ({shipped})"
+    state = load_file(shipped)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    monkeypatch.setenv("GDZOO_CACHE", str(tmp_path / "gdzoo"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    _, scratch = create_model(ModelConfig(name="gd_vgg16_bn", pretrained="auto", kwargs={"device": "meta"}), None)
     assert scratch["weights"] == "random init"
