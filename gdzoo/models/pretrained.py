@@ -193,9 +193,11 @@ def _actionable_hub_errors(pretrained_cfg: dict[str, Any]) -> Iterator[None]:
         ) from e
 
 
-def _hub_file_in_cache(hub_id: str, filename: str) -> bool:
+def _cached_hub_file(hub_id: str, filename: str) -> str | None:
+    """The HF cache's copy of ``filename`` of ``hub_id``, or None."""
     repo_id, revision = hf_split(hub_id)
-    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+    hit = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return hit if isinstance(hit, str) else None
 
 
 def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
@@ -212,7 +214,7 @@ def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
     return True
 
 
-def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], Derive] | None = None) -> str | None:
+def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], Derive | None] | None = None) -> str | None:
     """The local file ``pretrained=True`` loads for this cfg: a shipped copy or derived weights.
 
     None means timm's own resolution applies (an explicit ``hf-hub:`` name, a given file or state dict,
@@ -234,7 +236,7 @@ def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], D
         if shipped is not None:
             return str(shipped)
     derive_fn = derive(model_tag) if derive is not None and hub_id else None
-    if derive_fn is None or _hub_file_in_cache(hub_id, filename):
+    if derive_fn is None or _cached_hub_file(hub_id, filename) is not None:
         return None
     cached = cached_derived_file(model_tag)
     if cached is not None:
@@ -257,20 +259,11 @@ def available_weights_file(name: str) -> str | None:
     cfg = get_pretrained_cfg(name)
     if cfg is None or not cfg.has_weights:
         return None
-    cfg_dict = cfg.to_dict()
-    local = local_weights_file(cfg_dict, derive=None)
-    if local is not None:
-        return local
-    model_tag = f"{cfg.architecture}.{cfg.tag}"
-    cached = cached_derived_file(model_tag)
-    if cached is not None:
-        return str(cached)
-    if cfg.hf_hub_id:
-        repo_id, revision = hf_split(cfg.hf_hub_id)
-        hit = try_to_load_from_cache(repo_id, cfg.hf_hub_filename or "model.safetensors", revision=revision)
-        if isinstance(hit, str):
-            return hit
-    return None
+    local = local_weights_file(cfg.to_dict(), derive=None)
+    derived = cached_derived_file(f"{cfg.architecture}.{cfg.tag}") if local is None else None
+    if local is not None or derived is not None:
+        return local or str(derived)
+    return _cached_hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors") if cfg.hf_hub_id else None
 
 
 def build_gd_model(
