@@ -64,7 +64,8 @@ def test_steered_kernels_equal_the_rescaled_rotated_continuous_kernel(separated:
     assert steered.kernel_size == (size, size)
     with torch.no_grad():
         got = steered.dense_weight()
-    want = reference_steered_kernel(layer, (size, size), scale, angle)
+    with torch.no_grad():
+        want = reference_steered_kernel(layer, (size, size), scale, angle)
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-12 * float(want.abs().max()))
 
 
