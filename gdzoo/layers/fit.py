@@ -20,7 +20,8 @@ existing :class:`GDConv2d`; ``gdzoo.layers.gdify`` builds the layer from an ``nn
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -394,6 +395,18 @@ class SeparatedFit:
     kernel_error: float
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread for the kernel-space fit: its tensors are tiny, and on a busy CPU more threads
+    only spin (gd_vgg16's stem fit: 78 s with 2 threads at load ~5 on 2 cores, 3.8 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
     """``(G + ρI)⁻¹ rhs`` per basis, ``ρ`` relative to ``G``'s largest diagonal entry (bounded when ``G`` is singular)."""
     n = gram.shape[-1]
@@ -659,14 +672,16 @@ def fit_gdconv_(
         raise ValueError("gd was reparameterized (plain conv now): fit a fresh GDConv2d")
     weight, bias = weight.detach(), None if bias is None else bias.detach()
     init = (gd.sigma_raw.detach(), gd.mu_raw.detach(), gd.theta_raw.detach())
-    fit = fit_gd_kernel(
-        weight.cpu(), gd.num_bases, gd.order, sigma_min=gd.sigma_min, trainable=tuple(gd.trainable),
-        init=None if set(gd.trainable) == set(GEOMETRY_NAMES) else tuple(t.cpu() for t in init),
-        restarts=restarts, steps=steps, polish_steps=polish_steps, subspace_candidates=subspace_candidates, seed=seed,
-    )
-    if gd.separated:
-        fit = fit_separated(weight.cpu(), fit, gd.order, sigma_min=gd.sigma_min, trainable=tuple(gd.trainable),
-                            polish_steps=polish_steps)
+    with _one_thread():
+        fit = fit_gd_kernel(
+            weight.cpu(), gd.num_bases, gd.order, sigma_min=gd.sigma_min, trainable=tuple(gd.trainable),
+            init=None if set(gd.trainable) == set(GEOMETRY_NAMES) else tuple(t.cpu() for t in init),
+            restarts=restarts, steps=steps, polish_steps=polish_steps, subspace_candidates=subspace_candidates,
+            seed=seed,
+        )
+        if gd.separated:
+            fit = fit_separated(weight.cpu(), fit, gd.order, sigma_min=gd.sigma_min, trainable=tuple(gd.trainable),
+                                polish_steps=polish_steps)
     with torch.no_grad():
         gd.sigma_raw.copy_(fit.sigma_raw)
         gd.mu_raw.copy_(fit.mu_raw)

@@ -10,8 +10,6 @@ both models then run on the same images and the logits are compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,17 +74,6 @@ class ConvertReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the fit's tensors are tiny, and on a busy CPU more threads only spin (20× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def stem_name(model: nn.Module) -> str:
@@ -188,9 +175,8 @@ def convert_model(
     if images.dim() != 4 or images.shape[1] != conv.in_channels:
         raise ValueError(f"images must be (N, {conv.in_channels}, H, W), got shape {tuple(images.shape)}")
     images = images.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    with _one_thread():
-        report = fit_gdconv_(gd, conv.weight, conv.bias, images=images, refine_steps=refine_steps, seed=seed,
-                             **(fit_options or {}))
+    report = fit_gdconv_(gd, conv.weight, conv.bias, images=images, refine_steps=refine_steps, seed=seed,
+                         **(fit_options or {}))
     source.eval()
     model.eval()
     logit_error, agreement = _compare_logits(source, model, images)

@@ -84,6 +84,13 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _cached_hub_file(hub_id: str, filename: str) -> str | None:
+    """The HF cache's copy of ``filename`` of ``hub_id``, or None."""
+    repo_id, revision = hf_split(hub_id)
+    hit = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return hit if isinstance(hit, str) else None
+
+
 def verify_cached_weights(pretrained_cfg: dict[str, Any]) -> None:
     """Raise if the cached Hub weights file's sha256 differs from its blob name (the Hub's ETag).
 
@@ -93,14 +100,13 @@ def verify_cached_weights(pretrained_cfg: dict[str, Any]) -> None:
     hub_id, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename")
     if not hub_id or not filename or pretrained_cfg.get("file"):
         return
-    repo_id, revision = hf_split(hub_id)
-    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
-    if not isinstance(cached, str):
+    cached = _cached_hub_file(hub_id, filename)
+    if cached is None:
         return
     blob = Path(cached).resolve()
     if len(blob.name) == 64 and sha256_file(blob) != blob.name:
         raise RuntimeError(
-            f"Cached weights {filename} of {repo_id} are corrupted: sha256 of {blob} differs from the "
+            f"Cached weights {filename} of {hf_split(hub_id)[0]} are corrupted: sha256 of {blob} differs from the "
             f"Hub's hash {blob.name}. Delete that file and download again, or re-run `gdzoo hub seed`."
         )
 
@@ -191,13 +197,6 @@ def _actionable_hub_errors(pretrained_cfg: dict[str, Any]) -> Iterator[None]:
             f"Weights {filename} of {hub_id} are corrupted or truncated ({e}); nothing was loaded. "
             "Delete the cached file and download again, or re-run `gdzoo hub seed`."
         ) from e
-
-
-def _cached_hub_file(hub_id: str, filename: str) -> str | None:
-    """The HF cache's copy of ``filename`` of ``hub_id``, or None."""
-    repo_id, revision = hf_split(hub_id)
-    hit = try_to_load_from_cache(repo_id, filename, revision=revision)
-    return hit if isinstance(hit, str) else None
 
 
 def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
