@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _runs import ROOT, Log, cpu_name, git_commit, run_training, utc_today_at
+from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training, utc_today_at
 
 RESULTS = ROOT / "results" / "table3"
 RUNS = ROOT / "runs" / "table3"
@@ -34,6 +34,74 @@ NAMES = {"unet5": "Classical U-net (5×5)", "gd_unet": "Gaussian U-net"}
 # Paper Table 3 (TNBC, 200 test tiles): trainable parameters and test pixel accuracy (%).
 PAPER = {"unet5": (97202, 94.7), "gd_unet": (25298, 94.4)}
 METRICS = ["pixel_acc", "dice", "iou"]
+# Cross-validation (issue 14): the zoo recipe configs/monuseg/<model>.yaml, FOLDS organ-stratified folds by image,
+# then one final run on all 30 images whose weights are published.
+CV_RESULTS = ROOT / "results" / "table3_cv"
+CV_RUNS = ROOT / "runs" / "table3_cv"
+FOLDS = 3
+FINAL = "all"
+
+
+def cv_train_args(model: str, cell: int | str) -> list[str]:
+    """``gdzoo train`` arguments of one cross-validation cell: fold ``cell`` held out, or ``'all'`` 30 images."""
+    args = ["train", "-c", f"configs/monuseg/{model}.yaml", "--no-progress", "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}"]
+    if cell == FINAL:
+        return args + ["--set", "data.folds=0", "--set", "data.test_size=0"]
+    return args + ["--set", f"data.fold={cell}"]
+
+
+def _cell_name(cell: int | str) -> str:
+    return FINAL if cell == FINAL else f"f{cell}"
+
+
+def collect_cv_result(model: str, cell: int | str, run_dir: Path, wall_s: float, threads: int) -> dict:
+    """The commit-worthy record of one cross-validation cell: held-out whole-image scores and per-image confusions."""
+    import timm
+
+    import gdzoo  # noqa: F401  (registers the models)
+
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_times = [r["train_time_s"] for r in rows if "train_time_s" in r]
+    net = timm.create_model(model, pretrained=False)
+    result = {
+        "model": model,
+        "cell": _cell_name(cell),
+        "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "epochs": len(rows),
+        "final_train_loss": round(rows[-1]["train_loss"], 4) if rows else None,
+        "sec_per_epoch": round(statistics.mean(train_times), 1) if train_times else None,
+        "wall_s": round(wall_s, 1),
+        "splits": json.loads((run_dir / "splits.json").read_text()),
+        "cpu": cpu_name(),
+        "threads": threads,
+        "command": "gdzoo " + " ".join(cv_train_args(model, cell)),
+        "git": git_commit(("gdzoo", "configs/monuseg")),
+        "finished_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+    }
+    if cell != FINAL:
+        result["held_out_tiles"] = {k: round(final[k], 2) for k in METRICS}
+        result["held_out_images"] = {k: round(final[f"full_{k}"], 2) for k in METRICS} | {"pixels": final.get("full_pixels")}
+        result["per_image_confusion"] = final["full_per_image"]
+    return result
+
+
+def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None) -> int:
+    """Every missing (model, fold) cell, then each model's final all-images run; resumable, one process at a time."""
+    cells = [(m, c) for m in models for c in [*range(FOLDS), FINAL] if not (CV_RESULTS / f"{m}_{_cell_name(c)}.json").is_file()]
+
+    def run_cell(cell: tuple[str, int | str], kill: dt.datetime | None) -> str:
+        model, c = cell
+        name = f"{model}_{_cell_name(c)}"
+        status, wall = run_training(cv_train_args(model, c), CV_RUNS / name, name, log, threads, kill)
+        if status == "done":
+            result = collect_cv_result(model, c, CV_RUNS / name, wall, threads)
+            CV_RESULTS.mkdir(parents=True, exist_ok=True)
+            (CV_RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+            log(f"done   {name}: held-out images {result.get('held_out_images')}, wall {wall:.0f} s")
+        return status
+
+    return run_queue(cells, run_cell, lambda: None, log, stop_at, kill_at)
 
 
 def train_args(model: str) -> list[str]:
@@ -193,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running training at this time (it resumes next time)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of the training process (default 1)")
     p.add_argument("--table-only", action="store_true", help="only regenerate docs/table3.md and the figure")
+    p.add_argument("--cv", action="store_true", help="the cross-validated zoo recipe (configs/monuseg): folds, then all 30 images")
+    p.add_argument("--stop-at", help="HH:MM UTC (--cv): launch no new run after this time")
     args = p.parse_args(argv)
+    if args.cv:
+        status = 0 if args.table_only else run_cv(args.models, args.threads, Log(CV_RUNS / "grid.log"), args.stop_at, args.kill_at)
+        write_table(Log(CV_RUNS / "grid.log"))
+        return status
     log = Log(RUNS / "grid.log")
     kill_at = utc_today_at(args.kill_at)
     failures = 0

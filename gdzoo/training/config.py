@@ -69,6 +69,8 @@ class DataConfig:
     test_subset: Union[int, float, None] = None  # seeded subset of the test split (samples or tiles) for quick runs
     split_seed: int = 0
     split_by: Literal["image", "group"] = "image"  # segmentation: split by image or by slide/patient group
+    folds: int = 0  # segmentation: k-fold cross-validation by image (organ-stratified with index.csv); 0: off
+    fold: int = 0  # segmentation: which fold is held out as the test split (0..folds-1)
     batch_size: int = 128  # per process
     eval_batch_size: int | None = None  # None: 2 x batch_size
     workers: int = 0
@@ -98,6 +100,8 @@ class AugmentConfig:
     re_prob: float = 0.0
     rot90: bool = True  # segmentation: random 90-degree rotations
     tile_jitter: bool = True  # segmentation: random tile positions instead of the fixed grid
+    stain_jitter: float = 0.0  # segmentation: H&E stain jitter in HED space (per-stain scale 1±s, shift ±s)
+    scale_jitter: list | None = None  # segmentation: [min, max] zoom factor of a training tile (log-uniform)
 
 
 @dataclass
@@ -139,6 +143,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) (exact resume)
     clip_grad: float | None = None  # max gradient norm
     label_smoothing: float = 0.0
+    loss: Literal["cross_entropy", "dice_ce"] = "cross_entropy"  # dice_ce (segmentation): cross-entropy + soft Dice
     ema: bool = False
     ema_decay: float = 0.999
     freeze: Literal["none", "head_only", "all_but_stem", "stem_and_head", "regex"] = "none"
@@ -264,6 +269,12 @@ def _validate(recipe: Recipe) -> None:
         (recipe.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
         (recipe.sched.decay_epochs is None or recipe.sched.decay_epochs > 0, "sched.decay_epochs must be > 0"),
         (0.0 <= recipe.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
+        (recipe.data.folds == 0 or recipe.data.folds >= 2, f"data.folds must be 0 (off) or >= 2, got {recipe.data.folds}"),
+        (recipe.data.folds == 0 or 0 <= recipe.data.fold < recipe.data.folds,
+         f"data.fold must be in 0..{recipe.data.folds - 1} (data.folds={recipe.data.folds}), got {recipe.data.fold}"),
+        (0.0 <= recipe.augment.stain_jitter < 1.0, f"augment.stain_jitter must be in [0, 1), got {recipe.augment.stain_jitter}"),
+        (recipe.augment.scale_jitter is None or _is_range(recipe.augment.scale_jitter),
+         f"augment.scale_jitter must be null or [min, max] with 0 < min <= max, got {recipe.augment.scale_jitter}"),
         (recipe.train.clip_grad is None or recipe.train.clip_grad > 0, "train.clip_grad must be > 0 or null"),
         (0.0 < recipe.train.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
         (recipe.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0"),
@@ -276,6 +287,12 @@ def _validate(recipe: Recipe) -> None:
     errors = [msg for ok, msg in checks if not ok]
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def _is_range(value: Any) -> bool:
+    """``[min, max]`` of positive numbers with min <= max."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and 0 < value[0] <= value[1])
 
 
 def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:

@@ -143,11 +143,12 @@ def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Data
     data_config["input_size"] = (model_in_chans(model), cfg.tile_size, cfg.tile_size)
     pairs = find_segmentation_pairs(root)
     val_size = DEFAULT_VAL_SIZE["segmentation"] if cfg.val_size is None else cfg.val_size
-    splits = split_pairs(pairs, root, val_size, cfg.test_size, cfg.split_seed, cfg.split_by)
+    splits = split_pairs(pairs, root, val_size, cfg.test_size, cfg.split_seed, cfg.split_by, cfg.folds, cfg.fold)
     common = dict(tile_size=cfg.tile_size, stride=cfg.tile_stride, in_chans=data_config["input_size"][0],
                   mean=data_config["mean"], std=data_config["std"], mask_mode=cfg.mask_mode, num_classes=cfg.num_classes)
-    augment = PairedAugment(aug.hflip, aug.vflip, aug.rot90, aug.color_jitter) if aug.enabled else None
-    train = SegmentationTiles(splits["train"], augment=augment, jitter=aug.enabled and aug.tile_jitter, **common)
+    augment = PairedAugment(aug.hflip, aug.vflip, aug.rot90, aug.color_jitter, aug.stain_jitter) if aug.enabled else None
+    train = SegmentationTiles(splits["train"], augment=augment, jitter=aug.enabled and aug.tile_jitter,
+                              scale_range=aug.scale_jitter if aug.enabled else None, **common)
     if cfg.train_subset is not None:
         train.index = [train.index[i] for i in _subset(len(train), cfg.train_subset, cfg.split_seed)]
     val = SegmentationTiles(splits["val"], **common) if splits["val"] else None

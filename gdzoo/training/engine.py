@@ -18,7 +18,7 @@ from .freeze import set_train_mode
 from .metrics import ClassificationMeter, SegmentationMeter
 from .reporting import progress
 
-__all__ = ["AMP_DTYPES", "Engine", "LoopState", "build_criterion"]
+__all__ = ["AMP_DTYPES", "Engine", "LoopState", "build_criterion", "soft_dice_loss"]
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,14 +36,35 @@ class LoopState:
         self.sums = {k: 0.0 for k in self.sums}
 
 
-def build_criterion(task: str, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy (with label smoothing) over classes or pixels; BCE for one-logit segmentation."""
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``1 - mean Dice`` of the foreground classes from softmax (or sigmoid, one logit) probabilities, pooled over
+    the batch's pixels: the overlap term of a Dice + cross-entropy loss, insensitive to the class balance."""
+    if logits.shape[1] == 1:
+        probs = torch.sigmoid(logits[:, 0])[:, None]
+        onehot = target.float()[:, None]
+    else:
+        probs = logits.softmax(1)[:, 1:]
+        onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+    dims = (0, 2, 3)
+    dice = (2 * (probs * onehot).sum(dims) + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
+    return 1 - dice.mean()
+
+
+def build_criterion(task: str, label_smoothing: float = 0.0, loss: str = "cross_entropy") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy (with label smoothing) over classes or pixels; BCE for one-logit segmentation; with
+    ``loss='dice_ce'`` (segmentation only) plus :func:`soft_dice_loss`."""
+    if loss not in ("cross_entropy", "dice_ce"):
+        raise ValueError(f"loss must be 'cross_entropy' or 'dice_ce', got {loss!r}")
+    if loss == "dice_ce" and task != "segmentation":
+        raise ValueError(f"loss='dice_ce' is for segmentation models; this is a {task} model (use 'cross_entropy')")
 
     def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         if task == "segmentation" and logits.shape[1] == 1:
-            return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+            value = F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
+        else:
+            value = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        return value + soft_dice_loss(logits, target) if loss == "dice_ce" else value
 
     return criterion
 

@@ -193,17 +193,22 @@ def whole_image_metrics(
 
     ``images`` are ``(H, W, C)`` uint8 arrays and ``masks`` ``(H, W)`` integer label arrays (as held by
     :class:`gdzoo.data.segmentation.SegmentationTiles`); this scores what a user of ``gdzoo predict`` gets,
-    not the fixed grid of tiles.
+    not the fixed grid of tiles. ``per_image_confusion`` holds each image's pixel confusion matrix (rows: true
+    class), so that subsets (e.g. one organ) can be pooled later.
     """
     from ..data.seg_transforms import normalize
     from .metrics import SegmentationMeter
 
     meter = SegmentationMeter(num_classes)
+    per_image = []
     was_training = model.training
     model.eval()
     for image, mask in zip(images, masks):
         chw = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
         logits = predict_tiled(model, normalize(chw, mean, std), tile, overlap, batch_size, device)
-        meter.update(logits[None], torch.as_tensor(mask)[None])
+        one = SegmentationMeter(num_classes)
+        one.update(logits[None], torch.as_tensor(mask)[None])
+        meter.confusion += one.confusion
+        per_image.append(one.confusion.tolist())
     model.train(was_training)
-    return meter.compute()
+    return meter.compute() | {"per_image_confusion": per_image}

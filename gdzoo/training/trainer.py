@@ -86,14 +86,16 @@ def eval_loader(dataset: Dataset, recipe: Recipe, info: DistInfo) -> DataLoader:
 
 def whole_image_scores(model: nn.Module, dataset: Dataset, recipe: Recipe, device: torch.device) -> dict[str, float]:
     """``full_pixel_acc`` / ``full_dice`` / ``full_iou`` of a segmentation split's whole images (tiled, with
-    ``data.full_image_overlap``); empty when the recipe does not ask for them or the data is not image tiles."""
+    ``data.full_image_overlap``) and ``full_per_image`` (each image id's pixel confusion matrix); empty when the
+    recipe does not ask for them or the data is not image tiles."""
     overlap = recipe.data.full_image_overlap
     if overlap is None or not isinstance(dataset, SegmentationTiles):
         return {}
     batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
     metrics = whole_image_metrics(model, dataset.images, dataset.masks, dataset.mean, dataset.std, dataset.tile,
                                   overlap, batch, device, recipe.data.num_classes)
-    return {f"full_{k}": v for k, v in scalar_metrics(metrics).items()}
+    per_image = dict(zip((p.id for p in dataset.pairs), metrics["per_image_confusion"]))
+    return {f"full_{k}": v for k, v in scalar_metrics(metrics).items()} | {"full_per_image": per_image}
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -287,7 +289,7 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         train_model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    engine = Engine(model, train_model, optimizer, scheduler, build_criterion(task, cfg.label_smoothing), info, task,
+    engine = Engine(model, train_model, optimizer, scheduler, build_criterion(task, cfg.label_smoothing, cfg.loss), info, task,
                     cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress)
     eval_model = ema.module if ema is not None else model
     val_loader = eval_loader(bundle.val, recipe, info) if bundle.val is not None else None
