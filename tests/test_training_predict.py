@@ -75,6 +75,9 @@ def test_whole_image_metrics_match_numpy_scores_of_one_forward_pass() -> None:
     assert got["pixel_acc"] == pytest.approx(100 * np.mean(pred == truth), abs=1e-9)
     assert got["dice"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=1e-9)
     assert got["iou"] == pytest.approx(100 * tp / (tp + fp + fn), abs=1e-9)
+    for cm, p, t in zip(got["per_image_confusion"], preds, masks):  # each image's own counts, rows = truth
+        t = t.ravel()
+        assert cm == [[int(np.sum((t == a) & (p == b))) for b in (0, 1)] for a in (0, 1)]
 
 
 @needs_monuseg
