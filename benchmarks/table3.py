@@ -41,11 +41,22 @@ CV_RESULTS = ROOT / "results" / "table3_cv"
 CV_RUNS = ROOT / "runs" / "table3_cv"
 FOLDS = 3
 FINAL = "all"
+# GD-specific capacity tried within the parameter budget (<= 30 % of unet5's): name -> (model, model.kwargs).
+# Kernel size costs a GD layer no parameters; two outputs per basis instead of four add geometry and weights.
+VARIANTS = {"gd_unet_k7b2": ("gd_unet", {"kernel_size": 7, "filters_per_basis": 2})}
+
+
+def _model_of(name: str) -> tuple[str, dict]:
+    """``(timm model, model kwargs)`` of a cross-validated column (a model or a VARIANTS entry)."""
+    return VARIANTS.get(name, (name, {}))
 
 
 def cv_train_args(model: str, cell: int | str) -> list[str]:
     """``gdzoo train`` arguments of one cross-validation cell: fold ``cell`` held out, or ``'all'`` 30 images."""
-    args = ["train", "-c", f"configs/monuseg/{model}.yaml", "--no-progress", "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}"]
+    base, kwargs = _model_of(model)
+    args = ["train", "-c", f"configs/monuseg/{base}.yaml", "--no-progress", "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}"]
+    if kwargs:
+        args += ["--set", "model.kwargs={" + ", ".join(f"{k}: {v}" for k, v in kwargs.items()) + "}"]
     if cell == FINAL:
         return args + ["--set", "data.folds=0", "--set", "data.test_size=0"]
     return args + ["--set", f"data.fold={cell}"]
@@ -64,9 +75,11 @@ def collect_cv_result(model: str, cell: int | str, run_dir: Path, wall_s: float,
     final = json.loads((run_dir / "final_metrics.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_times = [r["train_time_s"] for r in rows if "train_time_s" in r]
-    net = timm.create_model(model, pretrained=False)
+    base, kwargs = _model_of(model)
+    net = timm.create_model(base, pretrained=False, **kwargs)
     result = {
         "model": model,
+        "model_kwargs": kwargs,
         "cell": _cell_name(cell),
         "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "epochs": len(rows),
@@ -177,6 +190,7 @@ def cv_lines() -> list[str]:
                   f"{gap:+.2f} points (std of the per-fold gap {statistics.stdev(_fold_gaps(results)):.2f}): the recipe {verdict} the target. "
                   f"Pooled over all 30 held-out predictions: {summaries['unet5']['pooled_dice']:.2f} (classical) vs "
                   f"{summaries['gd_unet']['pooled_dice']:.2f} (Gaussian)."]
+    lines += variant_lines(results)
     lines += ["", "Recipe (`configs/monuseg/unet5.yaml` and `configs/monuseg/gd_unet.yaml`, identical except `model.name`; fixed "
               "before any run, not tuned on these folds): Adam lr 0.005, batch 16, 30 epochs of 600 random 128×128 tiles, "
               "1 warmup epoch then cosine decay to 1 %, loss cross-entropy + soft Dice (`train.loss: dice_ce`), flips and 90° "
@@ -187,6 +201,25 @@ def cv_lines() -> list[str]:
               *[f"gdzoo {' '.join(cv_train_args(m, 0))}   # fold 0 (1, 2 likewise)" for m in MODELS],
               "python benchmarks/table3.py --cv --publish   # weights/<model>.monuseg from the all-images runs, cards with these numbers",
               "```"]
+    return lines
+
+
+def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
+    """GD-specific capacity variants on the folds they ran, beside both U-nets on the same folds."""
+    ran = {v: {c: json.loads(p.read_text()) for p in sorted(CV_RESULTS.glob(f"{v}_f*.json")) for c in [p.stem.rsplit("_", 1)[1]]}
+           for v in VARIANTS}
+    ran = {v: cells for v, cells in ran.items() if cells}
+    if not ran:
+        return []
+    lines = ["", "GD-specific capacity within the budget (same recipe; `model.kwargs` of `gd_unet`), on the folds it ran:", "",
+             "| variant | trainable params (% of unet5) | fold | Dice | Gaussian U-net Dice | classical Dice |", "|---|---:|---:|---:|---:|---:|"]
+    unet5_params = next(iter(results.get("unet5", {}).values()), {}).get("trainable_params")
+    for v, cells in ran.items():
+        for c, r in sorted(cells.items()):
+            base = [results.get(m, {}).get(c, {}).get("held_out_images", {}).get("dice") for m in ("gd_unet", "unet5")]
+            share = f" ({100 * r['trainable_params'] / unet5_params:.1f} %)" if unet5_params else ""
+            lines.append(f"| `{v}` ({', '.join(f'{k}={x}' for k, x in r['model_kwargs'].items())}) | {r['trainable_params']:,}{share} | "
+                         f"{c[1:]} | {r['held_out_images']['dice']:.2f} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in base) + " |")
     return lines
 
 
@@ -279,9 +312,11 @@ def publish_cv(log: Log) -> int:
     return 0
 
 
-def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None) -> int:
-    """Every missing (model, fold) cell, then each model's final all-images run; resumable, one process at a time."""
-    cells = [(m, c) for m in models for c in [*range(FOLDS), FINAL] if not (CV_RESULTS / f"{m}_{_cell_name(c)}.json").is_file()]
+def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None, folds: list[int] | None = None) -> int:
+    """Every missing (model, fold) cell, then each model's final all-images run (variants: folds only); resumable,
+    one process at a time."""
+    wanted = lambda m: [*(folds if folds is not None else range(FOLDS)), *([] if m in VARIANTS or folds is not None else [FINAL])]  # noqa: E731
+    cells = [(m, c) for m in models for c in wanted(m) if not (CV_RESULTS / f"{m}_{_cell_name(c)}.json").is_file()]
 
     def run_cell(cell: tuple[str, int | str], kill: dt.datetime | None) -> str:
         model, c = cell
@@ -457,7 +492,8 @@ def write_table(log: Log | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--models", nargs="+", default=MODELS, choices=[*MODELS, *VARIANTS])
+    p.add_argument("--folds", type=int, nargs="+", choices=range(FOLDS), help="(--cv) only these folds (no final run)")
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running training at this time (it resumes next time)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of the training process (default 1)")
     p.add_argument("--table-only", action="store_true", help="only regenerate docs/table3.md and the figure")
@@ -470,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         write_table(Log(CV_RUNS / "grid.log"))
         return status
     if args.cv:
-        status = 0 if args.table_only else run_cv(args.models, args.threads, Log(CV_RUNS / "grid.log"), args.stop_at, args.kill_at)
+        status = 0 if args.table_only else run_cv(args.models, args.threads, Log(CV_RUNS / "grid.log"), args.stop_at, args.kill_at, args.folds)
         write_table(Log(CV_RUNS / "grid.log"))
         return status
     log = Log(RUNS / "grid.log")
