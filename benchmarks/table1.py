@@ -359,8 +359,10 @@ def readme_block(cells: dict) -> list[str]:
             row.append(f"{statistics.mean(values):.2f}{partial(values, n)} ({PAPER[n][m]:.1f})" if values else f"— ({PAPER[n][m]:.1f})")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     misses = target_misses(cells)
+    not_run = any(not cells.get((m, n)) for m in MODELS for n in SIZES)
     lines += ["", "Test top-1 (%), ours (paper); 1000 and 5000: mean of 3 subsets"
               + ("; `*`: not all subsets run yet" if any_partial(cells) else "")
+              + ("; —: not run yet" if not_run else "")
               + ". Targets (a GD column ahead of every baseline in its row, `gd_fmnist` ≥ 93.1 at 60000): "
               + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses else "met in every finished cell."),
               "", RFNN_NOTE, README_MARKERS[1]]
