@@ -140,8 +140,8 @@ class DAUConv2d(nn.Module):
     @property
     def mu(self) -> torch.Tensor:
         """``(out, in, K, 2)`` displacements ``(μ1, μ2)`` in taps, clamped inside the kernel."""
-        limit = torch.tensor(self.mu_limit, device=self.mu_raw.device, dtype=self.mu_raw.dtype)
-        return torch.maximum(torch.minimum(self.mu_raw, limit), -limit)
+        (limit1, limit2), raw = self.mu_limit, self.mu_raw  # Python floats: no tensor built per call (no host copy)
+        return torch.stack((raw[..., 0].clamp(-limit1, limit1), raw[..., 1].clamp(-limit2, limit2)), dim=-1)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
