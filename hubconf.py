@@ -44,6 +44,11 @@ def rfnn_fmnist(pretrained: bool = False, **kwargs):
     return _create("rfnn_fmnist", pretrained, **kwargs)
 
 
+def dau_fmnist(pretrained: bool = False, **kwargs):
+    """Fashion-MNIST net, DAU-ConvNet baseline: 7×7 filters of 10 displaced Gaussian units, σ learned per unit."""
+    return _create("dau_fmnist", pretrained, **kwargs)
+
+
 def gd_vgg16(pretrained: bool = False, **kwargs):
     """timm's VGG16 with a Gaussian-derivative first layer (paper Table 2)."""
     return _create("gd_vgg16", pretrained, **kwargs)

@@ -24,7 +24,7 @@ import shlex
 import sys
 
 from _runs import ROOT, Log, run_queue, run_training
-from table1 import (FULL, MODELS, PAPER, PAPER_NAMES, cell_name, collect_result, load_results, margins, row_means, seeds_for,
+from table1 import (FULL, GD_MODELS, MODELS, PAPER, PAPER_NAMES, cell_name, collect_result, load_results, margins, row_means, seeds_for,
                     train_args)
 
 RESULTS = ROOT / "results" / "table1_variants"
@@ -122,7 +122,8 @@ def write_doc(log: Log | None = None) -> None:
         "(recipe, training subset, validation split, seed, epochs, and the selection: best validation top-1 below "
         "60000 samples, the last epoch at 60000; see [table1.md](table1.md), \"Protocol\"). A variant's run never "
         "replaces the published weights. Test top-1 (%) on the 10,000 test images; a cell's value is the mean "
-        "of its runs. \"margin\" is the GD column minus the better of Free-Form and RFNN in the same row.",
+        "of its runs. \"margin\" is the GD column minus the best baseline in the same row (Free-Form, RFNN and, where it ran, "
+        "DAU-ConvNet).",
         "",
         "Variants:",
         "",
@@ -130,15 +131,15 @@ def write_doc(log: Log | None = None) -> None:
     lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}." for v, (desc, overrides) in VARIANTS.items()]
     for n in sizes_of(variants):
         lines += ["", f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} {', '.join(map(str, seeds_for(n)))})", "",
-                  "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | " + " | ".join(f"`{m}` margin" for m in MODELS[2:]) + " |",
-                  "|---|" + "---:|" * (len(MODELS) + 3)]
+                  "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | " + " | ".join(f"`{m}` margin" for m in GD_MODELS) + " |",
+                  "|---|" + "---:|" * (len(MODELS) + len(GD_MODELS))]
         for label, cells in rows.items():
             means = row_means(cells, n)
             if not means:
                 continue
             gaps = margins(means)
             row = [f"{means[m]:.2f}" if m in means else "not run yet" for m in MODELS]
-            row += [f"{gaps[m]:+.2f}" if m in gaps else "—" for m in MODELS[2:]]
+            row += [f"{gaps[m]:+.2f}" if m in gaps else "—" for m in GD_MODELS]
             lines.append(f"| {label if label.startswith('protocol') else f'`{label}`'} | " + " | ".join(row) + " |")
     if not sizes_of(variants):
         lines += ["", "No variant run has finished yet."]

@@ -21,18 +21,19 @@ from timm.models import group_parameters
 
 import gdzoo  # noqa: F401  (registers the models)
 from gdzoo import GDConv2d
+from gdzoo.layers import DAUConv2d
 from gdzoo.models import FixedNorm2d, gd_cfg, list_gdzoo_models
 from gdzoo.models._cfg import PAPER_IDS, PAPER_NAME
 from gdzoo.models.pretrained import PUBLISHED_WEIGHTS, default_org, hub_repo_id
 
 SEG_MODELS = ["gd_unet", "unet5"]
-FMNIST_MODELS = ["ff_fmnist", "gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "rfnn_fmnist"]
+FMNIST_MODELS = ["dau_fmnist", "ff_fmnist", "gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "rfnn_fmnist"]
 VGG_MODELS = ["gd_vgg16", "gd_vgg16_bn"]
 CLS_MODELS = [m for m in list_gdzoo_models() if m not in SEG_MODELS]
 MAX_SIZE = 64  # spatial cap for test inputs (VGG's 224 → 64)
 
 TORCHSCRIPT_SKIP = (
-    "GDConv2d is not TorchScript-compilable: it keeps a Python-side kernel cache keyed on parameter "
+    "GDConv2d (and DAUConv2d, built the same way) is not TorchScript-compilable: it keeps a Python-side kernel cache keyed on parameter "
     "values, a dataclass ConvSpec and property-based geometry (TorchScript is also deprecated in "
     "torch 2.x); GD models are checked with torch.jit.trace and FX instead"
 )
@@ -53,7 +54,7 @@ def _input_size(model: nn.Module) -> tuple[int, int, int]:
 
 
 def _has_gd(model: nn.Module) -> bool:
-    return any(isinstance(m, GDConv2d) for m in model.modules())
+    return any(isinstance(m, (GDConv2d, DAUConv2d)) for m in model.modules())
 
 
 def _param_count(model: nn.Module, trainable: bool = True) -> int:
@@ -165,7 +166,7 @@ def test_model_default_cfgs(model_name: str) -> None:
 
     state_dict = model.state_dict()
     first = model.get_submodule(cfg["first_conv"])
-    assert isinstance(first, (nn.Conv2d, GDConv2d)) and first.in_channels == in_chans
+    assert isinstance(first, (nn.Conv2d, GDConv2d, DAUConv2d)) and first.in_channels == in_chans
     assert any(k.startswith(cfg["first_conv"] + ".weight") for k in state_dict)
     classifier = model.get_submodule(cfg["classifier"])
     assert classifier is model.get_classifier()
@@ -341,6 +342,7 @@ FMNIST_PARAMS = {  # trainable parameters, default widths (16, 32, 32, 64), norm
     "gd_fmnist_sep": 23_834,
     "ff_fmnist": 33_194,
     "rfnn_fmnist": 36_794,
+    "dau_fmnist": 144_794,
 }
 
 

@@ -94,3 +94,26 @@ def test_run_queue_stops_after_a_kill_and_reports_failures(tmp_path) -> None:
     ran.clear()
     a_minute_ago = f"{dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1):%H:%M}"
     assert run_queue(["a"], run, lambda: None, log, stop_at=a_minute_ago) == 0 and ran == []  # launches nothing
+
+
+def test_dau_recipe_is_the_protocol_with_another_model(capsys, monkeypatch) -> None:
+    """configs/table1/dau_fmnist.yaml resolves to gd_fmnist's cell except the model (and run names); never exported."""
+    dau = resolved(table1.train_args("dau_fmnist", 5000, 1), capsys, monkeypatch)
+    ours = resolved(table1.train_args("gd_fmnist", 5000, 1), capsys, monkeypatch)
+    assert dau["model"] == dict(ours["model"], name="dau_fmnist")
+    assert dau["output"]["name"] == "table1/dau_fmnist_5000_s1"
+    for section in ("data", "optim", "sched", "train", "augment"):
+        assert dau[section] == ours[section], section
+    assert not resolved(table1.train_args("dau_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
+
+
+def test_margins_take_the_best_baseline_that_ran() -> None:
+    """A GD margin is against the best of Free-Form, RFNN and (where run) DAU-ConvNet; FF and RFNN are required."""
+    means = {"ff_fmnist": 85.0, "rfnn_fmnist": 86.0, "gd_fmnist": 88.0, "gd_fmnist_few": 86.5}
+    assert table1.margins(means) == pytest.approx({"gd_fmnist": 2.0, "gd_fmnist_few": 0.5})
+    assert table1.best_baseline(means) == "rfnn_fmnist"
+    with_dau = dict(means, dau_fmnist=87.0)
+    assert table1.margins(with_dau) == pytest.approx({"gd_fmnist": 1.0, "gd_fmnist_few": -0.5})
+    assert table1.best_baseline(with_dau) == "dau_fmnist"
+    assert table1.margins({k: v for k, v in with_dau.items() if k != "rfnn_fmnist"}) == {}
+    assert table1.MODELS[:3] == table1.BASELINES and "dau_fmnist" not in table1.PUBLISHED

@@ -1,14 +1,17 @@
-"""Pure math: Hermite polynomials, Gaussian derivatives and their 2-D bases (no nn.Module here)."""
+"""Pure math: Hermite polynomials, Gaussian derivatives, their 2-D bases and displaced Gaussian units (no nn.Module here)."""
 
 from .basis import derivative_orders, gaussian_derivative_basis, kernel_coordinates, num_basis_kernels
 from .gaussian import gaussian, gaussian_derivative_1d, hermite_polynomials
+from .units import displaced_gaussian_units, normalized_gaussian_profile
 
 __all__ = [
     "derivative_orders",
+    "displaced_gaussian_units",
     "gaussian",
     "gaussian_derivative_1d",
     "gaussian_derivative_basis",
     "hermite_polynomials",
     "kernel_coordinates",
+    "normalized_gaussian_profile",
     "num_basis_kernels",
 ]

@@ -166,6 +166,8 @@ class GDConv2d(nn.Module):
         (torch.Size([2, 6, 7, 7]), torch.Size([8, 3, 7, 7]))
     """
 
+    no_decay_geometry = GEOMETRY_NAMES  # left out of weight decay (no_weight_decay_names)
+
     def __init__(
         self,
         in_channels: int,
@@ -526,7 +528,8 @@ class GDConv2d(nn.Module):
 def no_weight_decay_names(module: nn.Module) -> set[str]:
     """Full names of the σ, μ, θ parameters of every GDConv2d in ``module``: the set for timm's ``no_weight_decay()``.
 
-    Fixed geometry (not in ``trainable``) is a buffer, never decayed, and not listed.
+    Any layer class naming its geometry in ``no_decay_geometry`` is included (``DAUConv2d``: σ, μ). Fixed
+    geometry (not in ``trainable``) is a buffer, never decayed, and not listed.
 
     Decay would pull σ towards ``sigma_min + softplus(0)``, μ to the kernel centre and θ to 0: a prior on the
     kernels' geometry, not a penalty on their magnitude, so (like timm's position embeddings) they are left out.
@@ -537,5 +540,5 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
         ['0.mu_raw', '0.sigma_raw', '0.theta_raw']
     """
     return {f"{prefix}.{name}_raw" if prefix else f"{name}_raw"
-            for prefix, m in module.named_modules() if isinstance(m, GDConv2d)
-            for name in GEOMETRY_NAMES if f"{name}_raw" in m._parameters}
+            for prefix, m in module.named_modules()
+            for name in getattr(type(m), "no_decay_geometry", ()) if f"{name}_raw" in m._parameters}

@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ..layers import GDConv2d
+from ..layers import DAUConv2d, GDConv2d
 
 __all__ = ["NORMS", "FixedNorm2d", "create_norm", "init_free_form_convs"]
 
 # GDConv2d's forward validates its input and caches generated kernels with Python control flow that
 # torch.fx cannot trace symbolically: FX graphs keep it as one leaf call (like timm's own ConvMlp).
 register_notrace_module(GDConv2d)
+register_notrace_module(DAUConv2d)  # same kernel cache
 
 NORMS = ("fixed", "batchnorm")
 
@@ -52,8 +53,8 @@ def create_norm(norm: str, num_features: int, device: Any = None, dtype: torch.d
 def init_free_form_convs(model: nn.Module) -> None:
     """Kaiming (fan-in, ReLU) for every ``nn.Conv2d``, so the fixed-norm protocol (no rescaling) trains.
 
-    GDConv2d layers are left alone: they initialise themselves variance-preservingly
-    (He-style, see ``GDConv2d._init_combination``).
+    GDConv2d and DAUConv2d layers are left alone: they initialise themselves variance-preservingly
+    (He-style, see ``GDConv2d._init_combination`` and ``DAUConv2d._init_weight``).
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

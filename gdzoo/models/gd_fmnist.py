@@ -17,6 +17,9 @@ Every variant has the same topology; only the convolution changes::
 - ``ff_fmnist`` (free-form baseline): plain 3×3 ``nn.Conv2d``, Kaiming (fan-in, ReLU) init.
 - ``rfnn_fmnist`` (RFNN, Jacobsen et al. 2016): one fixed isotropic, unshifted, unrotated 7×7 basis
   per layer (σ = 1.5 in the first layer, 1.0 after), only the combination weights ω train.
+- ``dau_fmnist`` (DAU-ConvNet, Tabernik et al. 2018): 7×7 :class:`~gdzoo.layers.DAUConv2d`, every filter a sum of
+  10 displaced, normalised isotropic Gaussians ("the number of units for each filter took the value 10"), σ
+  learned per unit ("σ was let being learned by the network for each unit").
 
 ``norm='fixed'`` (default) is the Table-1 protocol (BatchNorm with γ = 1, mean 0, variance 1 frozen,
 only β trains: :class:`~gdzoo.models._helpers.FixedNorm2d`); ``norm='batchnorm'`` uses ``nn.BatchNorm2d``.
@@ -35,7 +38,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from ..layers import GDConv2d, no_weight_decay_names
+from ..layers import DAUConv2d, GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
 from ._helpers import create_norm, init_free_form_convs
 from .pretrained import build_gd_model
@@ -80,13 +83,14 @@ class FmnistNet(nn.Module):
 
     Args:
         widths: output channels of the four layers.
-        conv_type: ``'gd'`` (GDConv2d) or ``'conv'`` (free-form ``nn.Conv2d``).
+        conv_type: ``'gd'`` (GDConv2d), ``'dau'`` (DAUConv2d) or ``'conv'`` (free-form ``nn.Conv2d``).
         kernel_size: spatial size of every filter.
         num_bases: GD bases per layer (int or one per layer); must divide the layer's width.
         order: highest Gaussian-derivative order K (N = (K+1)(K+2)/2 kernels per basis).
         separated: separated combination (eq. 4) in every GD layer.
         sigma_init: GD ``sigma_init`` (float or one per layer), used when ``gd_args['init'] == 'fixed'``.
         gd_args: further GDConv2d keyword arguments for every layer (``init``, ``trainable``, ``impl``...).
+        dau_args: DAUConv2d keyword arguments for every layer (``units``, ``sigma_init``, ``sigma_trainable``...).
         downsample: a 2×2 max-pool in front of each layer (True/False per layer).
         norm: ``'fixed'`` (Table-1 protocol) or ``'batchnorm'``.
         in_chans, num_classes, global_pool, drop_rate: as in timm models.
@@ -103,6 +107,7 @@ class FmnistNet(nn.Module):
         separated: bool = False,
         sigma_init: float | Sequence[float] = 1.0,
         gd_args: dict[str, Any] | None = None,
+        dau_args: dict[str, Any] | None = None,
         downsample: Sequence[bool] = FMNIST_DOWNSAMPLE,
         norm: str = "fixed",
         in_chans: int = 1,
@@ -114,8 +119,8 @@ class FmnistNet(nn.Module):
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        if conv_type not in ("gd", "conv"):
-            raise ValueError(f"conv_type must be 'gd' or 'conv', got {conv_type!r}")
+        if conv_type not in ("gd", "dau", "conv"):
+            raise ValueError(f"conv_type must be 'gd', 'dau' or 'conv', got {conv_type!r}")
         widths = tuple(widths)
         n = len(widths)
         num_bases = _per_layer("num_bases", num_bases, n)
@@ -135,6 +140,8 @@ class FmnistNet(nn.Module):
                     prev, chs, kernel_size, bias=False, num_bases=bases, order=order,
                     separated=separated, sigma_init=sigma, **(gd_args or {}), **dd,
                 )
+            elif conv_type == "dau":
+                conv = DAUConv2d(prev, chs, kernel_size, bias=False, **(dau_args or {}), **dd)
             else:
                 conv = nn.Conv2d(prev, chs, kernel_size, padding=kernel_size // 2, bias=False, **dd)
             layers.append(ConvNormAct(conv, chs, norm=norm, downsample=down, **dd))
@@ -155,7 +162,7 @@ class FmnistNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameters timm's optimizer factory keeps out of weight decay: the GD kernels' σ, μ, θ."""
+        """Parameters timm's optimizer factory keeps out of weight decay: the GD kernels' σ, μ, θ (DAU: σ, μ)."""
         return no_weight_decay_names(self)
 
     @torch.jit.ignore
@@ -263,6 +270,7 @@ default_cfgs = generate_default_cfgs({
     "gd_fmnist_sep.fmnist": _fmnist_cfg("gd_fmnist_sep"),
     "ff_fmnist.fmnist": _fmnist_cfg("ff_fmnist"),
     "rfnn_fmnist.fmnist": _fmnist_cfg("rfnn_fmnist"),
+    "dau_fmnist.fmnist": _fmnist_cfg("dau_fmnist"),
 })
 
 
@@ -306,3 +314,10 @@ def rfnn_fmnist(pretrained: bool = False, **kwargs: Any) -> FmnistNet:
         gd_args=dict(init="fixed", mu_init=0.0, theta_init=0.0, trainable=()),
     )
     return _create_fmnist("rfnn_fmnist", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dau_fmnist(pretrained: bool = False, **kwargs: Any) -> FmnistNet:
+    """DAU-ConvNet baseline: 7×7 DAUConv2d layers, 10 units per filter, σ learned per unit (init 0.5)."""
+    model_args = dict(conv_type="dau", kernel_size=7, dau_args=dict(units=10, sigma_init=0.5, sigma_trainable=True))
+    return _create_fmnist("dau_fmnist", pretrained=pretrained, **dict(model_args, **kwargs))
