@@ -28,6 +28,7 @@ from gdzoo.models.pretrained import PUBLISHED_WEIGHTS, default_org, hub_repo_id
 SEG_MODELS = ["gd_unet", "unet5"]
 FMNIST_MODELS = ["ff_fmnist", "gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "rfnn_fmnist"]
 VGG_MODELS = ["gd_vgg16", "gd_vgg16_bn"]
+CONVNEXT_MODELS = ["gd_convnext_atto", "gd_convnext_atto_k31"]
 CLS_MODELS = [m for m in list_gdzoo_models() if m not in SEG_MODELS]
 MAX_SIZE = 64  # spatial cap for test inputs (VGG's 224 → 64)
 
@@ -65,7 +66,7 @@ def _param_count(model: nn.Module, trainable: bool = True) -> int:
 # ---------------------------------------------------------------------------------------------
 def test_registered_models() -> None:
     """Every model family of the issue is registered with timm, from gdzoo modules named gd_*.py."""
-    assert sorted(list_gdzoo_models()) == sorted(FMNIST_MODELS + VGG_MODELS + SEG_MODELS)
+    assert sorted(list_gdzoo_models()) == sorted(FMNIST_MODELS + VGG_MODELS + SEG_MODELS + CONVNEXT_MODELS)
     assert set(timm.list_models("gd_*")) >= {"gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "gd_vgg16", "gd_unet"}
     for name in list_gdzoo_models():
         module = timm.models.model_entrypoint(name).__module__
