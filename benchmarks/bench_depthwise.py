@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> str:
             for name, p in paired.items():
                 cells[name][workload] = p
         rows.append((k, ref, gds, cells))
-        print(f"k={k} done", file=sys.stderr, flush=True)
+        partial = ", ".join(f"{name}: train {cells[name]['train'].ratio:.2f}×, inference "
+                            f"{cells[name]['inference'].ratio:.2f}×" for name in gds)
+        print(f"k={k} done ({partial})", file=sys.stderr, flush=True)  # survives an interrupted run
 
     load_end = os.getloadavg()
     lines = [
