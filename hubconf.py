@@ -67,3 +67,13 @@ def gd_unet(pretrained: bool = False, **kwargs):
 def unet5(pretrained: bool = False, **kwargs):
     """Classical U-net with free-form 5×5 filters, same topology as ``gd_unet``."""
     return _create("unet5", pretrained, **kwargs)
+
+
+def gd_convnext_atto(pretrained: bool = False, **kwargs):
+    """timm's ConvNeXt-atto with 7×7 Gaussian-derivative depthwise convolutions (``groups=C``), order 3."""
+    return _create("gd_convnext_atto", pretrained, **kwargs)
+
+
+def gd_convnext_atto_k31(pretrained: bool = False, **kwargs):
+    """``gd_convnext_atto`` with 31×31 GD depthwise kernels and the same parameter count."""
+    return _create("gd_convnext_atto_k31", pretrained, **kwargs)

@@ -124,7 +124,6 @@ def test_fitted_layer_reproduces_a_gd_representable_conv() -> None:
 
 
 @pytest.mark.parametrize("module, message", [
-    (nn.Conv2d(8, 8, 3, groups=8), "groups=8"),
     (nn.Conv2d(8, 8, 1), "1x1"),
     (nn.ConvTranspose2d(8, 8, 3), "transposed"),
     (Conv2dSame(8, 8, 3, stride=2), "overrides nn.Conv2d.forward"),

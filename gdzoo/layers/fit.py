@@ -167,8 +167,21 @@ def combination_lstsq(target: torch.Tensor, basis: torch.Tensor, ridge: float = 
     return coef.reshape(out, cin, n).to(target.dtype)
 
 
+def _target_moment(rows: torch.Tensor) -> torch.Tensor:
+    """The targets' Gram ``M_b = T_bᵀT_b`` ``(B, P, P)`` or, when a basis serves fewer kernels than it has taps
+    (depthwise layers, large kernels: ``R < P``), the rows ``T_b`` ``(B, R, P)`` themselves: every product
+    with ``M`` is then taken through ``T`` (``R/P`` of the cost; a 51×51 ``M`` per channel would not fit).
+
+    Example:
+        >>> _target_moment(torch.randn(2, 30, 9)).shape, _target_moment(torch.randn(2, 1, 49)).shape
+        (torch.Size([2, 9, 9]), torch.Size([2, 1, 49]))
+    """
+    return rows if rows.shape[-2] < rows.shape[-1] else rows.transpose(-1, -2) @ rows
+
+
 def _projection_residual(phi: torch.Tensor, moment: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``‖T − c(Φ)Φ‖²`` per basis from ``Φ (..., B, N, P)`` and the targets' Gram ``M (B, P, P)``.
+    """``‖T − c(Φ)Φ‖²`` per basis from ``Φ (..., B, N, P)`` and the targets' Gram ``M (B, P, P)``
+    (or their rows ``T (B, R, P)``, see :func:`_target_moment`).
 
     With ``A = ΦΦᵀ + λI``, ``c = TΦᵀA⁻¹`` and ``‖T − cΦ‖² = tr M − 2 tr(A⁻¹G) + tr(A⁻¹GA⁻¹ΦΦᵀ)`` where
     ``G = ΦMΦᵀ``: only ``N×N`` and ``P×P`` products, independent of the number of target kernels.
@@ -177,9 +190,14 @@ def _projection_residual(phi: torch.Tensor, moment: torch.Tensor, ridge: float) 
     gram = phi @ phi.transpose(-1, -2)
     lam = ridge * gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30).detach()
     a = gram + lam[..., None, None] * torch.eye(n, dtype=phi.dtype, device=phi.device)
-    g = phi @ moment @ phi.transpose(-1, -2)
+    if moment.shape[-2] == moment.shape[-1]:
+        g = phi @ moment @ phi.transpose(-1, -2)
+        trace_m = moment.diagonal(dim1=-2, dim2=-1).sum(-1)
+    else:  # rows T: G = (ΦTᵀ)(ΦTᵀ)ᵀ, tr M = ‖T‖²
+        pt = phi @ moment.transpose(-1, -2)
+        g = pt @ pt.transpose(-1, -2)
+        trace_m = moment.pow(2).sum((-2, -1))
     s = torch.linalg.solve(a, g)  # A⁻¹G
-    trace_m = moment.diagonal(dim1=-2, dim2=-1).sum(-1)
     quad = torch.linalg.solve(a, gram)  # A⁻¹ΦΦᵀ
     return trace_m - 2 * s.diagonal(dim1=-2, dim2=-1).sum(-1) + (s @ quad.transpose(-1, -2)).diagonal(
         dim1=-2, dim2=-1
@@ -268,10 +286,13 @@ def _subspace_start(
     """
     num_bases, n = fixed[2].shape
     p = moment.shape[-1]
-    _, vecs = torch.linalg.eigh(moment)  # ascending
-    outside = vecs[..., : max(p - n, 0)]  # (B, P, P-N): complement of the best subspace
-    if outside.shape[-1] == 0:  # N >= P: every kernel lies in the span
+    if n >= p:  # every kernel lies in the span
         return fixed
+    if moment.shape[-2] == p:
+        _, vecs = torch.linalg.eigh(moment)  # ascending
+        outside, inside = vecs[..., : p - n], None  # (B, P, P-N): complement of the best subspace
+    else:  # rows (R < P): the best subspace is (within) their row space; measure the part inside it
+        inside = torch.linalg.svd(moment, full_matrices=False)[2][..., :n, :].transpose(-1, -2)  # (B, P, ≤N)
     shape, reach = (candidates, num_bases, n), max(kernel_size) / 2.0
     sigma = sigma_min + 0.2 + torch.rand(*shape, 2, generator=gen, dtype=torch.float64) * (reach - 0.2)
     mu = (2 * torch.rand(*shape, 2, generator=gen, dtype=torch.float64) - 1) * reach / 2
@@ -283,8 +304,11 @@ def _subspace_start(
     def distance(sigma_raw: torch.Tensor, mu_raw: torch.Tensor, theta_raw: torch.Tensor) -> torch.Tensor:
         phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size, order)
         phi = phi.flatten(-2)  # (S, B, N, P)
+        norm_sq = phi.pow(2).sum(-1).clamp_min(1e-30)
+        if inside is not None:
+            return 1.0 - (phi @ inside.unsqueeze(0)).pow(2).sum(-1) / norm_sq
         off = phi @ outside.unsqueeze(0)  # (S, B, N, P-N)
-        return off.pow(2).sum(-1) / phi.pow(2).sum(-1).clamp_min(1e-30)  # (S, B, N)
+        return off.pow(2).sum(-1) / norm_sq  # (S, B, N)
 
     _adam(params, distance, steps, 0.05)
     with torch.no_grad():
@@ -340,7 +364,7 @@ def fit_gd_kernel(
     orders = torch.tensor(derivative_orders(order))
     w64 = target.detach().double().cpu()
     rows = _basis_rows(w64, num_bases)
-    moment = rows.transpose(-1, -2) @ rows  # (B, P, P)
+    moment = _target_moment(rows)  # (B, P, P), or the rows (B, R, P) when R < P
     total = float(w64.pow(2).sum().clamp_min(1e-30))
 
     gen = torch.Generator().manual_seed(seed)
@@ -583,7 +607,8 @@ def _reference(gd: GDConv2d, weight: torch.Tensor, bias: torch.Tensor | None, im
     if spec.padding_mode != "zeros":
         x = F.pad(x, spec.explicit_padding(), mode=spec.padding_mode)
         padding = 0
-    return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), spec.stride, padding, spec.dilation)
+    return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), spec.stride, padding, spec.dilation,
+                    gd.groups)
 
 
 def refine_output_(
@@ -650,6 +675,10 @@ def fit_gdconv_(
 ) -> FitReport:
     """Fit ``gd`` in place to the free-form ``weight`` / ``bias`` and report the errors.
 
+    ``weight`` is ``(out, in/groups, kH, kW)``, the layout of the (grouped) ``nn.Conv2d`` it replaces: each
+    basis is fitted to the kernels of the outputs it serves (one channel's filter for a depthwise layer
+    with one basis per channel).
+
     Kernel space first (:func:`fit_gd_kernel`; a separated layer then refits ``λ``, ``β`` and the geometry
     for eq. (4) with :func:`fit_separated`), bias copied; then, if
     ``images`` are given and ``refine_steps > 0``, :func:`refine_output_`. ``gd``'s stride, padding,
@@ -662,7 +691,7 @@ def fit_gdconv_(
         >>> report.kernel_error < 1.0 and report.subspace_bound <= report.kernel_error + 1e-6
         True
     """
-    expected = (gd.out_channels, gd.in_channels, *gd.kernel_size)
+    expected = (gd.out_channels, gd.in_channels // gd.groups, *gd.kernel_size)
     if tuple(weight.shape) != expected:
         raise ValueError(f"weight has shape {tuple(weight.shape)}, the GDConv2d expects {expected}")
     if (bias is None) != (gd.bias is None):

@@ -17,11 +17,13 @@ from ..kernels import derivative_orders, gaussian_derivative_basis
 from ..kernels.basis import gaussian_derivative_basis_reference
 from .gd_functional import (
     ConvSpec,
+    bases_per_group,
     combine_dense,
     combine_separated,
     gd_conv2d_basis_first,
     gd_conv2d_dense,
     gd_conv2d_factorized,
+    group_bases,
     path_costs,
 )
 
@@ -134,9 +136,13 @@ class GDConv2d(nn.Module):
     outputs. ``separated=True`` uses eq. (4) (``λ·β``) instead of eqs. (2)/(3) (``ω``).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode:
-            as in ``nn.Conv2d`` (``padding`` defaults to ``'same'``).
-        num_bases: number of independent bases ``B``; must divide ``out_channels``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode:
+            as in ``nn.Conv2d`` (``padding`` defaults to ``'same'``; ``groups`` is keyword-only). With
+            ``groups = g`` the dense weight is ``(out, in/g, kH, kW)``, as ``nn.Conv2d``'s.
+        num_bases: number of independent bases ``B``; must divide ``out_channels``. With ``groups = g > 1``
+            it must also be a multiple of ``g`` (``B/g`` bases of its own per channel group; depthwise:
+            ``B = channels`` is one basis per channel) or divide ``g`` (one basis shared by ``g/B`` whole
+            groups; depthwise ``B = 1``: one basis for every channel, ``N`` weights per channel).
         order: highest total derivative order ``K``; each basis holds ``(K+1)(K+2)/2`` kernels.
         separated: use the separated combination of eq. (4).
         trainable: which kernel geometries learn: a subset of ``('sigma', 'mu', 'theta')``. Those are
@@ -164,6 +170,9 @@ class GDConv2d(nn.Module):
         torch.Size([2, 8, 16, 16])
         >>> conv.basis().shape, conv.dense_weight().shape
         (torch.Size([2, 6, 7, 7]), torch.Size([8, 3, 7, 7]))
+        >>> depthwise = GDConv2d(64, 64, 31, groups=64, num_bases=1, order=2)  # 31×31, parameters independent of k
+        >>> depthwise.dense_weight().shape, sum(p.numel() for p in depthwise.parameters())
+        (torch.Size([64, 1, 31, 31]), 478)
     """
 
     no_decay_geometry = GEOMETRY_NAMES  # left out of weight decay (no_weight_decay_names)
@@ -179,6 +188,7 @@ class GDConv2d(nn.Module):
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
+        groups: int = 1,
         num_bases: int = 1,
         order: int = 3,
         separated: bool = False,
@@ -193,14 +203,21 @@ class GDConv2d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_bases", num_bases)):
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("num_bases", num_bases),
+                            ("groups", groups)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible by "
+                f"groups ({groups}), as in nn.Conv2d"
+            )
         if out_channels % num_bases:
             raise ValueError(
                 f"out_channels ({out_channels}) must be divisible by num_bases ({num_bases}): "
                 "each basis produces out_channels / num_bases outputs"
             )
+        bases_per_group(num_bases, groups)  # validates num_bases against groups
         self.kernel_size = _positive_pair("kernel_size", kernel_size)
         self.stride = _positive_pair("stride", stride)
         self.dilation = _positive_pair("dilation", dilation)
@@ -238,6 +255,7 @@ class GDConv2d(nn.Module):
 
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.groups = groups
         self.num_bases = num_bases
         self.order = order
         self.separated = separated
@@ -248,7 +266,7 @@ class GDConv2d(nn.Module):
         self.impl = impl
 
         factory = {"device": device, "dtype": dtype}
-        b, n = num_bases, self.num_kernels
+        b, n, cin_g = num_bases, self.num_kernels, in_channels // groups
         for name, shape in zip(GEOMETRY_NAMES, ((b, n, 2), (b, n, 2), (b, n))):
             tensor = torch.empty(shape, **factory)
             if name in trainable:
@@ -257,9 +275,9 @@ class GDConv2d(nn.Module):
                 self.register_buffer(f"{name}_raw", tensor)
         if separated:
             self.weight_out = nn.Parameter(torch.empty(out_channels, n, **factory))
-            self.weight_in = nn.Parameter(torch.empty(b, n, in_channels, **factory))
+            self.weight_in = nn.Parameter(torch.empty(b, n, cin_g, **factory))
         else:
-            self.weight = nn.Parameter(torch.empty(out_channels, in_channels, n, **factory))
+            self.weight = nn.Parameter(torch.empty(out_channels, cin_g, n, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.register_buffer(
             "orders_index", torch.tensor(derivative_orders(order), device=device, dtype=torch.long), persistent=False
@@ -315,7 +333,8 @@ class GDConv2d(nn.Module):
     def _init_combination(self, gain: float = math.sqrt(2.0)) -> None:
         """He-style init that fixes the output second moment for white, unit-variance input.
 
-        With independent zero-mean weights, ``E[out²] = Σ_i E‖W[o,i]‖²`` for white unit input.
+        With independent zero-mean weights, ``E[out²] = Σ_i E‖W[o,i]‖²`` for white unit input, the sum
+        running over the ``in/g`` inputs an output sees (``in`` below stands for that fan-in).
         Drawing ``ω[b,j,i,n] ~ N(0, gain² / (in·N·‖φ^{b,n}‖²))`` gives ``E‖W[o,i]‖² = gain²/in``, so
         ``E[out²] = gain²`` (``gain = √2`` compensates ReLU, as Kaiming init). Separated: each
         ``β[b,n,i] ~ N(0, 1/(in·‖φ^{b,n}‖²))`` makes every intermediate map unit-variance, and
@@ -333,7 +352,7 @@ class GDConv2d(nn.Module):
         n_live = live.sum(dim=-1, keepdim=True).clamp_min(1.0)  # (B, 1); 0 only if the whole basis is zero
         typical = ((norms_sq * live).sum(dim=-1, keepdim=True) / n_live).clamp_min(torch.finfo(norms_sq.dtype).tiny)
         norms_sq = torch.where(degenerate, typical, norms_sq)
-        cin, per_basis = self.in_channels, self.out_channels // self.num_bases
+        cin, per_basis = self.in_channels // self.groups, self.out_channels // self.num_bases
         if self.separated:
             std_in = (1.0 / (cin * norms_sq)).sqrt().unsqueeze(-1)  # (B, N, 1)
             self.weight_in.copy_(torch.randn_like(self.weight_in) * std_in)
@@ -361,7 +380,7 @@ class GDConv2d(nn.Module):
         return self._compute_basis()
 
     def dense_weight(self) -> torch.Tensor:
-        """The ``(out, in, kH, kW)`` kernel that ``F.conv2d`` needs to give this layer's output."""
+        """The ``(out, in/groups, kH, kW)`` kernel that ``F.conv2d(..., groups=groups)`` needs to give this layer's output."""
         basis = self._compute_basis()
         with torch.autocast(basis.device.type, enabled=False):
             if self.separated:
@@ -374,7 +393,7 @@ class GDConv2d(nn.Module):
             return self.impl
         costs = path_costs(
             self.in_channels, self.out_channels, self.num_bases, self.num_kernels,
-            self.kernel_size, self.stride, self.separated,
+            self.kernel_size, self.stride, self.separated, self.groups,
         )
         return min(costs, key=costs.__getitem__)
 
@@ -393,7 +412,7 @@ class GDConv2d(nn.Module):
 
     def _cache_key(self, impl: str) -> tuple:
         """What must match besides the sources (their values, shapes, dtypes and devices: the snapshot)."""
-        return (impl, self.sigma_min, self.kernel_size, self.order)
+        return (impl, self.sigma_min, self.kernel_size, self.order, self.groups)
 
     def _kernels(self, impl: str) -> tuple[torch.Tensor, ...]:
         """Generated kernels for ``impl``; reused while gradients are off and the sources hold the same values.
@@ -452,13 +471,13 @@ class GDConv2d(nn.Module):
         impl = self.select_impl()
         kernels = tuple(k.to(x.dtype) for k in self._kernels(impl))
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        spec = self.conv_spec
+        spec, groups = self.conv_spec, self.groups
         if impl == "dense":
-            y = gd_conv2d_dense(x, kernels[0], bias, spec)
+            y = gd_conv2d_dense(x, kernels[0], bias, spec, groups)
         elif impl == "basis":
-            y = gd_conv2d_basis_first(x, *kernels, bias, spec)
+            y = gd_conv2d_basis_first(x, *kernels, bias, spec, groups)
         else:
-            y = gd_conv2d_factorized(x, *kernels, bias, spec)
+            y = gd_conv2d_factorized(x, *kernels, bias, spec, groups)
         return y.squeeze(0) if unbatched else y
 
     # ------------------------------------------------------------------ steering
@@ -474,8 +493,9 @@ class GDConv2d(nn.Module):
         """Replace the Gaussian parameterisation by plain ``nn.Conv2d`` modules with identical output.
 
         Called by ``timm.utils.reparameterize_model``. Non-separated layers (or separated ones whose
-        dense path is cheaper) become one ``nn.Conv2d``; separated layers otherwise become the
-        1×1 → depthwise → grouped 1×1 sequence. The GD parameters are removed afterwards.
+        dense path is cheaper) become one ``nn.Conv2d`` (with the layer's ``groups``); separated layers
+        otherwise become the (grouped) 1×1 → depthwise → grouped 1×1 sequence. The GD parameters are
+        removed afterwards.
         """
         if hasattr(self, "reparam_conv"):
             return
@@ -483,18 +503,21 @@ class GDConv2d(nn.Module):
         factory = {"device": self.sigma_raw.device, "dtype": self.sigma_raw.dtype}
         conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
         if impl == "factorized":
-            bn, n = self.num_bases * self.num_kernels, self.num_kernels
-            mix_in = nn.Conv2d(self.in_channels, bn, 1, bias=False, **factory)
-            mix_in.weight.copy_(self.weight_in.reshape(bn, self.in_channels, 1, 1))
+            g, n, cin_g = self.groups, self.num_kernels, self.in_channels // self.groups
+            slots = group_bases(self.num_bases, g, self.sigma_raw.device)  # (group, basis) slot -> basis
+            bn = len(slots) * n
+            mix_in = nn.Conv2d(self.in_channels, bn, 1, groups=g, bias=False, **factory)
+            mix_in.weight.copy_(self.weight_in[slots].reshape(bn, cin_g, 1, 1))
             depthwise = nn.Conv2d(bn, bn, self.kernel_size, groups=bn, bias=False, **conv_args, **factory)
-            depthwise.weight.copy_(self.basis().reshape(bn, 1, *self.kernel_size))
-            mix_out = nn.Conv2d(bn, self.out_channels, 1, groups=self.num_bases, bias=self.bias is not None, **factory)
+            depthwise.weight.copy_(self.basis()[slots].reshape(bn, 1, *self.kernel_size))
+            mix_out = nn.Conv2d(bn, self.out_channels, 1, groups=len(slots), bias=self.bias is not None, **factory)
             mix_out.weight.copy_(self.weight_out.reshape(self.out_channels, n, 1, 1))
             conv: nn.Module = nn.Sequential(mix_in, depthwise, mix_out)
             last = mix_out
         else:
             conv = nn.Conv2d(
-                self.in_channels, self.out_channels, self.kernel_size, bias=self.bias is not None, **conv_args, **factory
+                self.in_channels, self.out_channels, self.kernel_size, groups=self.groups, bias=self.bias is not None,
+                **conv_args, **factory,
             )
             conv.weight.copy_(self.dense_weight())
             last = conv
@@ -512,6 +535,8 @@ class GDConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding!r}, num_bases={self.num_bases}, order={self.order}"
         )
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.padding_mode != "zeros":

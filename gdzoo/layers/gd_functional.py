@@ -7,6 +7,11 @@ All paths compute the same cross-correlation as ``F.conv2d`` with the dense weig
   (depthwise), then mix with a grouped 1×1 convolution (cheaper for wide, large kernels);
 - ``factorized``: separated only. 1×1 (β) → depthwise k×k (φ) → grouped 1×1 (λ), eq. (4)
   evaluated literally.
+
+Grouped convolutions (``groups = g``, ``nn.Conv2d``'s meaning): output ``o`` sees only the ``in/g`` input
+channels of its group ``o // (out/g)``, and the dense weight is ``(out, in/g, kH, kW)``. Bases must then
+either belong to one group each (``B`` a multiple of ``g``: ``B/g`` bases per group) or be shared by whole
+groups (``g`` a multiple of ``B``); :func:`group_bases` lists which basis every (group, local basis) slot uses.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ __all__ = [
     "gd_conv2d_basis_first",
     "gd_conv2d_factorized",
     "path_costs",
+    "group_bases",
+    "bases_per_group",
     "DEPTHWISE_COST",
 ]
 
@@ -68,15 +75,42 @@ def spatial_conv(
     return F.conv2d(x, weight, bias, spec.stride, spec.padding, spec.dilation, groups)
 
 
+def bases_per_group(num_bases: int, groups: int) -> int:
+    """How many bases the outputs of one group use: ``B/g`` when ``g`` divides ``B``, else 1 (a shared basis).
+
+    Example:
+        >>> bases_per_group(8, 4), bases_per_group(2, 8), bases_per_group(3, 1)
+        (2, 1, 3)
+    """
+    if num_bases % groups and groups % num_bases:
+        raise ValueError(
+            f"with groups={groups}, num_bases ({num_bases}) must be a multiple of groups (bases per channel group) "
+            f"or divide it (one basis shared by groups/num_bases whole groups)"
+        )
+    return max(num_bases // groups, 1)
+
+
+def group_bases(num_bases: int, groups: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(g · B_g,)`` basis index of every (group, local basis) slot, ``B_g = bases_per_group(B, g)``.
+
+    Example:
+        >>> group_bases(4, 2).tolist(), group_bases(2, 4).tolist(), group_bases(3, 1).tolist()
+        ([0, 1, 2, 3], [0, 0, 1, 1], [0, 1, 2])
+    """
+    per = bases_per_group(num_bases, groups)
+    slots = torch.arange(groups * per, device=device)
+    return slots if per > 1 or num_bases == groups else slots // (groups // num_bases)
+
+
 def combine_dense(weight: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Eqs. (2)/(3): ``W[b·(out/B)+j, i] = Σ_n ω[b, j, i, n] φ^{b,n}``.
 
     Args:
-        weight: ``(out, in, N)`` combination weights ω; output ``o`` belongs to basis ``o // (out/B)``.
+        weight: ``(out, in/g, N)`` combination weights ω; output ``o`` belongs to basis ``o // (out/B)``.
         basis: ``(B, N, kH, kW)``.
 
     Returns:
-        ``(out, in, kH, kW)``.
+        ``(out, in/g, kH, kW)`` (``g`` = groups; the formula does not depend on it).
 
     Example:
         >>> combine_dense(torch.randn(8, 3, 6), torch.randn(2, 6, 5, 5)).shape
@@ -95,11 +129,11 @@ def combine_separated(weight_out: torch.Tensor, weight_in: torch.Tensor, basis: 
 
     Args:
         weight_out: ``(out, N)`` output combination λ.
-        weight_in: ``(B, N, in)`` input combination β.
+        weight_in: ``(B, N, in/g)`` input combination β (over the input channels of the group).
         basis: ``(B, N, kH, kW)``.
 
     Returns:
-        ``(out, in, kH, kW)``.
+        ``(out, in/g, kH, kW)``.
 
     Example:
         >>> combine_separated(torch.randn(8, 6), torch.randn(2, 6, 3), torch.randn(2, 6, 5, 5)).shape
@@ -114,16 +148,20 @@ def combine_separated(weight_out: torch.Tensor, weight_in: torch.Tensor, basis: 
 
 
 def gd_conv2d_dense(
-    x: torch.Tensor, dense_weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec
+    x: torch.Tensor, dense_weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, groups: int = 1
 ) -> torch.Tensor:
-    """One convolution with the combined ``(out, in, kH, kW)`` kernel."""
-    return spatial_conv(x, dense_weight, bias, spec)
+    """One (grouped) convolution with the combined ``(out, in/g, kH, kW)`` kernel."""
+    return spatial_conv(x, dense_weight, bias, spec, groups)
 
 
 def gd_conv2d_basis_first(
-    x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec
+    x: torch.Tensor, weight: torch.Tensor, basis: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Non-separated path: depthwise basis convolution of every input channel, then grouped 1×1 mix.
+
+    Each input channel is filtered by the ``B_g·N`` kernels of the bases its group uses, then every
+    (group, local basis) slot mixes its ``in/g · N`` maps into its outputs (one 1×1 group per slot).
 
     Example:
         >>> spec = ConvSpec((1, 1), "same", (1, 1), "zeros", (5, 5))
@@ -133,13 +171,16 @@ def gd_conv2d_basis_first(
         True
     """
     num_bases, n, kh, kw = basis.shape
-    out, cin, _ = weight.shape
-    depthwise = basis.reshape(1, num_bases * n, 1, kh, kw).expand(cin, -1, -1, -1, -1)
-    feats = spatial_conv(x, depthwise.reshape(cin * num_bases * n, 1, kh, kw), None, spec, groups=cin)
+    out, cin_g, _ = weight.shape
+    cin = cin_g * groups
+    per = bases_per_group(num_bases, groups)
+    slots = basis if groups == 1 else basis[group_bases(num_bases, groups, basis.device)]  # (g·B_g, N, kH, kW)
+    depthwise = slots.reshape(groups, 1, per * n, 1, kh, kw).expand(-1, cin_g, -1, -1, -1, -1)
+    feats = spatial_conv(x, depthwise.reshape(cin * per * n, 1, kh, kw), None, spec, groups=cin)
     batch, _, ho, wo = feats.shape
-    if num_bases > 1:  # channels (i, b, n) → (b, i, n) so that each basis is one 1×1 group
-        feats = feats.view(batch, cin, num_bases, n, ho, wo).transpose(1, 2).reshape(batch, -1, ho, wo)
-    return F.conv2d(feats, weight.reshape(out, cin * n, 1, 1), bias, groups=num_bases)
+    if per > 1:  # channels (g, i, b, n) → (g, b, i, n) so that each (group, basis) slot is one 1×1 group
+        feats = feats.view(batch, groups, cin_g, per, n, ho, wo).transpose(2, 3).reshape(batch, -1, ho, wo)
+    return F.conv2d(feats, weight.reshape(out, cin_g * n, 1, 1), bias, groups=groups * per)
 
 
 def gd_conv2d_factorized(
@@ -149,8 +190,11 @@ def gd_conv2d_factorized(
     basis: torch.Tensor,
     bias: torch.Tensor | None,
     spec: ConvSpec,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Separated path, eq. (4) literally: 1×1 (β) → depthwise k×k (φ) → grouped 1×1 (λ).
+
+    With ``groups``, β mixes only the ``in/g`` channels of each group, once per (group, local basis) slot.
 
     Example:
         >>> spec = ConvSpec((1, 1), "same", (1, 1), "zeros", (5, 5))
@@ -161,10 +205,15 @@ def gd_conv2d_factorized(
     """
     num_bases, n, kh, kw = basis.shape
     out = weight_out.shape[0]
-    cin = weight_in.shape[2]
-    mixed = F.conv2d(x, weight_in.reshape(num_bases * n, cin, 1, 1))
-    filtered = spatial_conv(mixed, basis.reshape(num_bases * n, 1, kh, kw), None, spec, groups=num_bases * n)
-    return F.conv2d(filtered, weight_out.reshape(out, n, 1, 1), bias, groups=num_bases)
+    cin_g = weight_in.shape[2]
+    per = bases_per_group(num_bases, groups)
+    if groups > 1:
+        slots = group_bases(num_bases, groups, basis.device)
+        basis, weight_in = basis[slots], weight_in[slots]
+    slot_kernels = groups * per * n
+    mixed = F.conv2d(x, weight_in.reshape(slot_kernels, cin_g, 1, 1), groups=groups)
+    filtered = spatial_conv(mixed, basis.reshape(slot_kernels, 1, kh, kw), None, spec, groups=slot_kernels)
+    return F.conv2d(filtered, weight_out.reshape(out, n, 1, 1), bias, groups=groups * per)
 
 
 def path_costs(
@@ -175,20 +224,30 @@ def path_costs(
     kernel_size: tuple[int, int],
     stride: tuple[int, int],
     separated: bool,
+    groups: int = 1,
 ) -> dict[str, float]:
     """Estimated cost per output pixel of each path valid for the layer (multiply-adds, depthwise weighted).
+
+    A grouped dense convolution with one input channel per group is itself depthwise, and weighted so.
 
     Example:
         >>> sorted(path_costs(64, 64, 4, 10, (7, 7), (1, 1), separated=True))
         ['dense', 'factorized']
+        >>> costs = path_costs(64, 64, 1, 10, (7, 7), (1, 1), separated=False, groups=64)
+        >>> min(costs, key=costs.__getitem__)
+        'dense'
     """
     k2 = kernel_size[0] * kernel_size[1]
-    bn = num_bases * num_kernels
-    costs = {"dense": float(out_channels * in_channels * k2)}
+    cin_g = in_channels // groups
+    slots = groups * bases_per_group(num_bases, groups)
+    dense_cost = float(out_channels * cin_g * k2)
+    costs = {"dense": dense_cost * DEPTHWISE_COST if cin_g == 1 and groups > 1 else dense_cost}
     if separated:
         costs["factorized"] = (
-            in_channels * bn * stride[0] * stride[1] + bn * k2 * DEPTHWISE_COST + out_channels * num_kernels
+            cin_g * slots * num_kernels * stride[0] * stride[1] + slots * num_kernels * k2 * DEPTHWISE_COST
+            + out_channels * num_kernels
         )
     else:
-        costs["basis"] = in_channels * bn * k2 * DEPTHWISE_COST + out_channels * in_channels * num_kernels
+        per_input = slots // groups
+        costs["basis"] = in_channels * per_input * num_kernels * k2 * DEPTHWISE_COST + out_channels * cin_g * num_kernels
     return costs

@@ -33,8 +33,10 @@ def unsupported_reason(module: nn.Module) -> str | None:
     Example:
         >>> unsupported_reason(nn.Conv2d(3, 8, 3)) is None
         True
-        >>> unsupported_reason(nn.Conv2d(8, 8, 3, groups=8))
-        'groups=8: GDConv2d has no grouped/depthwise form'
+        >>> unsupported_reason(nn.Conv2d(8, 8, 3, groups=8)) is None  # depthwise: GDConv2d(groups=8)
+        True
+        >>> unsupported_reason(nn.Conv2d(8, 8, 1))
+        'kernel_size=(1, 1): a 1x1 kernel has a single tap, nothing for a Gaussian-derivative basis to shape'
     """
     if isinstance(module, GDConv2d):
         return "already a GDConv2d"
@@ -45,8 +47,6 @@ def unsupported_reason(module: nn.Module) -> str | None:
     if type(module).forward is not nn.Conv2d.forward:
         return (f"{type(module).__name__} overrides nn.Conv2d.forward (e.g. dynamic 'same' padding or weight "
                 "standardisation), which a GDConv2d would not reproduce")
-    if module.groups != 1:
-        return f"groups={module.groups}: GDConv2d has no grouped/depthwise form"
     if tuple(module.kernel_size) == (1, 1):
         return "kernel_size=(1, 1): a 1x1 kernel has a single tap, nothing for a Gaussian-derivative basis to shape"
     if module.weight.is_meta:
@@ -105,6 +105,8 @@ def conv_to_gd(conv: nn.Conv2d, fit: bool = True, **kwargs: Any) -> tuple[GDConv
     ``kwargs``: GDConv2d options (``num_bases``, ``order``, ``separated``, ``trainable``,
     ``sigma_min``, ``impl``, ...) and fit options (``images``, ``refine_steps``, ``refine_lr``,
     ``restarts``, ``steps``, ``polish_steps``, ``subspace_candidates``, ``seed``).
+    ``groups`` comes from ``conv`` (grouped and depthwise convs keep it); ``num_bases='groups'`` gives one
+    basis per channel group, i.e. one per channel for a depthwise conv (each channel's filter fitted on its own).
 
     Example:
         >>> conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
@@ -116,9 +118,12 @@ def conv_to_gd(conv: nn.Conv2d, fit: bool = True, **kwargs: Any) -> tuple[GDConv
     if reason:
         raise ValueError(f"cannot convert {type(conv).__name__} to GDConv2d: {reason}")
     fit_options = {k: kwargs.pop(k) for k in FIT_OPTIONS if k in kwargs}
-    for key in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "padding_mode", "bias"):
+    for key in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "padding_mode", "bias",
+                "groups"):
         if key in kwargs:
             raise ValueError(f"{key} comes from the converted convolution; do not pass it (got {key}={kwargs[key]!r})")
+    if kwargs.get("num_bases") == "groups":
+        kwargs["num_bases"] = conv.groups
     num_bases = kwargs.get("num_bases", 1)
     if isinstance(num_bases, int) and conv.out_channels % num_bases:
         raise ValueError(
@@ -128,7 +133,7 @@ def conv_to_gd(conv: nn.Conv2d, fit: bool = True, **kwargs: Any) -> tuple[GDConv
         conv.in_channels, conv.out_channels, tuple(conv.kernel_size), stride=tuple(conv.stride),
         padding=conv.padding if isinstance(conv.padding, str) else tuple(conv.padding),
         dilation=tuple(conv.dilation), bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype, **kwargs,
+        groups=conv.groups, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs,
     )
     report = fit_gdconv_(gd, conv.weight, conv.bias, **fit_options) if fit else None
     gd.fit_report = report
@@ -226,7 +231,8 @@ def gdify(
             ``images`` and ``refine_steps`` are given); ``False`` keeps GDConv2d's random init.
         strict: raise on a selected convolution that cannot be converted (see
             :func:`unsupported_reason`); ``None``: strict except for ``layers='all'``, which skips
-            those (1×1, grouped, custom-forward convs) and converts the rest.
+            those (1×1, transposed, custom-forward convs) and converts the rest (grouped and depthwise
+            convs included: ``num_bases='groups'`` gives each channel group its own basis).
         gd_kwargs: GDConv2d options and fit options, as for :func:`conv_to_gd`. ``images`` are
             *model* inputs: the model runs once on them and every layer is refined on the input it
             received (captured with forward pre-hooks before any replacement).
