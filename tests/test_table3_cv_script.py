@@ -47,3 +47,21 @@ def test_pooled_scores_and_fold_summary() -> None:
     assert summary["iou"] == pytest.approx(64.0) and summary["pixel_acc_std"] == 0
     assert summary["pooled_dice"] == pytest.approx(table3._dice([a])[1])
     assert table3.cv_summary({"f0": folds["f0"]}) is None  # incomplete until every fold has run
+
+
+@pytest.mark.parametrize("model", table3.MODELS)
+def test_published_cards_state_the_committed_cross_validation(model: str) -> None:
+    """The shipped <model>.monuseg is the file publish_cv wrote, and its card's cv/* numbers are the committed folds'."""
+    import hashlib
+
+    from gdzoo.hub.card import card_metrics
+
+    published = __import__("json").loads((table3.CV_RESULTS / "published.json").read_text())
+    folder = REPO / "weights" / f"{model}.monuseg"
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == published[folder.name]["sha256"]
+    summary = table3.cv_summary(table3.cv_results()[model])
+    card = card_metrics((folder / "README.md").read_text())
+    for k in table3.METRICS:
+        assert card[f"cv/full_{k}"] == pytest.approx(summary[k], abs=0.005)
+        assert card[f"cv/full_{k}_std"] == pytest.approx(summary[f"{k}_std"], abs=0.005)
+    assert card[table3.CHECK_METRIC] == published[folder.name][table3.CHECK_METRIC]
