@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import displaced_gaussian_units
-from .gd_conv import PADDING_MODES, _graph_capture, _inverse_softplus, _padding, _positive_pair, _Snapshot
+from .gd_conv import PADDING_MODES, CachedKernelConv, _inverse_softplus, _padding, _positive_pair
 from .gd_functional import ConvSpec, spatial_conv
 
 __all__ = ["DAUConv2d", "DAU_GEOMETRY_NAMES", "MIN_SIGMA_MIN"]
@@ -28,7 +28,7 @@ MIN_SIGMA_MIN = 0.05
 _STATE_ORDER = ("weight", "mu_raw", "sigma_raw", "bias")
 
 
-class DAUConv2d(nn.Module):
+class DAUConv2d(CachedKernelConv):
     """Convolution with filters made of ``units`` displaced aggregation units (DAU-ConvNet, CVPR 2018).
 
     The filter from input channel ``s`` to output ``f`` is
@@ -64,6 +64,8 @@ class DAUConv2d(nn.Module):
     """
 
     no_decay_geometry = DAU_GEOMETRY_NAMES  # left out of weight decay (gdzoo.layers.no_weight_decay_names)
+
+    _state_order = _STATE_ORDER
 
     def __init__(
         self,
@@ -119,7 +121,7 @@ class DAUConv2d(nn.Module):
         else:
             self.register_buffer("sigma_raw", torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self._cache: tuple[tuple, _Snapshot, torch.Tensor] | None = None
+        self._cache = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters and views
@@ -187,44 +189,10 @@ class DAUConv2d(nn.Module):
         return (self.weight, self.mu_raw, self.sigma_raw)
 
     def _kernel(self) -> torch.Tensor:
-        """The dense kernel; reused while gradients are off and the sources hold the same bits (see GDConv2d)."""
-        if torch.is_grad_enabled() or _graph_capture():
-            return self.dense_weight()
-        key, sources = (self.sigma_min, self.kernel_size), self._kernel_sources()
-        cache = self._cache
-        if cache is None or cache[0] != key or not cache[1].matches(sources):
-            self._cache = cache = (key, _Snapshot(sources), self.dense_weight())
-        return cache[2]
-
-    def __getstate__(self) -> dict:
-        """Pickling and ``copy.deepcopy`` leave the kernel cache out (it is rebuilt on demand)."""
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
-        """As ``nn.Module``, with the keys in one order whether σ is a parameter or a buffer."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for key in [prefix + name for name in _STATE_ORDER if prefix + name in destination]:
-            destination[key] = destination.pop(key)
-
-    def train(self, mode: bool = True) -> DAUConv2d:
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
-        self._cache = None
-        return super()._apply(fn, recurse)
+        """The dense kernel, cached while gradients are off (:meth:`CachedKernelConv._cached`)."""
+        return self._cached((self.sigma_min, self.kernel_size), self._kernel_sources(), self.dense_weight)
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() not in (3, 4):
-            raise ValueError(f"DAUConv2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"DAUConv2d expects {self.in_channels} input channels, got {x.shape[-3]} (input shape {tuple(x.shape)})"
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
             return self.reparam_conv(x)

@@ -7,7 +7,8 @@ A thin ``nn.Module`` over :mod:`gdzoo.kernels` (the kernels) and :mod:`gdzoo.lay
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,7 +28,7 @@ from .gd_functional import (
     path_costs,
 )
 
-__all__ = ["GDConv2d", "GEOMETRY_NAMES", "IMPLS", "no_weight_decay_names"]
+__all__ = ["CachedKernelConv", "GDConv2d", "GEOMETRY_NAMES", "IMPLS", "no_weight_decay_names"]
 
 GEOMETRY_NAMES = ("sigma", "mu", "theta")
 IMPLS = ("auto", "dense", "basis", "factorized")
@@ -128,7 +129,64 @@ def _graph_capture() -> bool:
     )
 
 
-class GDConv2d(nn.Module):
+class CachedKernelConv(nn.Module):
+    """What GDConv2d and DAUConv2d share: a value-snapshot cache of their generated kernels (left out of pickles,
+    dropped on ``train()`` / ``.to()``), state-dict keys in one order whichever geometry is a buffer, input checks.
+
+    Subclasses set ``_state_order`` and ``in_channels`` and call :meth:`_cached` for their kernels.
+    """
+
+    _state_order: tuple[str, ...] = ()
+    _cache: tuple | None = None
+
+    def _cached(self, key: tuple, sources: tuple[torch.Tensor, ...], generate: Callable[[], Any]) -> Any:
+        """``generate()``, reused while gradients are off and ``key`` and the sources' bits are unchanged.
+
+        Version counters are not enough: fused optimizers (``Adam(..., fused=True)``) and writes through
+        ``param.data`` change values without bumping them. So the sources (σ, μ, θ and the combination
+        weights: small next to the kernels) are compared bit for bit with a snapshot taken when the kernels
+        were generated; any difference regenerates. This costs a read of the sources per call: ≈ 30–60 µs on
+        one CPU core for 64→64 channels, N = 10 (41k values), i.e. < 0.1 % of a batch-64 14×14 forward and
+        ≈ 3–5 % at batch 1 (docs/benchmarks.md); on an accelerator, one host-device sync per layer and call.
+        """
+        if torch.is_grad_enabled() or _graph_capture():
+            return generate()
+        cache = self._cache
+        if cache is None or cache[0] != key or not cache[1].matches(sources):
+            self._cache = cache = (key, _Snapshot(sources), generate())
+        return cache[2]
+
+    def __getstate__(self) -> dict:
+        """Pickling and ``copy.deepcopy`` leave the kernel cache out (it is rebuilt on demand)."""
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
+        """As ``nn.Module``, with the keys in one order whichever geometry is a parameter or a buffer."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key in [prefix + name for name in self._state_order if prefix + name in destination]:
+            destination[key] = destination.pop(key)
+
+    def train(self, mode: bool = True):  # noqa: ANN201 - returns self, as nn.Module.train
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        name = type(self).__name__
+        if x.dim() not in (3, 4):
+            raise ValueError(f"{name} expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(x.shape)}")
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"{name} expects {self.in_channels} input channels, got {x.shape[-3]} (input shape {tuple(x.shape)})"
+            )
+
+
+class GDConv2d(CachedKernelConv):
     """Fully trainable Gaussian-derivative convolution (Penaud--Polge et al., ICIP 2022).
 
     Every filter is a linear combination of anisotropic, shifted and rotated Gaussian-derivative
@@ -176,6 +234,8 @@ class GDConv2d(nn.Module):
     """
 
     no_decay_geometry = GEOMETRY_NAMES  # left out of weight decay (no_weight_decay_names)
+
+    _state_order = STATE_ORDER
 
     def __init__(
         self,
@@ -415,52 +475,10 @@ class GDConv2d(nn.Module):
         return (impl, self.sigma_min, self.kernel_size, self.order, self.groups)
 
     def _kernels(self, impl: str) -> tuple[torch.Tensor, ...]:
-        """Generated kernels for ``impl``; reused while gradients are off and the sources hold the same values.
-
-        Version counters are not enough: fused optimizers (``Adam(..., fused=True)``) and writes through
-        ``param.data`` change values without bumping them. So the sources (σ, μ, θ and the combination
-        weights: small next to the kernels) are compared bit for bit with a snapshot taken when the kernels
-        were generated; any difference regenerates. This costs a read of the sources per call: ≈ 30–60 µs on
-        one CPU core for 64→64 channels, N = 10 (41k values), i.e. < 0.1 % of a batch-64 14×14 forward and
-        ≈ 3–5 % at batch 1 (docs/benchmarks.md); on an accelerator, one host-device sync per layer and call.
-        """
-        if torch.is_grad_enabled() or _graph_capture():
-            return self._generate(impl)
-        key, sources = self._cache_key(impl), self._kernel_sources()
-        cache = self._cache
-        if cache is None or cache[0] != key or not cache[1].matches(sources):
-            self._cache = cache = (key, _Snapshot(sources), self._generate(impl))
-        return cache[2]
-
-    def __getstate__(self) -> dict:
-        """Pickling and ``copy.deepcopy`` leave the kernel cache out (it is rebuilt on demand)."""
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
-        """As ``nn.Module``, with the keys in one order whichever geometry is a parameter or a buffer."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for key in [prefix + name for name in STATE_ORDER if prefix + name in destination]:
-            destination[key] = destination.pop(key)
-
-    def train(self, mode: bool = True) -> GDConv2d:
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
-        self._cache = None
-        return super()._apply(fn, recurse)
+        """Generated kernels for ``impl``, cached while gradients are off (:meth:`CachedKernelConv._cached`)."""
+        return self._cached(self._cache_key(impl), self._kernel_sources(), lambda: self._generate(impl))
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() not in (3, 4):
-            raise ValueError(f"GDConv2d expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"GDConv2d expects {self.in_channels} input channels, got {x.shape[-3]} (input shape {tuple(x.shape)})"
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
             return self.reparam_conv(x)
