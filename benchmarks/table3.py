@@ -210,7 +210,10 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
            for v in VARIANTS}
     ran = {v: cells for v, cells in ran.items() if cells}
     if not ran:
-        return []
+        return ["", "GD-specific capacity within the budget (`VARIANTS` in benchmarks/table3.py: "
+                + "; ".join(f"`{v}` = `{m}` with {', '.join(f'{k}={x}' for k, x in kw.items())}" for v, (m, kw) in VARIANTS.items())
+                + ", same recipe) is not run yet: `python benchmarks/table3.py --cv --models "
+                + " ".join(VARIANTS) + " --folds 0 1 2`."]
     lines = ["", "GD-specific capacity within the budget (same recipe; `model.kwargs` of `gd_unet`), on the folds it ran:", "",
              "| variant | trainable params (% of unet5) | fold | Dice | Gaussian U-net Dice | classical Dice |", "|---|---:|---:|---:|---:|---:|"]
     unet5_params = next(iter(results.get("unet5", {}).values()), {}).get("trainable_params")
