@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import displaced_gaussian_units
-from .gd_conv import PADDING_MODES, CachedKernelConv, _inverse_softplus, _padding, _positive_pair
-from .gd_functional import ConvSpec, spatial_conv
+from .gd_conv import CachedKernelConv, _inverse_softplus
+from .gd_functional import spatial_conv
 
 __all__ = ["DAUConv2d", "DAU_GEOMETRY_NAMES", "MIN_SIGMA_MIN"]
 
@@ -89,12 +89,7 @@ class DAUConv2d(CachedKernelConv):
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("units", units)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.kernel_size = _positive_pair("kernel_size", kernel_size)
-        self.stride = _positive_pair("stride", stride)
-        self.dilation = _positive_pair("dilation", dilation)
-        self.padding = _padding(padding, self.stride)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self._set_spatial(kernel_size, stride, padding, dilation, padding_mode)
         if not isinstance(sigma_trainable, bool):
             raise ValueError(f"sigma_trainable must be True or False, got {sigma_trainable!r}")
         if not (isinstance(sigma_min, (int, float)) and not isinstance(sigma_min, bool) and sigma_min >= MIN_SIGMA_MIN):
@@ -106,7 +101,6 @@ class DAUConv2d(CachedKernelConv):
             raise ValueError(f"sigma_init must be a float > sigma_min ({sigma_min}), got {sigma_init!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.padding_mode = padding_mode
         self.units = units
         self.sigma_init = float(sigma_init)
         self.sigma_trainable = sigma_trainable
@@ -125,10 +119,6 @@ class DAUConv2d(CachedKernelConv):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters and views
-    @property
-    def conv_spec(self) -> ConvSpec:
-        return ConvSpec(self.stride, self.padding, self.dilation, self.padding_mode, self.kernel_size)
-
     @property
     def mu_limit(self) -> tuple[float, float]:
         """Largest ``|μ1|, |μ2|`` inside the kernel: ``((kW−1)/2, (kH−1)/2)`` taps."""

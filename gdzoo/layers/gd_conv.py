@@ -139,6 +139,20 @@ class CachedKernelConv(nn.Module):
     _state_order: tuple[str, ...] = ()
     _cache: tuple | None = None
 
+    def _set_spatial(self, kernel_size, stride, padding, dilation, padding_mode: str) -> None:  # noqa: ANN001
+        """Validate and store nn.Conv2d's spatial arguments (clear errors naming the bad value)."""
+        self.kernel_size = _positive_pair("kernel_size", kernel_size)
+        self.stride = _positive_pair("stride", stride)
+        self.dilation = _positive_pair("dilation", dilation)
+        self.padding = _padding(padding, self.stride)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+
+    @property
+    def conv_spec(self) -> ConvSpec:
+        return ConvSpec(self.stride, self.padding, self.dilation, self.padding_mode, self.kernel_size)
+
     def _cached(self, key: tuple, sources: tuple[torch.Tensor, ...], generate: Callable[[], Any]) -> Any:
         """``generate()``, reused while gradients are off and ``key`` and the sources' bits are unchanged.
 
@@ -278,13 +292,7 @@ class GDConv2d(CachedKernelConv):
                 "each basis produces out_channels / num_bases outputs"
             )
         bases_per_group(num_bases, groups)  # validates num_bases against groups
-        self.kernel_size = _positive_pair("kernel_size", kernel_size)
-        self.stride = _positive_pair("stride", stride)
-        self.dilation = _positive_pair("dilation", dilation)
-        self.padding = _padding(padding, self.stride)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
+        self._set_spatial(kernel_size, stride, padding, dilation, padding_mode)
         self.num_kernels = len(derivative_orders(order))  # validates order
         trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
         unknown = [t for t in trainable if t not in GEOMETRY_NAMES]
@@ -347,10 +355,6 @@ class GDConv2d(CachedKernelConv):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters and views
-    @property
-    def conv_spec(self) -> ConvSpec:
-        return ConvSpec(self.stride, self.padding, self.dilation, self.padding_mode, self.kernel_size)
-
     @property
     def sigma(self) -> torch.Tensor:
         """``(B, N, 2)`` scales ``(σ1, σ2)``, always ``> sigma_min``."""
