@@ -33,6 +33,21 @@ def test_cv_cells_resolve_to_the_zoo_recipe(model: str, capsys, monkeypatch) -> 
     assert strip(final) == strip(folds[0]) and final["train"]["loss"] == "dice_ce"
 
 
+@pytest.mark.parametrize("column", table3.PAPER_RECIPE)
+def test_earlier_recipe_runs_on_the_same_folds(column: str, capsys, monkeypatch) -> None:
+    """The recipe comparison trains configs/table3's recipe unchanged, except that the test split is the fold."""
+    model = table3.PAPER_RECIPE[column]
+    earlier = resolved(["train", "-c", f"configs/table3/{model}.yaml"], capsys, monkeypatch)
+    for k in range(table3.FOLDS):
+        cell = resolved(table3.cv_train_args(column, k), capsys, monkeypatch)
+        zoo = resolved(table3.cv_train_args(model, k), capsys, monkeypatch)
+        assert (cell["data"]["folds"], cell["data"]["fold"]) == (zoo["data"]["folds"], zoo["data"]["fold"]) == (3, k)
+        assert cell["output"] == earlier["output"] | {"name": f"table3_cv/{column}_f{k}", "export": False, "progress": False}
+        for section in ("model", "augment", "optim", "sched", "train"):
+            assert cell[section] == earlier[section]
+        assert {**cell["data"], "folds": 0, "fold": 0} == earlier["data"]
+
+
 def test_pooled_scores_and_fold_summary() -> None:
     # rows = truth (background, nucleus), columns = prediction
     a, b = [[50, 10], [5, 35]], [[80, 0], [10, 10]]
