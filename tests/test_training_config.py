@@ -95,3 +95,28 @@ def test_missing_recipe_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe("configs/nope.yaml")
     assert DEFAULT_RECIPE["model"]["name"] == "gd_fmnist"
+
+
+def test_base_recipe_is_merged_key_by_key(tmp_path: Path) -> None:
+    """``base:`` (relative to the file, chained) merges sections key by key; lists and scalars replace."""
+    (tmp_path / "family").mkdir()
+    (tmp_path / "root.yaml").write_text("optim:\n  lr: 0.1\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 7\n  label_smoothing: 0.1\n")
+    (tmp_path / "family" / "base.yaml").write_text("base: ../root.yaml\noptim:\n  opt: adamw\n  weight_decay: 0.05\ntrain:\n  epochs: 9\n")
+    (tmp_path / "family" / "child.yaml").write_text("base: base.yaml\nmodel:\n  name: ff_fmnist\noptim:\n  betas: [0.5, 0.6]\n")
+    recipe = load_recipe(tmp_path / "family" / "child.yaml", ["train.epochs=3"])
+    written = {"model": {"name": "ff_fmnist"}, "optim": {"lr": 0.1, "betas": [0.5, 0.6], "opt": "adamw", "weight_decay": 0.05},
+               "train": {"epochs": 3, "label_smoothing": 0.1}}
+    assert recipe == recipe_from_dict(written)
+    assert "base" not in yaml.safe_load(recipe_to_yaml(recipe))  # a run's config.yaml is self-contained
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"a.yaml": "base: missing.yaml\n"}, "missing.yaml (the base of"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "is its own base"),
+    ({"a.yaml": "base: [x]\n"}, "base must be the path of another recipe file, got ['x']"),
+])
+def test_bad_base_is_named(tmp_path: Path, files: dict[str, str], expected: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
+        load_recipe(tmp_path / "a.yaml")

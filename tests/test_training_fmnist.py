@@ -106,3 +106,20 @@ def test_pretrained_auto_uses_the_weights_on_this_machine(tmp_path: Path, monkey
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     _, scratch = create_model(ModelConfig(name="gd_vgg16_bn", pretrained="auto", kwargs={"device": "meta"}), None)
     assert scratch["weights"] == "random init"
+
+
+def test_recipe_search_run_never_reads_the_test_set(tmp_path: Path) -> None:
+    """``data.evaluate_test=false``: the test files are never opened (here they do not exist); the run ends on validation."""
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    source = Path(load_recipe(REPO / "configs" / "tiny_fmnist.yaml").data.root or "/usr/share/datasets/fashion-mnist")
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (root / name).symlink_to(source / name)
+    recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", [
+        f"data.root={root}", "data.evaluate_test=false", "train.epochs=1", f"output.dir={tmp_path / 'runs'}", "output.plots=false",
+        "output.progress=false"])
+    result = train(recipe)
+    final = json.loads((result.run_dir / "final_metrics.json").read_text())
+    assert final["split"] == "val" and final["samples"] == 256 and final["top1"] == result.metrics["top1"]
+    with pytest.raises(Exception, match="evaluate_test=false needs a validation split"):
+        load_recipe(REPO / "configs" / "tiny_fmnist.yaml", ["data.evaluate_test=false", "data.val_size=0"])

@@ -30,10 +30,10 @@ _HOW_TO_GET = (
 )
 
 
-def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder holding the idx files: ``data_dir``, ``$GDZOO_FMNIST_DIR`` or the Debian location."""
+def find_fashion_mnist(data_dir: str | os.PathLike | None = None, splits: tuple[str, ...] = ("train", "test")) -> Path:
+    """The folder holding the idx files of ``splits``: ``data_dir``, ``$GDZOO_FMNIST_DIR`` or the Debian location."""
     folder = Path(data_dir or os.environ.get("GDZOO_FMNIST_DIR") or DEFAULT_FMNIST_DIR)
-    missing = [name for pair in _FILES.values() for name in pair if not (folder / name).is_file()]
+    missing = [name for split in splits for name in _FILES[split] if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"Fashion-MNIST not found in {folder}: missing {', '.join(missing)}. {_HOW_TO_GET}")
     return folder
@@ -58,7 +58,7 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
     """``(images uint8 (N, 1, 28, 28), labels int64 (N,))`` of the ``'train'`` or ``'test'`` split."""
     if split not in _FILES:
         raise ValueError(f"split must be one of {tuple(_FILES)}, got {split!r}")
-    folder = find_fashion_mnist(data_dir)
+    folder = find_fashion_mnist(data_dir, (split,))
     image_file, label_file = _FILES[split]
     images = _read_idx(folder / image_file, 3)
     labels = _read_idx(folder / label_file, 1)

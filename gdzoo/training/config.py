@@ -67,6 +67,7 @@ class DataConfig:
     # None: 5000 (Fashion-MNIST), 0.1 (image_folder without val/), 0.15 (segmentation); 0: no validation
     test_size: Union[int, float, None] = None  # segmentation only: test images (None: index.csv or 0.2)
     test_subset: Union[int, float, None] = None  # seeded subset of the test split (samples or tiles) for quick runs
+    evaluate_test: bool = True  # false: the test split is never scored (recipe search: the run ends on validation)
     split_seed: int = 0
     split_by: Literal["image", "group"] = "image"  # segmentation: split by image or by slide/patient group
     folds: int = 0  # segmentation: k-fold cross-validation by image (organ-stratified with index.csv); 0: off
@@ -279,6 +280,8 @@ def _validate(recipe: Recipe) -> None:
         (0.0 < recipe.train.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
         (recipe.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0"),
         (recipe.train.eval_every >= 1, "train.eval_every must be >= 1"),
+        (recipe.data.evaluate_test or recipe.data.val_size != 0,
+         "data.evaluate_test=false needs a validation split to end on (data.val_size is 0)"),
         (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
         (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
         (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -314,19 +317,42 @@ def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:
 
 
 def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Recipe from a YAML file (None: the built-in default) with ``key=value`` overrides applied."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist (recipes live in configs/, e.g. configs/fmnist_default.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {path} must be a YAML mapping of sections, got {type(data).__name__}")
+    """Recipe from a YAML file (None: the built-in default) with ``key=value`` overrides applied.
+
+    A file may start from another with a top-level ``base: <file>`` (relative to the file): its own sections are
+    merged over the base's key by key, so a family of recipes keeps its shared part in one file.
+    """
+    data = _read_recipe_file(Path(path), ()) if path is not None else {}
     return recipe_from_dict(apply_overrides(data, overrides or []))
+
+
+def _read_recipe_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The YAML mapping of a recipe file with its ``base:`` chain merged in (``chain``: the files that include it)."""
+    if not path.is_file():
+        via = f" (the base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"recipe file {path}{via} does not exist (recipes live in configs/, e.g. configs/fmnist_default.yaml)")
+    if path.resolve() in chain:
+        raise ConfigError(f"recipe {path} is its own base: {' -> '.join(map(str, (*chain, path.resolve())))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"recipe {path}: base must be the path of another recipe file, got {base!r}")
+    return _merge(_read_recipe_file(path.parent / base, (*chain, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``: mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

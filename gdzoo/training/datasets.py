@@ -109,7 +109,7 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Da
     val_size = DEFAULT_VAL_SIZE[cfg.dataset] if cfg.val_size is None else cfg.val_size
     if cfg.dataset == "fashion_mnist":
         full: Any = fashion_mnist_dataset("train", cfg.root, mode)
-        test: Any = fashion_mnist_dataset("test", cfg.root, mode)
+        test: Any = fashion_mnist_dataset("test", cfg.root, mode) if cfg.evaluate_test else None
         names = ["fashion_mnist"]
         val_source = full
     else:
@@ -117,7 +117,7 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Da
         train_root = root / "train" if (root / "train").is_dir() else root
         full = image_folder_dataset(train_root, mode=mode)
         val_source = image_folder_dataset(root / "val", full.classes, mode) if (root / "val").is_dir() else full
-        test = image_folder_dataset(root / "test", full.classes, mode) if (root / "test").is_dir() else None
+        test = image_folder_dataset(root / "test", full.classes, mode) if cfg.evaluate_test and (root / "test").is_dir() else None
         names = [root.name]
         if val_source is not full:
             val_size = 0
@@ -152,7 +152,7 @@ def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Data
     if cfg.train_subset is not None:
         train.index = [train.index[i] for i in _subset(len(train), cfg.train_subset, cfg.split_seed)]
     val = SegmentationTiles(splits["val"], **common) if splits["val"] else None
-    test = SegmentationTiles(splits["test"], **common) if splits["test"] else None
+    test = SegmentationTiles(splits["test"], **common) if splits["test"] and cfg.evaluate_test else None  # held out either way
     if test is not None and cfg.test_subset is not None:
         test.index = [test.index[i] for i in _subset(len(test), cfg.test_subset, cfg.split_seed)]
     return DataBundle(

@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Fashion-MNIST zoo recipe (issue 15): choose one recipe on validation data, train every column with it on all
+60000 images, publish ``weights/<model>.fmnist`` and write ``docs/zoo_fmnist.md``.
+
+* ``--search``: every candidate of ``CANDIDATES`` (overrides of ``configs/zoo/<model>.yaml``) on ``SEARCH_MODELS``,
+  each trained on 20000 of the 60000 training images and scored after its last epoch on 5000 other training
+  images (``data.evaluate_test=false``: the test set is never read). The candidate with the best mean last-epoch
+  validation top-1 over the columns is the zoo recipe, and ``configs/zoo/base.yaml`` is that candidate.
+* ``--final``: ``configs/zoo/<model>.yaml`` as written (all 60000 images, no validation split, the last epoch's
+  weights), exported to ``weights/<model>.fmnist``; the test top-1 goes to the card and to docs/table1.md's
+  "zoo recipe" row. Then ``gdzoo hub manifest`` records the new files.
+
+Both stages skip finished cells (``results/zoo_fmnist/...json``) and resume interrupted ones; two runners with
+disjoint ``--models`` use two cores.
+
+Usage::
+
+    nohup python benchmarks/zoo_fmnist.py --search --models gd_fmnist > runs/zoo_fmnist/search_gd.out 2>&1 &
+    python benchmarks/zoo_fmnist.py --final --models gd_fmnist ff_fmnist rfnn_fmnist --kill-at 11:50
+    python benchmarks/zoo_fmnist.py --table-only     # regenerate docs/zoo_fmnist.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training
+
+RESULTS = ROOT / "results" / "zoo_fmnist"
+RUNS = ROOT / "runs" / "zoo_fmnist"
+DOC = ROOT / "docs" / "zoo_fmnist.md"
+MODELS = ["ff_fmnist", "rfnn_fmnist", "dau_fmnist", "gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep"]
+BASELINES = ["ff_fmnist", "rfnn_fmnist", "dau_fmnist"]
+SEARCH_MODELS = ["ff_fmnist", "rfnn_fmnist", "gd_fmnist"]
+SEARCH_TRAIN, SEARCH_VAL = 20000, 5000
+PAPER_OURS = 93.1  # the paper's gd_fmnist ("Ours") at 60000, Table 1
+# name -> (what it is, overrides of configs/zoo/<model>.yaml). Each adds one thing to the one before; the last is
+# configs/zoo/base.yaml as written.
+CANDIDATES: dict[str, tuple[str, list[str]]] = {
+    "augment": ("flips and random resized crops (area 80-100 %), 30 epochs",
+                ["augment.re_prob=0", "train.label_smoothing=0", "train.ema=false", "train.epochs=30"]),
+    "augment_ls_ema": ("+ label smoothing 0.1 and an EMA of the weights (decay 0.9995)", ["augment.re_prob=0", "train.epochs=30"]),
+    "augment_ls_ema_re": ("+ random erasing (p 0.25)", ["train.epochs=30"]),
+    "augment_ls_ema_re_e60": ("the same for 60 epochs", []),
+}
+SEARCH_SETTINGS = [f"data.train_subset={SEARCH_TRAIN}", f"data.val_size={SEARCH_VAL}", "data.evaluate_test=false",
+                   "sched.warmup_epochs=0.32",  # 200 optimizer steps at 625 steps / epoch
+                   "train.eval_every=5", "train.checkpoint_every_steps=0"]
+
+
+def search_args(candidate: str, model: str) -> list[str]:
+    """``gdzoo train`` arguments of one search cell: the zoo file, the search split, the candidate's overrides."""
+    sets = [*SEARCH_SETTINGS, *CANDIDATES[candidate][1]]
+    return ["train", "-c", f"configs/zoo/{model}.yaml", *[a for s in sets for a in ("--set", s)],
+            "--name", f"zoo_fmnist/search/{candidate}/{model}", "--no-progress"]
+
+
+def final_args(model: str) -> list[str]:
+    """``gdzoo train`` arguments of one final run: the zoo file as written, exported as ``<model>.fmnist``."""
+    return ["train", "-c", f"configs/zoo/{model}.yaml", "--no-progress", "--export"]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def collect(model: str, args: list[str], run_dir: Path, wall_s: float, threads: int) -> dict:
+    """The commit-worthy record of a finished cell: last-epoch validation top-1 (search) or test top-1 (final)."""
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    rows = _rows(run_dir)
+    last = max(rows, key=lambda r: r["epoch"])
+    times = [r["train_time_s"] for r in rows if "train_time_s" in r]
+    record = {
+        "model": model,
+        "epochs": last["epoch"] + 1,
+        "last_train_top1": round(last["train_top1"], 2),
+        "final_split": final["split"],
+        "train_time_s": round(sum(times), 1),
+        "sec_per_epoch": round(statistics.mean(times), 1) if times else None,
+        "wall_s": round(wall_s, 1),
+        "cpu": cpu_name(),
+        "threads": threads,
+        "command": shlex.join(["gdzoo", *args]),
+        "git": git_commit(("gdzoo", "configs/zoo")),
+        "finished_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+    }
+    if final["split"] == "val":  # search: the last epoch's validation score (what the final run keeps is its last epoch)
+        record["val_top1_last"] = round(last["val_top1"], 2)
+        record["val_top1_best"] = round(max(r["val_top1"] for r in rows if "val_top1" in r), 2)
+        record["val_samples"] = final["samples"]
+    else:
+        record["test_top1"] = round(final["top1"], 2)
+        record["test_samples"] = final["samples"]
+    return record
+
+
+def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetime | None) -> str:
+    """Train one search ``(candidate, model)`` or final ``(model,)`` cell and write its result file."""
+    if kind == "search":
+        candidate, model = cell
+        args, name, out = search_args(candidate, model), f"search/{candidate}/{model}", RESULTS / "search" / candidate / f"{model}.json"
+    else:
+        (model,) = cell
+        args, name, out = final_args(model), f"final/{model}", RESULTS / "final" / f"{model}.json"
+    status, wall = run_training(args, RUNS / name, name, log, threads, kill_at)
+    if status == "done":
+        record = collect(model, args, RUNS / name, wall, threads)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        log(f"done   {name}: " + ", ".join(f"{k} {record[k]}" for k in ("val_top1_last", "test_top1", "last_train_top1") if k in record))
+    return status
+
+
+def load(kind: str) -> dict:
+    """``{candidate: {model: record}}`` (search) or ``{model: record}`` (final) of the finished cells."""
+    if kind == "search":
+        return {c: {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "search" / c).glob("*.json"))} for c in CANDIDATES}
+    return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "final").glob("*.json"))}
+
+
+def search_means(search: dict) -> dict[str, float]:
+    """Mean last-epoch validation top-1 over ``SEARCH_MODELS`` of each candidate that ran on all of them."""
+    return {c: statistics.mean(cells[m]["val_top1_last"] for m in SEARCH_MODELS)
+            for c, cells in search.items() if all(m in cells for m in SEARCH_MODELS)}
+
+
+def chosen_candidate(search: dict) -> str | None:
+    """The zoo recipe: the candidate with the best mean validation top-1 (None until one has run on every column)."""
+    means = search_means(search)
+    return max(means, key=means.get) if means else None
+
+
+def final_margins(final: dict) -> dict[str, float]:
+    """Each GD column's test top-1 minus the best baseline's, among the final runs that exist."""
+    base = [final[m]["test_top1"] for m in BASELINES if m in final]
+    return {m: final[m]["test_top1"] - max(base) for m in MODELS if m not in BASELINES and m in final} if base else {}
+
+
+def write_doc(log: Log | None = None) -> None:
+    search, final = load("search"), load("final")
+    means, chosen = search_means(search), chosen_candidate(search)
+    lines = ["# Fashion-MNIST zoo recipe", "",
+             "<!-- Generated by `python benchmarks/zoo_fmnist.py --table-only`; edit the script, not this file. -->", "",
+             "docs/table1.md reproduces the paper's protocol; the published `*.fmnist` weights are a different product: the "
+             "best these architectures can be, trained by one recipe that is the same for every column "
+             "(`configs/zoo/base.yaml`; `configs/zoo/<model>.yaml` only names the model).", "",
+             "## Choosing the recipe on validation data", "",
+             f"Each candidate trains on {SEARCH_TRAIN} of the 60000 training images and is scored after its last epoch on "
+             f"{SEARCH_VAL} other training images (split seed 0; `data.evaluate_test=false`, so no search run reads the test "
+             "set). Last-epoch rather than best-epoch accuracy, because the final run keeps its last epoch. Validation top-1 (%):", "",
+             "| candidate | what it adds | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
+             "|---|---|" + "---:|" * (len(SEARCH_MODELS) + 1)]
+    for c, (what, _) in CANDIDATES.items():
+        cells = search.get(c, {})
+        vals = [f"{cells[m]['val_top1_last']:.2f}" if m in cells else "not run yet" for m in SEARCH_MODELS]
+        mean = f"{means[c]:.2f}" if c in means else "—"
+        lines.append(f"| `{c}`{' (chosen)' if c == chosen else ''} | {what} | " + " | ".join(vals) + f" | {'**' + mean + '**' if c == chosen else mean} |")
+    lines += ["", f"Chosen: `{chosen}`." if chosen else "No candidate has run on every column yet.",
+              "", "## Final runs: all 60000 training images, test top-1 on the 10,000 test images", ""]
+    if final:
+        lines += ["| column | test top-1 | last-epoch train top-1 | epochs | s / epoch |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| `{m}` | {final[m]['test_top1']:.2f} | {final[m]['last_train_top1']:.2f} | {final[m]['epochs']} | "
+                  f"{final[m]['sec_per_epoch']} |" for m in MODELS if m in final]
+        margins = final_margins(final)
+        if margins:
+            lines += ["", "GD margin over the best baseline that ran: " + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
+        if "gd_fmnist" in final:
+            lines.append(f"`gd_fmnist` against the paper's 93.1 (\"Ours\"): {final['gd_fmnist']['test_top1'] - PAPER_OURS:+.2f}.")
+    else:
+        lines.append("No final run has finished yet.")
+    lines += ["", "## Commands", "", "```bash",
+              "python benchmarks/zoo_fmnist.py --search    # every candidate on " + ", ".join(SEARCH_MODELS) + " (resumable)",
+              "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images, exported as <model>.fmnist",
+              "python benchmarks/zoo_fmnist.py --table-only",
+              shlex.join(["gdzoo", *search_args(next(iter(CANDIDATES)), "gd_fmnist")]) + "   # one search cell",
+              shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", ""]
+    DOC.write_text("\n".join(lines))
+    if log:
+        log(f"wrote {DOC.relative_to(ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stage = p.add_mutually_exclusive_group(required=True)
+    stage.add_argument("--search", action="store_true", help="the candidates on a validation split (never the test set)")
+    stage.add_argument("--final", action="store_true", help="configs/zoo/<model>.yaml on all 60000 images, exported")
+    stage.add_argument("--table-only", action="store_true", help="only regenerate docs/zoo_fmnist.md")
+    p.add_argument("--models", nargs="+", choices=MODELS, help="columns to run (default: SEARCH_MODELS / all)")
+    p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    p.add_argument("--stop-at", help="HH:MM UTC: launch no new cell after this time")
+    p.add_argument("--kill-at", help="HH:MM UTC: stop the running cell at this time (it resumes next time)")
+    p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per training process (default 1)")
+    args = p.parse_args(argv)
+    log = Log(RUNS / "grid.log")
+    if args.table_only:
+        write_doc(log)
+        return 0
+    kind = "search" if args.search else "final"
+    if kind == "search":
+        models = args.models or SEARCH_MODELS
+        cells = [(c, m) for c in args.candidates for m in models if not (RESULTS / "search" / c / f"{m}.json").is_file()]
+    else:
+        cells = [(m,) for m in args.models or MODELS if not (RESULTS / "final" / f"{m}.json").is_file()]
+
+    def refresh() -> None:
+        write_doc(log)
+        if kind == "final":  # record the exported files' hashes, so pretrained=True accepts them
+            subprocess.run([sys.executable, "-m", "gdzoo", "hub", "manifest"], cwd=ROOT, check=True)
+
+    return run_queue(cells, lambda cell, kill: run_cell(kind, cell, log, args.threads, kill), refresh, log, args.stop_at, args.kill_at)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

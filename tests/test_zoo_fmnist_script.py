@@ -1,0 +1,71 @@
+"""benchmarks/zoo_fmnist.py: one recipe for every column, searched on validation data only, final runs as written."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from _paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import zoo_fmnist  # noqa: E402
+
+from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+
+
+def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.chdir(REPO)
+    assert gdzoo_main([*args, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_every_column_has_the_same_recipe(capsys, monkeypatch) -> None:
+    finals = {m: resolved(zoo_fmnist.final_args(m), capsys, monkeypatch) for m in zoo_fmnist.MODELS}
+    for m, cfg in finals.items():
+        assert cfg["model"]["name"] == m and cfg["output"]["name"] == f"zoo_fmnist/final/{m}"
+        assert cfg["output"]["export"] is True and cfg["output"]["export_tag"] == "fmnist"
+        # all 60000 training images, no validation split, scored once on the test set
+        assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (None, 0, True)
+    strip = lambda c: {**c, "name": None, "model": {**c["model"], "name": None}, "output": {**c["output"], "name": None}}  # noqa: E731
+    assert all(strip(cfg) == strip(finals["gd_fmnist"]) for cfg in finals.values())
+    recipe = finals["gd_fmnist"]
+    assert recipe["model"]["kwargs"] == {"norm": "fixed"}  # the registered architectures, so the weights load into create_model(name)
+    assert recipe["augment"]["enabled"] and recipe["train"]["ema"] and recipe["train"]["label_smoothing"] == 0.1
+
+
+@pytest.mark.parametrize("candidate", zoo_fmnist.CANDIDATES)
+def test_search_cells_never_read_the_test_set(candidate: str, capsys, monkeypatch) -> None:
+    cfg = resolved(zoo_fmnist.search_args(candidate, "rfnn_fmnist"), capsys, monkeypatch)
+    final = resolved(zoo_fmnist.final_args("rfnn_fmnist"), capsys, monkeypatch)
+    assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (20000, 5000, False)
+    assert cfg["output"]["export"] is False and cfg["output"]["name"] == f"zoo_fmnist/search/{candidate}/rfnn_fmnist"
+    assert cfg["train"]["epochs"] % cfg["train"]["eval_every"] == 0  # the last epoch is validated
+    if candidate == list(zoo_fmnist.CANDIDATES)[-1]:  # the last candidate is configs/zoo/base.yaml as written
+        assert {s: cfg[s] for s in ("augment", "optim", "train")} == {s: final[s] for s in ("augment", "optim", "train")} | {
+            "train": {**final["train"], "eval_every": 5, "checkpoint_every_steps": 0}}
+
+
+def test_choice_is_the_best_mean_validation_score() -> None:
+    record = lambda v: {"val_top1_last": v}  # noqa: E731
+    search = {"a": {"ff_fmnist": record(90.0), "rfnn_fmnist": record(91.0), "gd_fmnist": record(92.0)},
+              "b": {"ff_fmnist": record(89.0), "rfnn_fmnist": record(92.0), "gd_fmnist": record(93.5)},
+              "c": {"ff_fmnist": record(99.0), "gd_fmnist": record(99.0)}}  # not run on every column: not a choice
+    assert zoo_fmnist.search_means(search) == pytest.approx({"a": 91.0, "b": 274.5 / 3})
+    assert zoo_fmnist.chosen_candidate(search) == "b" and zoo_fmnist.chosen_candidate({}) is None
+    final = {"ff_fmnist": {"test_top1": 91.0}, "rfnn_fmnist": {"test_top1": 92.0}, "gd_fmnist": {"test_top1": 93.0}}
+    assert zoo_fmnist.final_margins(final) == pytest.approx({"gd_fmnist": 1.0})
+
+
+def test_base_recipe_is_the_committed_choice(capsys, monkeypatch) -> None:
+    """Once the search has run on every column, configs/zoo/base.yaml is the candidate it chose."""
+    chosen = zoo_fmnist.chosen_candidate(zoo_fmnist.load("search"))
+    if chosen is None:
+        pytest.skip("the recipe search has not run on every column yet")
+    cfg = resolved(zoo_fmnist.search_args(chosen, "gd_fmnist"), capsys, monkeypatch)
+    final = resolved(zoo_fmnist.final_args("gd_fmnist"), capsys, monkeypatch)
+    for section in ("augment", "optim"):
+        assert cfg[section] == final[section]
+    keep = ("epochs", "label_smoothing", "ema", "ema_decay")
+    assert {k: cfg["train"][k] for k in keep} == {k: final["train"][k] for k in keep}
