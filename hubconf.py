@@ -64,6 +64,11 @@ def gd_unet(pretrained: bool = False, **kwargs):
     return _create("gd_unet", pretrained, **kwargs)
 
 
+def gd_unet_k7b2(pretrained: bool = False, **kwargs):
+    """Gaussian U-net with 7×7 GD layers and one basis per 2 outputs (27.6 % of ``unet5``'s parameters)."""
+    return _create("gd_unet_k7b2", pretrained, **kwargs)
+
+
 def unet5(pretrained: bool = False, **kwargs):
     """Classical U-net with free-form 5×5 filters, same topology as ``gd_unet``."""
     return _create("unet5", pretrained, **kwargs)

@@ -124,9 +124,9 @@ def organs() -> dict[str, str]:
 
 
 def cv_results() -> dict[str, dict[str, dict]]:
-    """``{model: {cell: result}}`` of the finished cross-validation cells."""
+    """``{model: {cell: result}}`` of the finished cross-validation cells (both U-nets and the VARIANTS)."""
     found: dict[str, dict[str, dict]] = {}
-    for m in MODELS:
+    for m in [*MODELS, *VARIANTS]:
         for c in [*range(FOLDS), FINAL]:
             path = CV_RESULTS / f"{m}_{_cell_name(c)}.json"
             if path.is_file():
@@ -255,6 +255,22 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
             share = f" ({100 * r['trainable_params'] / unet5_params:.1f} %)" if unet5_params else ""
             lines.append(f"| `{v}` ({', '.join(f'{k}={x}' for k, x in r['model_kwargs'].items())}) | {r['trainable_params']:,}{share} | "
                          f"{c[1:]} | {r['held_out_images']['dice']:.2f} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in base) + " |")
+    for v in ran:
+        sm, refs = cv_summary(results.get(v, {})), {m: cv_summary(results.get(m, {})) for m in ("gd_unet", "unet5")}
+        if sm is None or None in refs.values():
+            continue
+        ratio = results[v]["f0"]["trainable_params"] / unet5_params
+        gaps = [results[v][f"f{k}"]["held_out_images"]["dice"] - results["unet5"][f"f{k}"]["held_out_images"]["dice"] for k in range(FOLDS)]
+        gap = sm["dice"] - refs["unet5"]["dice"]
+        verdict = "meets" if gap >= -1.0 and ratio <= 0.30 else "misses"
+        published = (ROOT / "weights" / f"{v}.monuseg").is_dir()
+        lines += [f"| `{v}` | | **mean ± std** | **{sm['dice']:.2f} ± {sm['dice_std']:.2f}** | {refs['gd_unet']['dice']:.2f} ± "
+                  f"{refs['gd_unet']['dice_std']:.2f} | {refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
+                  f"`{v}` against the target: Dice gap to the classical U-net {gap:+.2f} points (per fold "
+                  + " / ".join(f"{g:+.2f}" for g in gaps) + f"; the paper's Gaussian U-net: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
+                  f"IoU {sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± {sm['pixel_acc_std']:.2f}, at "
+                  f"{100 * ratio:.1f} % of the classical U-net's parameters: it {verdict} the target."
+                  + (f" Registered as `{v}` and published as `{v}.monuseg` (trained on all 30 images with the same recipe)." if published else "")]
     return lines
 
 
@@ -304,15 +320,18 @@ def publish_cv(log: Log) -> int:
     from gdzoo.training.config import load_recipe, recipe_sha256, recipe_to_yaml
 
     results = cv_results()
-    summaries = {m: cv_summary(results.get(m, {})) for m in MODELS}
-    missing = [f"{m}_{c}" for m in MODELS for c in [*(f"f{k}" for k in range(FOLDS)), FINAL] if c not in results.get(m, {})]
+    cells = [*(f"f{k}" for k in range(FOLDS)), FINAL]
+    missing = [f"{m}_{c}" for m in MODELS for c in cells if c not in results.get(m, {})]
     if missing:
         log(f"publish: not yet: missing cells {', '.join(missing)}")
         return 1
-    gap = summaries["gd_unet"]["dice"] - summaries["unet5"]["dice"]
+    variants = [v for v in VARIANTS if all(c in results.get(v, {}) for c in cells)]  # a registered model of the same name
+    summaries = {m: cv_summary(results[m]) for m in [*MODELS, *variants]}
     published = {}
-    for m in MODELS:
+    for m in [*MODELS, *variants]:
         sm = summaries[m]
+        gap = sm["dice"] - summaries["unet5"]["dice"]
+        base, kwargs = _model_of(m)
         net = timm.create_model(m, pretrained=False)
         net.load_state_dict(load_file(CV_RUNS / f"{m}_{FINAL}" / "best.safetensors"))
         net.eval()
@@ -323,14 +342,15 @@ def publish_cv(log: Log) -> int:
         metrics[CHECK_METRIC] = round(check, 2)
         folds = ", ".join(f"{results[m][f'f{k}']['held_out_images']['dice']:.2f}" for k in range(FOLDS))
         description = (
-            f"`{m}` trained with `gdzoo train` on all 30 MoNuSeg 2018 images with the zoo recipe `configs/monuseg/{m}.yaml` "
-            f"(the same recipe for `unet5` and `gd_unet`; weights of the last of {recipe.train.epochs} epochs).\n\n"
+            f"`{m}`" + (f" (= `{base}` with {', '.join(f'{k}={x}' for k, x in kwargs.items())})" if kwargs else "")
+            + f" trained with `gdzoo train` on all 30 MoNuSeg 2018 images with the zoo recipe `configs/monuseg/{base}.yaml` "
+            f"(the same recipe for every U-net; weights of the last of {recipe.train.epochs} epochs).\n\n"
             f"**How well it generalises** (`cv/*`): {FOLDS}-fold cross-validation by image with the same recipe "
             f"(organ-stratified folds of 10 images, trained on 20, scored on the 10 unseen whole images by tiled "
             f"inference with 32 px overlap): Dice {sm['dice']:.2f} ± {sm['dice_std']:.2f} (folds: {folds}), IoU "
             f"{sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± {sm['pixel_acc_std']:.2f} "
-            f"(nucleus class, mean ± std over folds). Gaussian − classical U-net Dice gap: {gap:+.2f} points. "
-            f"Per fold and per organ: docs/table3.md.\n\n"
+            f"(nucleus class, mean ± std over folds). " + (f"Dice gap to the classical U-net (`unet5`) on the same folds: {gap:+.2f} points. " if m != "unet5" else "")
+            + "Per fold and per organ: docs/table3.md.\n\n"
             f"`{CHECK_METRIC}` = {check:.2f} is the pooled Dice on index.csv's 8 suggested-test images, which these "
             f"weights were trained on: it checks the file, it does not measure generalisation.\n\n"
             + (recipe.output.card_note.strip() + "\n\n" if recipe.output.card_note else "")
@@ -348,9 +368,9 @@ def publish_cv(log: Log) -> int:
 
 
 def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None, folds: list[int] | None = None) -> int:
-    """Every missing (model, fold) cell, then each model's final all-images run (variants: folds only); resumable,
+    """Every missing (model, fold) cell, then each model's final all-images run (earlier recipe: folds only); resumable,
     one process at a time."""
-    wanted = lambda m: [*(folds if folds is not None else range(FOLDS)), *([] if m in VARIANTS or m in PAPER_RECIPE or folds is not None else [FINAL])]  # noqa: E731
+    wanted = lambda m: [*(folds if folds is not None else range(FOLDS)), *([] if m in PAPER_RECIPE or folds is not None else [FINAL])]  # noqa: E731
     cells = [(m, c) for m in models for c in wanted(m) if not (CV_RESULTS / f"{m}_{_cell_name(c)}.json").is_file()]
 
     def run_cell(cell: tuple[str, int | str], kill: dt.datetime | None) -> str:

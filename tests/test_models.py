@@ -26,7 +26,7 @@ from gdzoo.models import FixedNorm2d, gd_cfg, list_gdzoo_models
 from gdzoo.models._cfg import PAPER_IDS, PAPER_NAME
 from gdzoo.models.pretrained import PUBLISHED_WEIGHTS, default_org, hub_repo_id
 
-SEG_MODELS = ["gd_unet", "unet5"]
+SEG_MODELS = ["gd_unet", "unet5", "gd_unet_k7b2"]
 FMNIST_MODELS = ["dau_fmnist", "ff_fmnist", "gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "rfnn_fmnist"]
 VGG_MODELS = ["gd_vgg16", "gd_vgg16_bn"]
 CONVNEXT_MODELS = ["gd_convnext_atto", "gd_convnext_atto_k31"]
@@ -497,10 +497,20 @@ def test_gd_vgg16_is_timm_vgg() -> None:
 # ---------------------------------------------------------------------------------------------
 # Segmentation models
 # ---------------------------------------------------------------------------------------------
-UNET_PARAMS = {"unet5": 97_034, "gd_unet": 25_178}  # paper Table 3: 97,202 and 25,298
+UNET_PARAMS = {"unet5": 97_034, "gd_unet": 25_178, "gd_unet_k7b2": 26_738}  # paper Table 3: 97,202 and 25,298
+# (model, kernel size, GD outputs per basis; None: nn.Conv2d)
+UNET_CONVS = {"gd_unet": (5, 4), "unet5": (5, None), "gd_unet_k7b2": (7, 2)}
 
 
-@pytest.mark.parametrize("model_name", SEG_MODELS)
+def test_unet_variant_is_gd_unet_with_its_arguments() -> None:
+    """gd_unet_k7b2 is gd_unet(kernel_size=7, filters_per_basis=2): same keys and shapes, 27.6 % of unet5's parameters."""
+    variant = timm.create_model("gd_unet_k7b2").state_dict()
+    spelled = timm.create_model("gd_unet", kernel_size=7, filters_per_basis=2).state_dict()
+    assert {k: v.shape for k, v in variant.items()} == {k: v.shape for k, v in spelled.items()}
+    assert UNET_PARAMS["gd_unet_k7b2"] / UNET_PARAMS["unet5"] <= 0.30
+
+
+@pytest.mark.parametrize("model_name", ["gd_unet", "unet5"])
 def test_unet_param_counts(model_name: str) -> None:
     """Trainable parameters close to the paper's Table 3 (within 1 %)."""
     model = timm.create_model(model_name)
@@ -560,12 +570,15 @@ def test_unet_default_cfg_and_head(model_name: str) -> None:
 
 @pytest.mark.parametrize("model_name", SEG_MODELS)
 def test_unet_convs(model_name: str) -> None:
-    """gd_unet: every spatial conv is a 5×5 GDConv2d (order 2); unet5: 5×5 nn.Conv2d; both 1×1 output."""
+    """gd_unet: every spatial conv is a 5×5 GDConv2d (order 2, 4 outputs per basis); gd_unet_k7b2: 7×7, 2 per basis;
+    unet5: 5×5 nn.Conv2d; all with a 1×1 output."""
     model = timm.create_model(model_name)
     spatial = [m for m in model.modules() if isinstance(m, (nn.Conv2d, GDConv2d)) and m is not model.head]
-    assert len(spatial) == 14 and all(m.kernel_size == (5, 5) for m in spatial)
-    if model_name == "gd_unet":
-        assert all(isinstance(m, GDConv2d) and m.order == 2 and m.out_channels // m.num_bases == 4 for m in spatial)
+    size, per_basis = UNET_CONVS[model_name]
+    assert len(spatial) == 14 and all(m.kernel_size == (size, size) for m in spatial)
+    assert _param_count(model) == UNET_PARAMS[model_name]
+    if per_basis is not None:
+        assert all(isinstance(m, GDConv2d) and m.order == 2 and m.out_channels // m.num_bases == per_basis for m in spatial)
     else:
         assert all(type(m) is nn.Conv2d for m in spatial)
     assert model.head.kernel_size == (1, 1)

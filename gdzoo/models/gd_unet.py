@@ -355,6 +355,7 @@ def _unet_cfg(model: str, **kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({
     "gd_unet.monuseg": _unet_cfg("gd_unet"),
     "unet5.monuseg": _unet_cfg("unet5"),
+    "gd_unet_k7b2.monuseg": _unet_cfg("gd_unet_k7b2"),
 })
 
 
@@ -363,6 +364,14 @@ def gd_unet(pretrained: bool = False, **kwargs: Any) -> UNet:
     """Gaussian U-net: 5×5 GD layers of order 2, one basis per 4 outputs, widths (8, 16, 16, 24)."""
     model_args = dict(widths=UNET_WIDTHS, conv_type="gd", kernel_size=5, order=2, filters_per_basis=4)
     return _create_unet("gd_unet", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def gd_unet_k7b2(pretrained: bool = False, **kwargs: Any) -> UNet:
+    """Gaussian U-net with more GD capacity in the same budget: 7×7 layers, one basis per 2 outputs (26,738
+    parameters, 27.6 % of ``unet5``'s); chosen by cross-validation on MoNuSeg (docs/table3.md)."""
+    model_args = dict(widths=UNET_WIDTHS, conv_type="gd", kernel_size=7, order=2, filters_per_basis=2)
+    return _create_unet("gd_unet_k7b2", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
