@@ -180,15 +180,18 @@ def cv_lines() -> list[str]:
     lines.append(row + (f" **{gap:+.2f}** |" if gap is not None else " |"))
     if all(summaries.values()):
         params = {m: next(iter(results[m].values()))["trainable_params"] for m in MODELS}
-        lines += ["", "Per organ (held-out images of all folds pooled; Dice of the nucleus class):", "",
-                  "| organ | images |" + "".join(f" {NAMES[m]} |" for m in MODELS) + " gap |", "|---|---:|" + "---:|" * (len(MODELS) + 1)]
+        columns = [*MODELS, *(v for v in VARIANTS if cv_summary(results.get(v, {})))]
+        gd_columns = [m for m in columns if m != "unet5"]
+        lines += ["", "Per organ (held-out images of all folds pooled; Dice of the nucleus class; gap: GD − classical):", "",
+                  "| organ | images |" + "".join(f" {NAMES.get(m, f'`{m}`')} |" for m in columns)
+                  + "".join(f" gap `{m}` |" for m in gd_columns), "|---|---:|" + "---:|" * (len(columns) + len(gd_columns))]
         for o in sorted(set(organ.values())):
             dice = {}
-            for m in MODELS:
+            for m in columns:
                 conf = [c for k in range(FOLDS) for i, c in results[m][f"f{k}"]["per_image_confusion"].items() if organ[i] == o]
                 dice[m] = _dice(conf)[1]
             n = sum(organ[i] == o for i in organ)
-            lines.append(f"| {o} | {n} |" + "".join(f" {dice[m]:.2f} |" for m in MODELS) + f" {dice['gd_unet'] - dice['unet5']:+.2f} |")
+            lines.append(f"| {o} | {n} |" + "".join(f" {dice[m]:.2f} |" for m in columns) + "".join(f" {dice[m] - dice['unet5']:+.2f} |" for m in gd_columns))
         ratio = params["gd_unet"] / params["unet5"]
         verdict = "meets" if gap >= -1.0 and ratio <= 0.30 else "misses"
         lines += ["", f"**Against the target** (Gaussian U-net within 1 Dice point of the classical one, mean over folds, at ≤ 30 % of "
@@ -227,14 +230,17 @@ def recipe_lines(results: dict[str, dict[str, dict]]) -> list[str]:
              "best-validation-Dice weights on 3 of the 20 training images), run on the same folds with `data.folds=3` "
              f"(`python benchmarks/table3.py --cv --models {' '.join(PAPER_RECIPE)} --folds 0 1 2`). Held-out whole-image "
              "Dice of the nucleus class:", "",
-             "| model | recipe | " + " | ".join(f"fold {k}" for k in range(FOLDS)) + " | mean ± std |",
-             "|---|---|" + "---:|" * (FOLDS + 1)]
+             "| model | recipe | " + " | ".join(f"fold {k}" for k in range(FOLDS)) + " | mean ± std | mean on the folds both recipes ran |",
+             "|---|---|" + "---:|" * (FOLDS + 2)]
     for m in MODELS:
-        for recipe, cells in (("earlier (configs/table3)", earlier[m]), ("zoo (configs/monuseg)", results.get(m, {}))):
-            dice = [cells.get(f"f{k}", {}).get("held_out_images", {}).get("dice") for k in range(FOLDS)]
-            done = [d for d in dice if d is not None]
+        recipes = {"earlier (configs/table3)": earlier[m], "zoo (configs/monuseg)": results.get(m, {})}
+        dice = {r: [cells.get(f"f{k}", {}).get("held_out_images", {}).get("dice") for k in range(FOLDS)] for r, cells in recipes.items()}
+        both = [k for k in range(FOLDS) if all(d[k] is not None for d in dice.values())]
+        for recipe, values in dice.items():
+            done = [d for d in values if d is not None]
             summary = f"{statistics.mean(done):.2f} ± {statistics.stdev(done):.2f}" if len(done) == FOLDS else f"{len(done)}/{FOLDS} folds"
-            lines.append(f"| {NAMES[m]} | {recipe} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in dice) + f" | {summary} |")
+            common = f"{statistics.mean(values[k] for k in both):.2f} (folds {', '.join(map(str, both))})" if both else "—"
+            lines.append(f"| {NAMES[m]} | {recipe} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in values) + f" | {summary} | {common} |")
     return lines
 
 
@@ -267,7 +273,7 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         lines += [f"| `{v}` | | **mean ± std** | **{sm['dice']:.2f} ± {sm['dice_std']:.2f}** | {refs['gd_unet']['dice']:.2f} ± "
                   f"{refs['gd_unet']['dice_std']:.2f} | {refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
                   f"`{v}` against the target: Dice gap to the classical U-net {gap:+.2f} points (per fold "
-                  + " / ".join(f"{g:+.2f}" for g in gaps) + f"; the paper's Gaussian U-net: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
+                  + " / ".join(f"{g:+.2f}" for g in gaps) + f"; `gd_unet`'s: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
                   f"IoU {sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± {sm['pixel_acc_std']:.2f}, at "
                   f"{100 * ratio:.1f} % of the classical U-net's parameters: it {verdict} the target."
                   + (f" Registered as `{v}` and published as `{v}.monuseg` (trained on all 30 images with the same recipe)." if published else "")]
