@@ -333,13 +333,19 @@ def publish_cv(log: Log) -> int:
         return 1
     variants = [v for v in VARIANTS if all(c in results.get(v, {}) for c in cells)]  # a registered model of the same name
     summaries = {m: cv_summary(results[m]) for m in [*MODELS, *variants]}
-    published = {}
+    record = CV_RESULTS / "published.json"
+    published = json.loads(record.read_text()) if record.is_file() else {}
     for m in [*MODELS, *variants]:
         sm = summaries[m]
         gap = sm["dice"] - summaries["unet5"]["dice"]
         base, kwargs = _model_of(m)
+        state = load_file(CV_RUNS / f"{m}_{FINAL}" / "best.safetensors")
+        shipped = ROOT / "weights" / f"{m}.monuseg" / "model.safetensors"
+        if f"{m}.monuseg" in published and shipped.is_file() and _same_tensors(load_file(shipped), state):
+            log(f"publish: {m}.monuseg already holds these weights; left as it is")
+            continue
         net = timm.create_model(m, pretrained=False)
-        net.load_state_dict(load_file(CV_RUNS / f"{m}_{FINAL}" / "best.safetensors"))
+        net.load_state_dict(state)
         net.eval()
         check = index_test_dice(net)
         args = cv_train_args(m, FINAL)
@@ -369,8 +375,14 @@ def publish_cv(log: Log) -> int:
         published[folder.path.name] = {"sha256": digest, "cv_dice": round(sm["dice"], 2), CHECK_METRIC: round(check, 2)}
         log(f"published {folder.path.name}: cv Dice {sm['dice']:.2f} ± {sm['dice_std']:.2f}, {CHECK_METRIC} {check:.2f}")
     subprocess.run([sys.executable, "-m", "gdzoo", "hub", "manifest"], cwd=ROOT, check=True)
-    (CV_RESULTS / "published.json").write_text(json.dumps(published, indent=1) + "\n")
+    record.write_text(json.dumps(published, indent=1) + "\n")
     return 0
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None, folds: list[int] | None = None) -> int:

@@ -76,7 +76,7 @@ EVALUATIONS = {
 def test_the_paper_reproductions_weights_are_published() -> None:
     """Table 1 (trained on all 60000 images) and Table 3 weights promised to users."""
     required = {"gd_fmnist.fmnist", "gd_fmnist_few.fmnist", "gd_fmnist_sep.fmnist", "ff_fmnist.fmnist",
-                "rfnn_fmnist.fmnist", "gd_unet.monuseg", "unet5.monuseg"}
+                "rfnn_fmnist.fmnist", "gd_unet.monuseg", "unet5.monuseg", "gd_unet_k7b2.monuseg"}
     assert required <= set(PUBLISHED_WEIGHTS)
     assert all((REPO / "weights" / name / "model.safetensors").is_file() for name in required)
 

@@ -64,7 +64,7 @@ def test_pooled_scores_and_fold_summary() -> None:
     assert table3.cv_summary({"f0": folds["f0"]}) is None  # incomplete until every fold has run
 
 
-@pytest.mark.parametrize("model", table3.MODELS)
+@pytest.mark.parametrize("model", [*table3.MODELS, *table3.VARIANTS])
 def test_published_cards_state_the_committed_cross_validation(model: str) -> None:
     """The shipped <model>.monuseg is the file publish_cv wrote, and its card's cv/* numbers are the committed folds'."""
     import hashlib
