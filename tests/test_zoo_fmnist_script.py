@@ -47,12 +47,16 @@ def test_search_cells_never_read_the_test_set(candidate: str, capsys, monkeypatc
             "train": {**final["train"], "eval_every": 5, "checkpoint_every_steps": 0}}
 
 
-def test_choice_is_the_best_mean_validation_score() -> None:
+def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
     record = lambda v: {"val_top1_last": v}  # noqa: E731
+    monkeypatch.setattr(zoo_fmnist, "SEARCH_MODELS", ["ff_fmnist", "rfnn_fmnist", "gd_fmnist"])
     search = {"a": {"ff_fmnist": record(90.0), "rfnn_fmnist": record(91.0), "gd_fmnist": record(92.0)},
               "b": {"ff_fmnist": record(89.0), "rfnn_fmnist": record(92.0), "gd_fmnist": record(93.5)},
               "c": {"ff_fmnist": record(99.0), "gd_fmnist": record(99.0)}}  # not run on every column: not a choice
     assert zoo_fmnist.search_means(search) == pytest.approx({"a": 91.0, "b": 274.5 / 3})
+    monkeypatch.setattr(zoo_fmnist, "CANDIDATES", dict.fromkeys("abc"))
+    assert zoo_fmnist.chosen_candidate(search) is None  # "c" has not run on every column: no choice yet
+    monkeypatch.setattr(zoo_fmnist, "CANDIDATES", dict.fromkeys("ab"))
     assert zoo_fmnist.chosen_candidate(search) == "b" and zoo_fmnist.chosen_candidate({}) is None
     final = {"ff_fmnist": {"test_top1": 91.0}, "rfnn_fmnist": {"test_top1": 92.0}, "gd_fmnist": {"test_top1": 93.0}}
     assert zoo_fmnist.final_margins(final) == pytest.approx({"gd_fmnist": 1.0})
@@ -62,7 +66,7 @@ def test_base_recipe_is_the_committed_choice(capsys, monkeypatch) -> None:
     """Once the search has run on every column, configs/zoo/base.yaml is the candidate it chose."""
     chosen = zoo_fmnist.chosen_candidate(zoo_fmnist.load("search"))
     if chosen is None:
-        pytest.skip("the recipe search has not run on every column yet")
+        pytest.skip("the recipe search has not run every candidate on every column yet")
     cfg = resolved(zoo_fmnist.search_args(chosen, "gd_fmnist"), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("gd_fmnist"), capsys, monkeypatch)
     for section in ("augment", "optim"):
