@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training
-from table1 import BASELINES, FULL, MODELS, PAPER, read_jsonl
+from table1 import BASELINES, FULL, MODELS, PAPER, ZOO_FINAL, load_zoo_finals, read_jsonl
 
 RESULTS = ROOT / "results" / "zoo_fmnist"
 RUNS = ROOT / "runs" / "zoo_fmnist"
@@ -104,7 +104,7 @@ def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetim
         args, name, out = search_args(candidate, model), f"search/{candidate}/{model}", RESULTS / "search" / candidate / f"{model}.json"
     else:
         (model,) = cell
-        args, name, out = final_args(model), f"final/{model}", RESULTS / "final" / f"{model}.json"
+        args, name, out = final_args(model), f"final/{model}", ZOO_FINAL / f"{model}.json"
     status, wall = run_training(args, RUNS / name, name, log, threads, kill_at)
     if status == "done":
         record = collect(model, args, RUNS / name, wall, threads)
@@ -118,7 +118,7 @@ def load(kind: str) -> dict:
     """``{candidate: {model: record}}`` (search) or ``{model: record}`` (final) of the finished cells."""
     if kind == "search":
         return {c: {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "search" / c).glob("*.json"))} for c in CANDIDATES}
-    return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "final").glob("*.json"))}
+    return load_zoo_finals()
 
 
 def search_means(search: dict) -> dict[str, float]:
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         models = args.models or SEARCH_MODELS
         cells = [(c, m) for c in args.candidates for m in models if not (RESULTS / "search" / c / f"{m}.json").is_file()]
     else:
-        cells = [(m,) for m in args.models or MODELS if not (RESULTS / "final" / f"{m}.json").is_file()]
+        cells = [(m,) for m in args.models or MODELS if not (ZOO_FINAL / f"{m}.json").is_file()]
 
     def refresh() -> None:
         write_doc(log)

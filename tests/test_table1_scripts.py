@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 
 import pytest
@@ -40,11 +41,29 @@ def test_subset_cell_selects_on_validation(capsys, monkeypatch) -> None:
     assert not cfg["augment"]["enabled"] and cfg["optim"]["weight_decay"] == 0
 
 
-def test_full_cell_trains_on_everything_and_exports(capsys, monkeypatch) -> None:
+def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_it(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(table1, "ZOO_FINAL", tmp_path)
     cfg = resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)
     assert cfg["data"]["train_subset"] is None and cfg["data"]["val_size"] == 0
     assert cfg["output"]["export"] and cfg["output"]["export_tag"] == "fmnist"
     assert not resolved(table1.train_args("gd_fmnist_few", 60000, 0), capsys, monkeypatch)["output"]["export"]
+    (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0}))
+    assert not resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
+    assert resolved(table1.train_args("ff_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
+    sentence = table1.published_weights_sentence()
+    assert "For `gd_fmnist_sep`, `ff_fmnist`, `rfnn_fmnist` this run is exported" in sentence
+    assert "The published weights of `gd_fmnist` come from the zoo recipe" in sentence
+
+
+def test_zoo_row_sits_beside_the_protocol(monkeypatch, tmp_path) -> None:
+    """The zoo recipe's finals get a row of their own in the README block, with the paper's 60000 in brackets."""
+    monkeypatch.setattr(table1, "ZOO_FINAL", tmp_path)
+    cells = table1.load_results()
+    assert not any(line.startswith(f"| {table1.ZOO_ROW} |") for line in table1.readme_block(cells))
+    for model, top1 in {"ff_fmnist": 91.0, "rfnn_fmnist": 92.25, "gd_fmnist": 93.5}.items():
+        (tmp_path / f"{model}.json").write_text(json.dumps({"model": model, "test_top1": top1}))
+    row = next(line for line in table1.readme_block(cells) if line.startswith(f"| {table1.ZOO_ROW} |"))
+    assert row == "| 60000, zoo recipe | 91.00 (89.3) | 92.25 (91.2) | — (92.1) | 93.50 (93.1) | — (92.8) | — (91.4) |"
 
 
 def test_variant_changes_only_its_overrides(capsys, monkeypatch) -> None:
