@@ -41,7 +41,9 @@ DOC = ROOT / "docs" / "zoo_fmnist.md"
 # gd_fmnist's (about 35 min each on one core); it gets the chosen recipe like every other column.
 SEARCH_MODELS = ["ff_fmnist", "gd_fmnist"]
 SEARCH_TRAIN, SEARCH_VAL = 20000, 5000
-PAPER_OURS = PAPER[FULL]["gd_fmnist"]  # the paper's "Ours" at 60000 (Table 1)
+PAPER_OURS = PAPER[FULL]["gd_fmnist"]  # the paper's "Ours" at 60000 (Table 1): issue 15's target
+STRETCH = 93.5  # issue 15's stretch target for gd_fmnist
+AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"  # tried before the zoo recipe
 # name -> (what it is, overrides of configs/zoo/<model>.yaml). Each adds to the one before; the last is
 # configs/zoo/base.yaml as written. 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about
 # 3.3 h on one core of this machine (300 img/s), so longer schedules were not a candidate.
@@ -139,6 +141,26 @@ def final_margins(final: dict) -> dict[str, float]:
     return {m: final[m]["test_top1"] - max(base) for m in MODELS if m not in BASELINES and m in final} if base else {}
 
 
+def target_verdict(final: dict) -> str:
+    """Issue 15's targets for ``gd_fmnist`` (the paper's 93.1, stretch 93.5, ahead of every baseline that ran), met or
+    missed by how much."""
+    ours = final["gd_fmnist"]["test_top1"]
+    base = {m: final[m]["test_top1"] for m in BASELINES if m in final}
+    text = (f"`gd_fmnist` {ours:.2f}: {ours - PAPER_OURS:+.2f} against the paper's {PAPER_OURS} (\"Ours\"), "
+            f"{ours - STRETCH:+.2f} against the stretch target {STRETCH}")
+    if base:
+        best = max(base, key=base.get)
+        text += f", {ours - base[best]:+.2f} against the best baseline with the same recipe (`{best}`, {base[best]:.2f})"
+    text += "."
+    if ours < PAPER_OURS:
+        augment = json.loads(AUGMENT_AT_FULL.read_text())["test_top1"] if AUGMENT_AT_FULL.is_file() else None
+        text += (" The target is missed. Tried: the candidates above (chosen on validation data), and before them "
+                 "augmentation and weight decay under the paper's protocol (docs/table1_variants.md"
+                 + (f"; augmentation at 60000 gave {augment:.2f}" if augment is not None else "")
+                 + "). Not tried, for CPU: schedules longer than 30 epochs, dropout, wider models.")
+    return text
+
+
 def write_doc(log: Log | None = None) -> None:
     search, final = load("search"), load("final")
     means, chosen = search_means(search), chosen_candidate(search)
@@ -168,7 +190,7 @@ def write_doc(log: Log | None = None) -> None:
         if margins:
             lines += ["", "GD margin over the best baseline that ran: " + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
         if "gd_fmnist" in final:
-            lines.append(f"`gd_fmnist` against the paper's {PAPER_OURS} (\"Ours\"): {final['gd_fmnist']['test_top1'] - PAPER_OURS:+.2f}.")
+            lines += ["", target_verdict(final)]
     else:
         lines.append("No final run has finished yet.")
     lines += ["", "## Commands", "", "```bash",
