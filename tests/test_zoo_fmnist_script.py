@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
@@ -89,3 +90,31 @@ def test_target_verdict_says_by_how_much(monkeypatch, tmp_path) -> None:
     assert "The target is missed." in missed and "augmentation at 60000 gave 92.79" in missed
     met = zoo_fmnist.target_verdict({**final, "gd_fmnist": {"test_top1": 93.3}})
     assert "+0.20 against the paper's 93.1" in met and "missed" not in met
+
+
+def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, tmp_path) -> None:
+    """A final run's export becomes weights/<model>.fmnist when it scores at least the published card's top-1."""
+    from gdzoo.hub.card import render_model_card
+
+    monkeypatch.setattr(zoo_fmnist, "ROOT", tmp_path)
+
+    def folder(path, top1: float) -> None:
+        path.mkdir(parents=True)
+        (path / "README.md").write_text(render_model_card("gdzoo/ff_fmnist.fmnist", "ff_fmnist", license="apache-2.0",
+                                                          datasets=["fashion_mnist"], metrics={"test/top1": top1}))
+        (path / "model.safetensors").write_bytes(f"{top1}".encode())
+
+    staged, target = tmp_path / zoo_fmnist.EXPORT_ROOT / "ff_fmnist.fmnist", tmp_path / "weights" / "ff_fmnist.fmnist"
+    folder(staged, 91.0)
+    folder(target, 91.5)
+    kept = zoo_fmnist.publish("ff_fmnist", {"test_top1": 91.0})
+    assert (kept["published"], kept["replaced_top1"]) == (False, 91.5)
+    assert (target / "model.safetensors").read_bytes() == b"91.5"
+    assert zoo_fmnist.publication(kept) == "not published: the published 91.50 stays"
+    shutil.rmtree(target)
+    folder(target, 90.0)
+    done = zoo_fmnist.publish("ff_fmnist", {"test_top1": 91.0})
+    assert (done["published"], done["replaced_top1"]) == (True, 90.0)
+    assert (target / "model.safetensors").read_bytes() == b"91.0"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ff_fmnist.fmnist"]  # no .incoming / .outgoing left
+    assert zoo_fmnist.publication(done) == "published (replaced 90.00)"
