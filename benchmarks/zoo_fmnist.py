@@ -242,7 +242,7 @@ def write_doc(log: Log | None = None) -> None:
         lines.append("No final run has finished yet.")
     lines += ["", "## Commands", "", "```bash",
               "python benchmarks/zoo_fmnist.py --search    # every candidate on " + ", ".join(SEARCH_MODELS) + " (resumable)",
-              "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images, exported as <model>.fmnist",
+              "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images; weights/<model>.fmnist when not worse",
               "python benchmarks/zoo_fmnist.py --table-only",
               shlex.join(["gdzoo", *search_args(next(iter(CANDIDATES)), "gd_fmnist")]) + "   # one search cell",
               shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", ""]
