@@ -52,7 +52,7 @@ PAPER_NAMES = {"ff_fmnist": "Free-Form", "rfnn_fmnist": "RFNN", "dau_fmnist": "D
                "gd_fmnist_few": "Ours-few", "gd_fmnist_sep": "Ours-separated"}
 SIZES = [1000, 5000, 10000, 30000, 60000]
 FULL = 60000  # Fashion-MNIST's whole training set
-ZOO_ROW = "60000, zoo recipe"  # the row of the zoo recipe's final runs (the published weights), not the paper's protocol
+ZOO_ROW = "60000, zoo recipe"  # the row of the zoo recipe's final runs (docs/zoo_fmnist.md), not the paper's protocol
 # Stated wherever the RFNN numbers appear until its column is rerun with fixed geometry.
 RFNN_NOTE = ("**RFNN correction (2026-11-30):** the RFNN column and the published `rfnn_fmnist.fmnist` were trained "
              "with their Gaussian geometry *learned*, not fixed as RFNN defines it: the trainer's `freeze: none` switched "
@@ -88,8 +88,7 @@ def load_zoo_finals() -> dict[str, dict]:
 
 def zoo_published(model: str) -> bool:
     """Whether the zoo recipe's final run of the model replaced ``weights/<model>.fmnist``."""
-    path = ZOO_FINAL / f"{model}.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("published"))
+    return bool(load_zoo_finals().get(model, {}).get("published"))
 
 
 def exports_weights(model: str) -> bool:
