@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from gdzoo.hub.card import card_metrics
+from gdzoo.hub.export import swap_into_place
 
 from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training
 from table1 import BASELINES, FULL, MODELS, PAPER, ZOO_FINAL, load_zoo_finals, read_jsonl
@@ -83,13 +84,10 @@ def publish(model: str, record: dict, log: Log | None = None) -> dict:
     replaced = card_metrics(card.read_text())["test/top1"] if card.is_file() else None
     record = {**record, "published": replaced is None or record["test_top1"] >= replaced, "replaced_top1": replaced}
     if record["published"]:
-        incoming, outgoing = target.with_name(target.name + ".incoming"), target.with_name(target.name + ".outgoing")
+        incoming = target.with_name(f".{target.name}.incoming")
         shutil.rmtree(incoming, ignore_errors=True)
         shutil.copytree(staged, incoming)
-        if target.exists():
-            target.rename(outgoing)
-        incoming.rename(target)
-        shutil.rmtree(outgoing, ignore_errors=True)
+        swap_into_place(incoming, target)  # as `gdzoo hub export` does: readers never see a half-written folder
     if log:
         log(f"{'publish' if record['published'] else 'keep   '} weights/{model}.fmnist: zoo final {record['test_top1']}, "
             f"published before {replaced}")

@@ -17,10 +17,10 @@ from .._io import atomic_write_text, use_default_permissions
 from .card import render_model_card
 from .layout import WEIGHTS_FILE, HubFolder, default_org
 
-__all__ = ["export_hub_folder"]
+__all__ = ["export_hub_folder", "swap_into_place"]
 
 
-def _swap_into_place(tmp_dir: Path, final_dir: Path) -> None:
+def swap_into_place(tmp_dir: Path, final_dir: Path) -> None:
     """Replace ``final_dir`` by ``tmp_dir`` so readers never see a half-written folder."""
     for path in [tmp_dir, *tmp_dir.iterdir()]:
         use_default_permissions(path)  # tempfile made them private; a published folder is not
@@ -78,7 +78,7 @@ def export_hub_folder(
             pipeline_tag="image-segmentation" if getattr(model, "task", None) == "segmentation" else "image-classification",
         )
         atomic_write_text(tmp_dir / "README.md", card)
-        _swap_into_place(tmp_dir, root / name)
+        swap_into_place(tmp_dir, root / name)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
