@@ -3,8 +3,8 @@
 label-free test-time steering. Writes ``docs/robustness.md`` and ``docs/robustness.png``.
 
 Every cell (model, transform, mode) is the top-1 on the whole 10,000-image test set with the published
-weights of the paper's protocol (tag ``WEIGHTS_TAG``: Table 1's 60000-image runs); cells are stored in ``results/robustness/cells.json`` as they finish, so an interrupted run
-resumes where it stopped.
+weights of the paper's protocol (tag ``WEIGHTS_TAG``: Table 1's 60000-image runs); cells are stored in
+``results/robustness/cells.json`` as they finish, so an interrupted run resumes where it stopped.
 
 - rotation: ``torchvision.transforms.functional.rotate(x, a)`` (bilinear) on the 28×28 image;
 - scale: ``F.interpolate(x, scale_factor=s, mode='bilinear', antialias=True)`` of the image (the models
@@ -150,7 +150,7 @@ def write_doc(done: dict) -> None:
     lines = [
         "# Robustness to rotation and rescaling: steering trained GD models",
         "",
-        f"Top-1 (%) on the whole Fashion-MNIST test set (10,000 images) with the published weights of Table 1's",
+        "Top-1 (%) on the whole Fashion-MNIST test set (10,000 images) with the published weights of Table 1's",
         f"60000-image runs (the paper's protocol; `<model>.{WEIGHTS_TAG}`, e.g. `timm.create_model('gd_fmnist.{WEIGHTS_TAG}',",
         "pretrained=True)`; a default tag holds the best published run, the zoo recipe's where it has run:",
         "docs/zoo_fmnist.md). *plain*: the",
