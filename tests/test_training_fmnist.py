@@ -77,6 +77,28 @@ def test_eval_cli_reproduces_final_metrics(run, tmp_path: Path, capsys: pytest.C
     assert metrics["top1"] == pytest.approx(result.metrics["top1"]) and metrics["samples"] == 1000
 
 
+def test_eval_cli_scores_the_training_images_without_augmentation(run, tmp_path: Path) -> None:
+    """--split train: the run's 1200 training images as a validation split sees them, even with augmentation on in the
+    recipe (random erasing on every image would change the score), against a plain loop over the same images."""
+    from gdzoo.data.splits import split_indices
+    from gdzoo.training.inference import load_trained_model
+
+    result, _ = run
+    out = tmp_path / "train.json"
+    assert main(["eval", "--checkpoint", str(result.run_dir), "--split", "train", "--set", "augment.enabled=true",
+                 "--set", "augment.re_prob=1.0", "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    model, _ = load_trained_model(None, result.run_dir)
+    images, labels = load_fashion_mnist("train")
+    train_idx, _ = split_indices(len(labels), 500, 1200, 0)
+    mean, std = model.pretrained_cfg["mean"][0], model.pretrained_cfg["std"][0]
+    with torch.no_grad():
+        logits = model.eval()((images[train_idx].float() / 255 - mean) / std)
+    expected = 100.0 * (logits.argmax(1) == labels[train_idx]).sum().item() / len(train_idx)
+    assert metrics["split"] == "train" and metrics["samples"] == 1200
+    assert metrics["top1"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_predict_cli_writes_csv(run, tmp_path: Path) -> None:
     result, _ = run
     images, labels = load_fashion_mnist("test")

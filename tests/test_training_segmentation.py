@@ -123,3 +123,20 @@ def test_tnbc_layout_and_clear_errors(tmp_path: Path) -> None:
     Image.open(pairs[0].mask).crop((0, 0, 100, 100)).save(broken / "masks" / "a.png")
     with pytest.raises(ValueError, match="but its mask"):
         SegmentationTiles(find_segmentation_pairs(broken))
+
+
+def test_unaugmented_view_is_the_fixed_tile_grid() -> None:
+    """``gdzoo eval --split train`` on a segmentation run: the training tiles without paired augmentation, jitter or
+    rescaling, i.e. exactly the tiles a split built without augmentation holds."""
+    from gdzoo.training.datasets import unaugmented
+
+    pairs = find_segmentation_pairs(MONUSEG)[:1]
+    common = dict(tile_size=128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    augmented = SegmentationTiles(pairs, augment=PairedAugment(0.5, 0.5, True, 0.3), jitter=True, scale_range=(0.5, 2.0), **common)
+    plain = SegmentationTiles(pairs, **common)
+    view = unaugmented(augmented, {})
+    assert len(view) == len(plain) and augmented.jitter  # the training split itself is left as it was
+    for i in (0, 17, len(plain) - 1):
+        assert all(torch.equal(a, b) for a, b in zip(view[i], plain[i]))
+    with pytest.raises(TypeError, match="no un-augmented view of a list"):
+        unaugmented([], {})

@@ -15,15 +15,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a model (run folder, checkpoint, Hub folder or pretrained) on a dataset split",
-        description="Evaluate a model on the test (or val) split of a recipe's dataset. With a --checkpoint inside a "
-        "gdzoo run folder, that run's recipe and model are used; otherwise the built-in Fashion-MNIST data.",
+        description="Evaluate a model on the test (or val, or train) split of a recipe's dataset. With a --checkpoint inside "
+        "a gdzoo run folder, that run's recipe and model are used; otherwise the built-in Fashion-MNIST data. The train "
+        "split is scored without augmentation, as the other splits, so its gap to val/test tells under- from overfitting.",
     )
     p.add_argument("--model", help="timm model name (default: the run's model)")
     p.add_argument("--checkpoint", help="run folder, best.safetensors / last.pth, or a weights/<model>.<tag>/ folder")
     p.add_argument("--pretrained", action="store_true", help="use the model's published pretrained weights")
     p.add_argument("--config", "-c", help="recipe whose data section defines the dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--data-dir", help="dataset folder (data.root)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--batch-size", type=int, default=256)
@@ -54,7 +55,7 @@ def format_metrics(metrics: dict, split: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..training import ConfigError
     from ..training.config import apply_overrides, load_recipe, recipe_from_dict
-    from ..training.datasets import build_datasets
+    from ..training.datasets import build_datasets, unaugmented
     from ..training.distributed import DistInfo, resolve_device
     from ..training.engine import Engine, build_criterion
     from ..training.inference import class_names_for, load_trained_model
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"gdzoo eval: {e}", file=sys.stderr)
         return 2
-    dataset = bundle.test if args.split == "test" else bundle.val
+    dataset = {"test": bundle.test, "val": bundle.val, "train": unaugmented(bundle.train, bundle.data_config)}[args.split]
     if dataset is None:
         print(f"gdzoo eval: the dataset has no {args.split} split", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from ..data.splits import resolve_count, seeded_permutation, split_indices
 from ..data.transforms import build_transform, model_in_chans, resolve_data_config_for
 from .config import AugmentConfig, DataConfig
 
-__all__ = ["DataBundle", "build_datasets", "dataset_image_files", "dataset_num_classes", "drop_image_files", "DEFAULT_VAL_SIZE"]
+__all__ = ["DataBundle", "build_datasets", "dataset_image_files", "dataset_num_classes", "drop_image_files", "unaugmented",
+           "DEFAULT_VAL_SIZE"]
 
 DEFAULT_VAL_SIZE = {"fashion_mnist": 5000, "image_folder": 0.1, "segmentation": 0.15}
 
@@ -65,6 +67,18 @@ def drop_image_files(dataset: _Transformed, files: set[Path]) -> _Transformed:
     """The same split without the samples read from ``files`` (e.g. the unreadable ones)."""
     keep = [i for i in _sample_indices(dataset) if dataset.dataset.samples[i][0] not in files]
     return _Transformed(dataset.dataset, keep, dataset.transform)
+
+
+def unaugmented(dataset: Dataset, data_config: dict[str, Any]) -> Dataset:
+    """The same samples without augmentation, as a validation split sees them: the training images as the model is
+    scored on them (e.g. ``gdzoo eval --split train``, to tell under- from overfitting)."""
+    if isinstance(dataset, _Transformed):
+        return _Transformed(dataset.dataset, dataset.indices, build_transform(data_config, is_training=False))
+    if isinstance(dataset, SegmentationTiles):  # the fixed tile grid, no paired augmentation, no jitter or rescaling
+        view = copy.copy(dataset)
+        view.augment, view.jitter, view.scale_range = None, False, None
+        return view
+    raise TypeError(f"no un-augmented view of a {type(dataset).__name__}; expected a gdzoo classification or segmentation split")
 
 
 def _subset(n: int, size: int | float | None, seed: int) -> list[int] | None:
