@@ -2,10 +2,11 @@
 """Fashion-MNIST zoo recipe (issue 15): choose one recipe on validation data, train every column with it on all
 60000 images, publish ``weights/<model>.fmnist`` and write ``docs/zoo_fmnist.md``.
 
-* ``--search``: every candidate of ``CANDIDATES`` (overrides of ``configs/zoo/<model>.yaml``) on ``SEARCH_MODELS``,
-  each trained on 20000 of the 60000 training images and scored after its last epoch on 5000 other training
-  images (``data.evaluate_test=false``: the test set is never read). The candidate with the best mean last-epoch
-  validation top-1 over the columns is the zoo recipe, and ``configs/zoo/base.yaml`` is that candidate.
+* ``--search``: each stage of ``SEARCH_STAGES`` trains its candidates (overrides of ``configs/zoo/<model>.yaml``) on
+  ``SEARCH_MODELS``, on 20000 (stage ``search``) or 55000 (``search_full``) of the 60000 training images, and scores
+  the last epoch on 5000 other training images (``data.evaluate_test=false``: the test set is never read). The
+  candidate with the best mean last-epoch validation top-1 over the columns, in the latest stage that has run every
+  candidate on every column, is the zoo recipe, and ``configs/zoo/base.yaml`` is that candidate.
 * ``--final``: ``configs/zoo/<model>.yaml`` as written (all 60000 images, no validation split, the last epoch's
   weights), exported to ``runs/zoo_fmnist/export/<model>.fmnist``; the test top-1 goes to the card and to
   docs/table1.md's "zoo recipe" row. The export then replaces ``weights/<model>.fmnist`` unless it scores below the
@@ -32,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from gdzoo.hub.card import card_metrics
@@ -54,25 +56,58 @@ STRETCH = 93.5  # issue 15's stretch target for gd_fmnist
 #   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 --set data.train_subset=null --split train
 UNDERFIT_GAP = 2.0
 AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"  # tried before the zoo recipe
-# name -> (what it is, overrides of configs/zoo/<model>.yaml). Each adds to the one before; the last is
-# configs/zoo/base.yaml as written. 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about
-# 3.3 h on one core of this machine (300 img/s), so longer schedules were not a candidate.
+# name -> (what it is, overrides of configs/zoo/<model>.yaml); `augment_ls_ema_re` is configs/zoo/base.yaml as
+# written. 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about 3.3 h on one core of this
+# machine (300 img/s), so longer schedules were not a candidate.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment": ("flips and random resized crops (area 80-100 %)",
                 ["augment.re_prob=0", "train.label_smoothing=0", "train.ema=false"]),
-    "augment_ls_ema_re": ("+ label smoothing 0.1, an EMA of the weights (decay 0.9995) and random erasing (p 0.25)", []),
+    "augment_ema": ("flips, random resized crops and an EMA of the weights (decay 0.9995)",
+                    ["augment.re_prob=0", "train.label_smoothing=0"]),
+    "augment_ls_ema_re": ("flips, random resized crops, an EMA of the weights (decay 0.9995), label smoothing 0.1 and "
+                          "random erasing (p 0.25)", []),
 }
+BASE_CANDIDATE = "augment_ls_ema_re"  # configs/zoo/base.yaml as written
 EXPORT_ROOT = "runs/zoo_fmnist/export"  # final runs export here; publish() copies the folder into weights/
-SEARCH_SETTINGS = [f"data.train_subset={SEARCH_TRAIN}", f"data.val_size={SEARCH_VAL}", "data.evaluate_test=false",
-                   "sched.warmup_epochs=0.32",  # 200 optimizer steps at 625 steps / epoch
-                   "train.eval_every=5", "train.checkpoint_every_steps=0"]
 
 
-def search_args(candidate: str, model: str) -> list[str]:
-    """``gdzoo train`` arguments of one search cell: the zoo file, the search split, the candidate's overrides."""
-    sets = [*SEARCH_SETTINGS, *CANDIDATES[candidate][1]]
+def _warmup(train_images: int, batch: int = 32, steps: int = 200) -> str:
+    """``sched.warmup_epochs`` of 200 optimizer steps, as the final runs (0.106667 of 1875 steps)."""
+    return f"sched.warmup_epochs={steps / -(-train_images // batch):.6f}"
+
+
+@dataclass(frozen=True)
+class SearchStage:
+    """One round of the recipe search: candidates trained on ``train`` images, scored on ``val`` others."""
+
+    name: str  # results/zoo_fmnist/<name>/<candidate>/<model>.json and runs/zoo_fmnist/<name>/...
+    train: int
+    candidates: tuple[str, ...]
+    why: str
+    val: int = 5000
+
+    def settings(self) -> list[str]:
+        subset = "null" if self.train + self.val == FULL else str(self.train)  # null: every image not held out
+        return [f"data.train_subset={subset}", f"data.val_size={self.val}", "data.evaluate_test=false",
+                _warmup(self.train), "train.eval_every=5",
+                f"train.checkpoint_every_steps={500 if self.train > 20000 else 0}"]
+
+
+# The later stage, once it has run every candidate on every column, decides; until then the earlier one does.
+SEARCH_STAGES = (
+    SearchStage("search", SEARCH_TRAIN, ("augment", "augment_ls_ema_re"),
+                "a third of the data, for CPU; its choice underfits at 60000 images (see the final runs)"),
+    SearchStage("search_full", FULL - SEARCH_VAL, ("augment_ema", "augment_ls_ema_re"),
+                "the final size, because the regularisers chosen at 20000 images held the final runs back"),
+)
+STAGES = {stage.name: stage for stage in SEARCH_STAGES}
+
+
+def search_args(candidate: str, model: str, stage: str = "search") -> list[str]:
+    """``gdzoo train`` arguments of one search cell: the zoo file, the stage's split, the candidate's overrides."""
+    sets = [*STAGES[stage].settings(), *CANDIDATES[candidate][1]]
     return ["train", "-c", f"configs/zoo/{model}.yaml", *[a for s in sets for a in ("--set", s)],
-            "--name", f"zoo_fmnist/search/{candidate}/{model}", "--no-progress"]
+            "--name", f"zoo_fmnist/{stage}/{candidate}/{model}", "--no-progress"]
 
 
 def final_args(model: str) -> list[str]:
@@ -151,10 +186,11 @@ def backfill_clean_train(log: Log, threads: int = 1) -> None:
 
 
 def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetime | None) -> str:
-    """Train one search ``(candidate, model)`` or final ``(model,)`` cell and write its result file."""
+    """Train one search ``(stage, candidate, model)`` or final ``(model,)`` cell and write its result file."""
     if kind == "search":
-        candidate, model = cell
-        args, name, out = search_args(candidate, model), f"search/{candidate}/{model}", RESULTS / "search" / candidate / f"{model}.json"
+        stage, candidate, model = cell
+        name = f"{stage}/{candidate}/{model}"
+        args, out = search_args(candidate, model, stage), RESULTS / f"{name}.json"
     else:
         (model,) = cell
         args, name, out = final_args(model), f"final/{model}", ZOO_FINAL / f"{model}.json"
@@ -169,11 +205,10 @@ def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetim
     return status
 
 
-def load(kind: str) -> dict:
-    """``{candidate: {model: record}}`` (search) or ``{model: record}`` (final) of the finished cells."""
-    if kind == "search":
-        return {c: {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / "search" / c).glob("*.json"))} for c in CANDIDATES}
-    return load_zoo_finals()
+def load_search(stage: str) -> dict[str, dict[str, dict]]:
+    """``{candidate: {model: record}}`` of one search stage's finished cells."""
+    return {c: {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / stage / c).glob("*.json"))}
+            for c in STAGES[stage].candidates}
 
 
 def search_means(search: dict) -> dict[str, float]:
@@ -182,10 +217,19 @@ def search_means(search: dict) -> dict[str, float]:
             for c, cells in search.items() if all(m in cells for m in SEARCH_MODELS)}
 
 
-def chosen_candidate(search: dict) -> str | None:
-    """The zoo recipe: the candidate with the best mean validation top-1 (None until every one has run on every column)."""
+def chosen_candidate(search: dict, candidates: tuple[str, ...]) -> str | None:
+    """A stage's choice: the candidate with the best mean validation top-1 (None until every one has run on every column)."""
     means = search_means(search)
-    return max(means, key=means.get) if means and means.keys() == set(CANDIDATES) else None
+    return max(means, key=means.get) if means and means.keys() == set(candidates) else None
+
+
+def zoo_choice() -> tuple[str, str] | None:
+    """``(stage, candidate)`` of the zoo recipe: the choice of the latest stage that has run every candidate on every column."""
+    for stage in reversed(SEARCH_STAGES):
+        chosen = chosen_candidate(load_search(stage.name), stage.candidates)
+        if chosen is not None:
+            return stage.name, chosen
+    return None
 
 
 def final_margins(final: dict) -> dict[str, float]:
@@ -224,31 +268,44 @@ def target_verdict(final: dict) -> str:
             text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} above "
                      "its test top-1")
             text += (f", so at 60000 images the recipe holds the model back (it underfits) rather than letting it "
-                     f"overfit: the search ran at {SEARCH_TRAIN} images, where the regularisers paid off. A search at the "
-                     "final size and a longer schedule are the next things to try." if clean - ours < UNDERFIT_GAP else ".")
+                     f"overfit: the recipe was chosen at {SEARCH_TRAIN} images, where the regularisers paid off. The search at "
+                     "the final size above tests a lighter recipe; a longer schedule is the other thing to try."
+                     if clean - ours < UNDERFIT_GAP else ".")
     return text
 
 
+def search_table(stage: SearchStage, choice: tuple[str, str] | None) -> list[str]:
+    """One stage's section of the doc: its validation top-1 per candidate and column, and its mean."""
+    search = load_search(stage.name)
+    means, chosen = search_means(search), chosen_candidate(search, stage.candidates)
+    lines = [f"### Stage `{stage.name}`: {stage.train} training images", "", f"Why: {stage.why}. Validation top-1 (%):", "",
+             "| candidate | recipe | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
+             "|---|---|" + "---:|" * (len(SEARCH_MODELS) + 1)]
+    for c in stage.candidates:
+        cells, best = search.get(c, {}), c == chosen
+        vals = [f"{cells[m]['val_top1_last']:.2f}" if m in cells else "not run yet" for m in SEARCH_MODELS]
+        mean = f"{means[c]:.2f}" if c in means else "—"
+        lines.append(f"| `{c}`{' (best)' if best else ''} | {CANDIDATES[c][0]} | " + " | ".join(vals) + f" | {'**' + mean + '**' if best else mean} |")
+    decided = "decides the zoo recipe" if choice and choice[0] == stage.name else "does not decide the recipe"
+    status = f"Best: `{chosen}`; this stage {decided}." if chosen else "Not every candidate has run on every column yet."
+    return lines + ["", status, ""]
+
+
 def write_doc(log: Log | None = None) -> None:
-    search, final = load("search"), load("final")
-    means, chosen = search_means(search), chosen_candidate(search)
+    final, choice = load_zoo_finals(), zoo_choice()
     lines = ["# Fashion-MNIST zoo recipe", "",
              "<!-- Generated by `python benchmarks/zoo_fmnist.py --table-only`; edit the script, not this file. -->", "",
              "docs/table1.md reproduces the paper's protocol; the published `*.fmnist` weights are a different product: the "
              "best these architectures can be, trained by one recipe that is the same for every column "
              "(`configs/zoo/base.yaml`; `configs/zoo/<model>.yaml` only names the model).", "",
              "## Choosing the recipe on validation data", "",
-             f"Each candidate trains on {SEARCH_TRAIN} of the 60000 training images and is scored after its last epoch on "
-             f"{SEARCH_VAL} other training images (split seed 0; `data.evaluate_test=false`, so no search run reads the test "
-             "set). Last-epoch rather than best-epoch accuracy, because the final run keeps its last epoch. Validation top-1 (%):", "",
-             "| candidate | what it adds | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
-             "|---|---|" + "---:|" * (len(SEARCH_MODELS) + 1)]
-    for c, (what, _) in CANDIDATES.items():
-        cells = search.get(c, {})
-        vals = [f"{cells[m]['val_top1_last']:.2f}" if m in cells else "not run yet" for m in SEARCH_MODELS]
-        mean = f"{means[c]:.2f}" if c in means else "—"
-        lines.append(f"| `{c}`{' (chosen)' if c == chosen else ''} | {what} | " + " | ".join(vals) + f" | {'**' + mean + '**' if c == chosen else mean} |")
-    lines += ["", f"Chosen: `{chosen}`." if chosen else "No candidate has run on every column yet.",
+             f"A candidate trains on part of the 60000 training images and is scored after its last epoch on {SEARCH_VAL} "
+             "other training images, the same ones in every stage (split seed 0; `data.evaluate_test=false`, so no search "
+             "run reads the test set). Last-epoch rather than best-epoch accuracy, because the final run keeps its last "
+             "epoch. The recipe is the choice of the latest stage that has run every candidate on every column.", ""]
+    for stage in SEARCH_STAGES:
+        lines += search_table(stage, choice)
+    lines += [f"The zoo recipe: `{choice[1]}` (stage `{choice[0]}`)." if choice else "No stage has run every candidate on every column yet.",
               "", "## Final runs: all 60000 training images, test top-1 on the 10,000 test images", ""]
     if final:
         clean = lambda r: f"{r['train_top1_clean']:.2f}" if "train_top1_clean" in r else "—"  # noqa: E731
@@ -270,10 +327,10 @@ def write_doc(log: Log | None = None) -> None:
     else:
         lines.append("No final run has finished yet.")
     lines += ["", "## Commands", "", "```bash",
-              "python benchmarks/zoo_fmnist.py --search    # every candidate on " + ", ".join(SEARCH_MODELS) + " (resumable)",
+              "python benchmarks/zoo_fmnist.py --search    # every stage's candidates on " + ", ".join(SEARCH_MODELS) + " (resumable)",
               "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images; weights/<model>.fmnist when not worse",
               "python benchmarks/zoo_fmnist.py --table-only",
-              shlex.join(["gdzoo", *search_args(next(iter(CANDIDATES)), "gd_fmnist")]) + "   # one search cell",
+              shlex.join(["gdzoo", *search_args(BASE_CANDIDATE, "gd_fmnist", SEARCH_STAGES[-1].name)]) + "   # one search cell",
               shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", ""]
     DOC.write_text("\n".join(lines))
     if log:
@@ -288,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("--table-only", action="store_true", help="only regenerate docs/zoo_fmnist.md")
     p.add_argument("--models", nargs="+", choices=MODELS, help="columns to run (default: SEARCH_MODELS / all)")
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES), help="search stages to run (default: all)")
     p.add_argument("--stop-at", help="HH:MM UTC: launch no new cell after this time")
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running cell at this time (it resumes next time)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per training process (default 1)")
@@ -299,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = "search" if args.search else "final"
     if kind == "search":
         models = args.models or SEARCH_MODELS
-        cells = [(c, m) for c in args.candidates for m in models if not (RESULTS / "search" / c / f"{m}.json").is_file()]
+        cells = [(st, c, m) for st in args.stages for c in STAGES[st].candidates if c in args.candidates for m in models
+                 if not (RESULTS / st / c / f"{m}.json").is_file()]
     else:
         cells = [(m,) for m in args.models or MODELS if not (ZOO_FINAL / f"{m}.json").is_file()]
         backfill_clean_train(log, args.threads)

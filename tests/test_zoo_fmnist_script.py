@@ -36,16 +36,30 @@ def test_every_column_has_the_same_recipe(capsys, monkeypatch) -> None:
     assert recipe["augment"]["enabled"] and recipe["train"]["ema"] and recipe["train"]["label_smoothing"] == 0.1
 
 
-@pytest.mark.parametrize("candidate", zoo_fmnist.CANDIDATES)
-def test_search_cells_never_read_the_test_set(candidate: str, capsys, monkeypatch) -> None:
-    cfg = resolved(zoo_fmnist.search_args(candidate, "rfnn_fmnist"), capsys, monkeypatch)
+@pytest.mark.parametrize(("stage", "candidate"), [(st.name, c) for st in zoo_fmnist.SEARCH_STAGES for c in st.candidates])
+def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys, monkeypatch) -> None:
+    cfg = resolved(zoo_fmnist.search_args(candidate, "rfnn_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("rfnn_fmnist"), capsys, monkeypatch)
-    assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (20000, 5000, False)
-    assert cfg["output"]["export"] is False and cfg["output"]["name"] == f"zoo_fmnist/search/{candidate}/rfnn_fmnist"
+    train = {"search": 20000, "search_full": None}[stage]  # None: all 55000 images not held out for validation
+    assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (train, 5000, False)
+    assert cfg["output"]["export"] is False and cfg["output"]["name"] == f"zoo_fmnist/{stage}/{candidate}/rfnn_fmnist"
     assert cfg["train"]["epochs"] % cfg["train"]["eval_every"] == 0  # the last epoch is validated
-    if candidate == list(zoo_fmnist.CANDIDATES)[-1]:  # the last candidate is configs/zoo/base.yaml as written
+    steps_per_epoch = -(-(train or 55000) // cfg["data"]["batch_size"])
+    assert cfg["sched"]["warmup_epochs"] * steps_per_epoch == pytest.approx(200, abs=0.01)  # as the final runs
+    if candidate == zoo_fmnist.BASE_CANDIDATE:  # configs/zoo/base.yaml as written
         assert {s: cfg[s] for s in ("augment", "optim", "train")} == {s: final[s] for s in ("augment", "optim", "train")} | {
-            "train": {**final["train"], "eval_every": 5, "checkpoint_every_steps": 0}}
+            "train": {**final["train"], "eval_every": 5, "checkpoint_every_steps": cfg["train"]["checkpoint_every_steps"]}}
+
+
+def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
+    """Stage ``search_full`` overrides stage ``search`` only when it has run every candidate on every column."""
+    results = {"search": {"augment": {"ff_fmnist": 90.0, "gd_fmnist": 90.0}, "augment_ls_ema_re": {"ff_fmnist": 91.0, "gd_fmnist": 91.0}},
+               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0}, "augment_ls_ema_re": {"ff_fmnist": 91.5}}}
+    load = lambda stage: {c: {m: {"val_top1_last": v} for m, v in cells.items()} for c, cells in results[stage].items()}  # noqa: E731
+    monkeypatch.setattr(zoo_fmnist, "load_search", load)
+    assert zoo_fmnist.zoo_choice() == ("search", "augment_ls_ema_re")
+    results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 92.0
+    assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ema")
 
 
 def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
@@ -55,20 +69,20 @@ def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
               "b": {"ff_fmnist": record(89.0), "rfnn_fmnist": record(92.0), "gd_fmnist": record(93.5)},
               "c": {"ff_fmnist": record(99.0), "gd_fmnist": record(99.0)}}  # not run on every column: not a choice
     assert zoo_fmnist.search_means(search) == pytest.approx({"a": 91.0, "b": 274.5 / 3})
-    monkeypatch.setattr(zoo_fmnist, "CANDIDATES", dict.fromkeys("abc"))
-    assert zoo_fmnist.chosen_candidate(search) is None  # "c" has not run on every column: no choice yet
-    monkeypatch.setattr(zoo_fmnist, "CANDIDATES", dict.fromkeys("ab"))
-    assert zoo_fmnist.chosen_candidate(search) == "b" and zoo_fmnist.chosen_candidate({}) is None
+    assert zoo_fmnist.chosen_candidate(search, ("a", "b", "c")) is None  # "c" has not run on every column: no choice yet
+    assert zoo_fmnist.chosen_candidate({k: search[k] for k in "ab"}, ("a", "b")) == "b"
+    assert zoo_fmnist.chosen_candidate({}, ("a", "b")) is None
     final = {"ff_fmnist": {"test_top1": 91.0}, "rfnn_fmnist": {"test_top1": 92.0}, "gd_fmnist": {"test_top1": 93.0}}
     assert zoo_fmnist.final_margins(final) == pytest.approx({"gd_fmnist": 1.0})
 
 
 def test_base_recipe_is_the_committed_choice(capsys, monkeypatch) -> None:
     """Once the search has run on every column, configs/zoo/base.yaml is the candidate it chose."""
-    chosen = zoo_fmnist.chosen_candidate(zoo_fmnist.load("search"))
-    if chosen is None:
-        pytest.skip("the recipe search has not run every candidate on every column yet")
-    cfg = resolved(zoo_fmnist.search_args(chosen, "gd_fmnist"), capsys, monkeypatch)
+    choice = zoo_fmnist.zoo_choice()
+    if choice is None:
+        pytest.skip("no search stage has run every candidate on every column yet")
+    stage, chosen = choice
+    cfg = resolved(zoo_fmnist.search_args(chosen, "gd_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("gd_fmnist"), capsys, monkeypatch)
     for section in ("augment", "optim"):
         assert cfg[section] == final[section]
