@@ -56,18 +56,19 @@ STRETCH = 93.5  # issue 15's stretch target for gd_fmnist
 #   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 --set data.train_subset=null --split train
 UNDERFIT_GAP = 2.0
 AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"  # tried before the zoo recipe
-# name -> (what it is, overrides of configs/zoo/<model>.yaml); `augment_ls_ema_re` is configs/zoo/base.yaml as
-# written. 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about 3.3 h on one core of this
-# machine (300 img/s), so longer schedules were not a candidate.
+# name -> (what it is, the settings that tell the candidates apart, set on configs/zoo/<model>.yaml). Every candidate
+# sets all of them, so its meaning does not depend on what base.yaml holds; base.yaml is the chosen one
+# (base_candidate()). 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about 3.3 h on one core
+# of this machine (300 img/s), so longer schedules were not a candidate.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment": ("flips and random resized crops (area 80-100 %)",
                 ["augment.re_prob=0", "train.label_smoothing=0", "train.ema=false"]),
     "augment_ema": ("flips, random resized crops and an EMA of the weights (decay 0.9995)",
-                    ["augment.re_prob=0", "train.label_smoothing=0"]),
+                    ["augment.re_prob=0", "train.label_smoothing=0", "train.ema=true"]),
     "augment_ls_ema_re": ("flips, random resized crops, an EMA of the weights (decay 0.9995), label smoothing 0.1 and "
-                          "random erasing (p 0.25)", []),
+                          "random erasing (p 0.25)", ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true"]),
 }
-BASE_CANDIDATE = "augment_ls_ema_re"  # configs/zoo/base.yaml as written
+BASE_CANDIDATE = "augment_ls_ema_re"  # the candidate configs/zoo/base.yaml is (test_zoo_fmnist_script checks it)
 EXPORT_ROOT = "runs/zoo_fmnist/export"  # final runs export here; publish() copies the folder into weights/
 
 
@@ -162,6 +163,7 @@ def collect(model: str, args: list[str], run_dir: Path, wall_s: float, threads: 
         record["test_top1"] = round(final["top1"], 2)
         record["test_samples"] = final["samples"]
         record["train_top1_clean"] = clean_train_top1(run_dir, threads)
+        record["recipe"] = BASE_CANDIDATE  # what configs/zoo/base.yaml was: finals of another recipe are not comparable
     return record
 
 

@@ -76,12 +76,22 @@ def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
     assert zoo_fmnist.final_margins(final) == pytest.approx({"gd_fmnist": 1.0})
 
 
+@pytest.mark.parametrize("candidate", zoo_fmnist.CANDIDATES)
+def test_base_candidate_names_what_base_yaml_is(candidate: str, capsys, monkeypatch) -> None:
+    """Exactly the candidate ``BASE_CANDIDATE`` changes nothing in configs/zoo/base.yaml; every other one changes it."""
+    final = resolved(zoo_fmnist.final_args("gd_fmnist"), capsys, monkeypatch)
+    sets = [a for s in zoo_fmnist.CANDIDATES[candidate][1] for a in ("--set", s)]
+    cfg = resolved([*zoo_fmnist.final_args("gd_fmnist"), *sets], capsys, monkeypatch)
+    assert (cfg == final) is (candidate == zoo_fmnist.BASE_CANDIDATE)
+
+
 def test_base_recipe_is_the_committed_choice(capsys, monkeypatch) -> None:
     """Once the search has run on every column, configs/zoo/base.yaml is the candidate it chose."""
     choice = zoo_fmnist.zoo_choice()
     if choice is None:
         pytest.skip("no search stage has run every candidate on every column yet")
     stage, chosen = choice
+    assert chosen == zoo_fmnist.BASE_CANDIDATE, f"stage {stage} chose {chosen}: make configs/zoo/base.yaml that candidate"
     cfg = resolved(zoo_fmnist.search_args(chosen, "gd_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("gd_fmnist"), capsys, monkeypatch)
     for section in ("augment", "optim"):
