@@ -58,7 +58,7 @@ UNDERFIT_GAP = 2.0
 AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"  # tried before the zoo recipe
 # name -> (what it is, the settings that tell the candidates apart, set on configs/zoo/<model>.yaml). Every candidate
 # sets all of them, so its meaning does not depend on what base.yaml holds; base.yaml is the chosen one
-# (base_candidate()). 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about 3.3 h on one core
+# (BASE_CANDIDATE). 30 epochs throughout: a 60-epoch final of gd_fmnist on 60000 images takes about 3.3 h on one core
 # of this machine (300 img/s), so longer schedules were not a candidate.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment": ("flips and random resized crops (area 80-100 %)",
