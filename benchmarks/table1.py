@@ -54,11 +54,13 @@ SIZES = [1000, 5000, 10000, 30000, 60000]
 FULL = 60000  # Fashion-MNIST's whole training set
 ZOO_ROW = "60000, zoo recipe"  # the row of the zoo recipe's final runs (docs/zoo_fmnist.md), not the paper's protocol
 # Stated wherever the RFNN numbers appear until its column is rerun with fixed geometry.
-RFNN_NOTE = ("**RFNN correction (2026-11-30):** the RFNN column and the published `rfnn_fmnist.fmnist` were trained "
-             "with their Gaussian geometry *learned*, not fixed as RFNN defines it: the trainer's `freeze: none` switched "
-             "the frozen σ, μ, θ parameters back on (the published weights have σ 0.6–4.5, |μ| ≤ 1.24, |θ| ≤ 0.3). The "
-             "geometry is now a buffer that no optimizer touches (tests/test_training_freeze.py), so these RFNN numbers "
-             "are those of a one-basis-per-layer GD network with an isotropic start; the column is to be rerun.")
+RFNN_NOTE = ("**RFNN correction (2026-11-30):** the RFNN column and its 60000 run's weights (`rfnn_fmnist.fmnist_table1`, "
+             "until then `rfnn_fmnist.fmnist`) were trained with their Gaussian geometry *learned*, not fixed as RFNN "
+             "defines it: the trainer's `freeze: none` switched the frozen σ, μ, θ parameters back on (those weights have "
+             "σ 0.6–4.5, |μ| ≤ 1.24, |θ| ≤ 0.3). The geometry is now a buffer that no optimizer touches "
+             "(tests/test_training_freeze.py), so these RFNN numbers are those of a one-basis-per-layer GD network with an "
+             "isotropic start; the column is to be rerun. The zoo recipe's RFNN run (the \"zoo recipe\" row) has the fixed "
+             "geometry and is now `rfnn_fmnist.fmnist`.")
 
 # Paper Table 1 (test accuracy %), columns Free-Form, RFNN, DAU-ConvNet, Ours, Ours-few, Ours-separated.
 PAPER = {

@@ -488,6 +488,9 @@ def test_rfnn_published_weights_load_strict() -> None:
     assert layers and all(not any(isinstance(getattr(m, f"{g}_raw"), nn.Parameter) for g in ALL) for m in layers)
     assert {k for k in state if k.endswith("_raw")} == {k for k in model.state_dict() if k.endswith("_raw")}
     assert all(p.requires_grad for p in model.parameters())
+    # an RFNN: the published geometry is the fixed one the architecture defines, not a learned one
+    fresh = timm.create_model("rfnn_fmnist").state_dict()
+    assert all(torch.equal(state[k], fresh[k]) for k in state if k.endswith("_raw")), "published rfnn_fmnist learned its geometry"
 
 
 def _snapshot_compare(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:

@@ -53,7 +53,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path: Path) -> None:
     assert killed_at["epoch"] == 0 and 0 < killed_at["step_in_epoch"] < STEPS_PER_EPOCH, "the kill did not land mid-epoch"
     assert not (tmp_path / "b" / "resume" / "metrics.jsonl").read_text().strip()
 
-    resumed = _gdzoo(config, tmp_path / "b", "--resume", "--workers", "2")
+    resumed = _gdzoo(config, tmp_path / "b", "--resume", "--workers", "2", "--set", "output.export=true",
+                     "--set", f"output.export_root={tmp_path / 'weights'}")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert f"resumed from {last}: epoch 1, batch {killed_at['step_in_epoch']}" in out
@@ -74,3 +75,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows_b] == [0, 1]
     for ra, rb in zip(rows_a, rows_b):
         assert ra["train_loss"] == rb["train_loss"] and ra["val_loss"] == rb["val_loss"] and ra["lr"] == rb["lr"]
+    # the resumed run's card says how to reproduce the run, not how it was interrupted
+    card = next((tmp_path / "weights").glob("gd_fmnist.*/README.md")).read_text()
+    reproduce = card.split("## Reproduce")[1].split("```")[1]
+    assert "gdzoo train -c" in reproduce and "--workers 2" in reproduce and "--resume" not in reproduce
+    assert "resume: null" in card and "resume: auto" not in card

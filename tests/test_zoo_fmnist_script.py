@@ -143,6 +143,14 @@ def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, t
     assert (target / "model.safetensors").read_bytes() == b"91.0"
     assert sorted(p.name for p in target.parent.iterdir()) == ["ff_fmnist.fmnist"]  # no .incoming / .outgoing left
     assert zoo_fmnist.publication(done) == "published (replaced 90.00)"
+    monkeypatch.setitem(zoo_fmnist.NOT_WHAT_THE_NAME_PROMISES, "ff_fmnist", "not the architecture")
+    folder(staged.with_name("x"), 0)  # a fresh export, lower than the published 91.0 but of the right model
+    shutil.rmtree(staged)
+    staged.with_name("x").rename(staged)
+    fixed = zoo_fmnist.publish("ff_fmnist", {"test_top1": 0.0})
+    assert (fixed["published"], fixed["replaced_top1"], fixed["replaced_because"]) == (True, 91.0, "not the architecture")
+    assert (target / "model.safetensors").read_bytes() == b"0"
+    assert zoo_fmnist.publication(fixed) == "published (replaced 91.00: not the architecture)"
 
 
 def test_backfill_adds_the_clean_train_score_only_where_missing(monkeypatch, tmp_path) -> None:

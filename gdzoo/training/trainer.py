@@ -9,7 +9,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,31 @@ def _selection_note(bundle: DataBundle, result: TrainResult, metric: str) -> str
     return f"best epoch {epoch} by validation {metric}" if bundle.val is not None else f"weights of the last epoch, {epoch}; no validation split"
 
 
+def without_resume(command: str) -> str:
+    """The command that reproduces a run: ``command`` without its resume flags (``--resume [PATH]``,
+    ``--train.resume X``, ``--set train.resume=X``), which change how often a run stopped, not what it computes.
+
+    Example:
+        >>> without_resume("gdzoo train -c r.yaml --resume --set a=1 --set train.resume=auto --train.resume x.pth")
+        'gdzoo train -c r.yaml --set a=1'
+    """
+    words, kept, i = shlex.split(command), [], 0
+    while i < len(words):
+        word = words[i]
+        if word in ("--resume", "--train.resume"):
+            i += 1 if word == "--resume" and (i + 1 == len(words) or words[i + 1].startswith("-")) else 2
+            continue
+        if word.startswith(("--resume=", "--train.resume=", "--set=train.resume=")):
+            i += 1
+            continue
+        if word == "--set" and i + 1 < len(words) and words[i + 1].startswith("train.resume="):
+            i += 2
+            continue
+        kept.append(word)
+        i += 1
+    return shlex.join(kept)
+
+
 def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainResult, split: str, metric: str,
             model_info: dict[str, Any], command: str, elapsed: float) -> None:
     """Rank 0: final metrics file, plots, export and the summary table."""
@@ -370,13 +395,14 @@ def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainRes
         from ..hub.export import export_hub_folder
 
         card_metrics = {f"{split}/{k}": round(v, 2) for k, v in scalar_metrics(result.metrics).items() if k not in ("samples", "pixels")}
+        card_recipe = replace(recipe, train=replace(recipe.train, resume=None))  # how to reproduce it, not to resume it
         folder = export_hub_folder(
             model, recipe.output.export_tag or (recipe.output.name or recipe.name).replace(".", "_"), recipe.output.export_root,
-            org=recipe.output.org, metrics=card_metrics, command=command, config_sha256=recipe_sha256(recipe),
+            org=recipe.output.org, metrics=card_metrics, command=without_resume(command), config_sha256=recipe_sha256(card_recipe),
             datasets=bundle.names, license=recipe.output.license,
             description=f"`{recipe.model.name}` trained with `gdzoo train` ({_selection_note(bundle, result, metric)}). "
                         + (f"{recipe.output.card_note.strip()}\n\n" if recipe.output.card_note else "")
-                        + f"Recipe:\n\n```yaml\n{recipe_to_yaml(recipe)}```",
+                        + f"Recipe:\n\n```yaml\n{recipe_to_yaml(card_recipe)}```",
         )
         result.export_dir = folder.path
         notes.append(("exported", str(folder.path)))
