@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"gdzoo eval: {e}", file=sys.stderr)
         return 2
-    dataset = {"test": bundle.test, "val": bundle.val, "train": unaugmented(bundle.train, bundle.data_config)}[args.split]
+    if args.split == "train":
+        dataset = unaugmented(bundle.train, bundle.data_config)
+    else:
+        dataset = bundle.test if args.split == "test" else bundle.val
     if dataset is None:
         print(f"gdzoo eval: the dataset has no {args.split} split", file=sys.stderr)
         return 2
