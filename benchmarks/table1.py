@@ -89,8 +89,10 @@ def load_zoo_finals() -> dict[str, dict]:
 
 
 def zoo_published(model: str) -> bool:
-    """Whether the zoo recipe's final run of the model replaced ``weights/<model>.fmnist``."""
-    return bool(load_zoo_finals().get(model, {}).get("published"))
+    """Whether a zoo recipe's final run of the model replaced ``weights/<model>.fmnist``: the current recipe's, or an
+    earlier recipe's (``final/superseded/<recipe>/``) whose file no later final has replaced."""
+    records = [ZOO_FINAL / f"{model}.json", *ZOO_FINAL.glob(f"superseded/*/{model}.json")]
+    return any(json.loads(p.read_text()).get("published") for p in records if p.is_file())
 
 
 def exports_weights(model: str) -> bool:

@@ -184,6 +184,33 @@ def clean_train_top1(run_dir: Path, threads: int = 1) -> float:
     return round(json.loads(out.read_text())["top1"], 2)
 
 
+def supersede_stale_finals(log: Log) -> list[str]:
+    """Move the finals of another recipe than ``BASE_CANDIDATE`` (records and run folders) to ``superseded/<recipe>/``,
+    so ``--final`` trains those columns afresh with the current one; returns their models."""
+    moved = []
+    for path in sorted(ZOO_FINAL.glob("*.json")):
+        recipe = json.loads(path.read_text()).get("recipe", BASE_CANDIDATE)
+        if recipe == BASE_CANDIDATE:
+            continue
+        moves = [(source, target) for source, target in ((path, ZOO_FINAL / "superseded" / recipe / path.name),
+                 (RUNS / "final" / path.stem, RUNS / "superseded" / recipe / path.stem)) if source.exists()]
+        for _, target in moves:  # check both before moving either
+            if target.exists():
+                raise FileExistsError(f"{target} exists: the {recipe} final of {path.stem} was superseded before")
+        for source, target in moves:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+        moved.append(path.stem)
+        log(f"supersede final/{path.stem}: recipe {recipe}, now {BASE_CANDIDATE}; it trains again")
+    return moved
+
+
+def load_superseded() -> dict[str, dict[str, dict]]:
+    """``{recipe: {model: record}}`` of the finals of earlier recipes."""
+    return {d.name: {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
+            for d in sorted((ZOO_FINAL / "superseded").glob("*")) if d.is_dir()}
+
+
 def backfill_clean_train(log: Log, threads: int = 1) -> None:
     """Add ``train_top1_clean`` to the final records written before it was measured, where the run folder is here."""
     for path in sorted(ZOO_FINAL.glob("*.json")):
@@ -336,6 +363,10 @@ def write_doc(log: Log | None = None) -> None:
             lines += ["", target_verdict(final)]
     else:
         lines.append("No final run has finished yet.")
+    for recipe, records in load_superseded().items():
+        lines += ["", f"Final runs of an earlier recipe, `{recipe}` (not comparable with the table above; their published "
+                  "files stay until a final of the current recipe replaces them): " + ", ".join(
+                      f"`{m}` {r['test_top1']:.2f} ({publication(r)})" for m, r in records.items()) + "."]
     lines += ["", "## Commands", "", "```bash",
               "python benchmarks/zoo_fmnist.py --search    # every stage's candidates on " + ", ".join(SEARCH_MODELS) + " (resumable)",
               "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images; weights/<model>.fmnist when not worse",
@@ -370,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [(st, c, m) for st in args.stages for c in STAGES[st].candidates if c in args.candidates for m in models
                  if not (RESULTS / st / c / f"{m}.json").is_file()]
     else:
+        supersede_stale_finals(log)
         cells = [(m,) for m in args.models or MODELS if not (ZOO_FINAL / f"{m}.json").is_file()]
         backfill_clean_train(log, args.threads)
 

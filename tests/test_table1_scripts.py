@@ -55,6 +55,11 @@ def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_i
     sentence = table1.published_weights_sentence()
     assert "For `gd_fmnist_sep`, `ff_fmnist`, `rfnn_fmnist` this run is exported" in sentence
     assert "The published weights of `gd_fmnist` come from the zoo recipe" in sentence
+    superseded = tmp_path / "superseded" / "augment" / "ff_fmnist.json"  # an earlier zoo recipe's final that published
+    superseded.parent.mkdir(parents=True)
+    superseded.write_text(json.dumps({"model": "ff_fmnist", "test_top1": 91.0, "published": True}))
+    assert not resolved(table1.train_args("ff_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
+    assert "ff_fmnist" not in table1.load_zoo_finals()  # not a final of the current recipe
 
 
 def test_zoo_row_sits_beside_the_protocol(monkeypatch, tmp_path) -> None:

@@ -173,3 +173,26 @@ def test_backfill_adds_the_clean_train_score_only_where_missing(monkeypatch, tmp
     after = {m: json.loads((tmp_path / "results" / f"{m}.json").read_text()) for m in records}
     assert scored == ["ff_fmnist"]
     assert after == {**records, "ff_fmnist": {"test_top1": 91.1, "train_top1_clean": 94.04}}
+
+
+def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
+    """When configs/zoo/base.yaml becomes another candidate, the old finals move aside and train again."""
+    import json
+
+    monkeypatch.setattr(zoo_fmnist, "ZOO_FINAL", tmp_path / "final")
+    monkeypatch.setattr(zoo_fmnist, "RUNS", tmp_path / "runs")
+    old, current = "augment", zoo_fmnist.BASE_CANDIDATE
+    (tmp_path / "final").mkdir()
+    for model, recipe in (("ff_fmnist", old), ("gd_fmnist", current)):
+        (tmp_path / "final" / f"{model}.json").write_text(json.dumps({"test_top1": 91.0, "recipe": recipe, "published": True}))
+        (tmp_path / "runs" / "final" / model).mkdir(parents=True)
+        (tmp_path / "runs" / "final" / model / "last.pth").write_bytes(b"checkpoint")
+    assert zoo_fmnist.supersede_stale_finals(lambda message: None) == ["ff_fmnist"]
+    assert sorted(p.name for p in (tmp_path / "final").glob("*.json")) == ["gd_fmnist.json"]
+    assert (tmp_path / "runs" / "superseded" / old / "ff_fmnist" / "last.pth").read_bytes() == b"checkpoint"
+    assert not (tmp_path / "runs" / "final" / "ff_fmnist").exists()  # so the new final does not resume the old run
+    assert zoo_fmnist.load_superseded() == {old: {"ff_fmnist": {"test_top1": 91.0, "recipe": old, "published": True}}}
+    assert zoo_fmnist.supersede_stale_finals(lambda message: None) == []
+    (tmp_path / "final" / "ff_fmnist.json").write_text(json.dumps({"test_top1": 90.0, "recipe": old}))  # superseded twice
+    with pytest.raises(FileExistsError, match="superseded before"):
+        zoo_fmnist.supersede_stale_finals(lambda message: None)
