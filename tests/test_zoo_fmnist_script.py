@@ -143,10 +143,14 @@ def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, t
     assert (target / "model.safetensors").read_bytes() == b"91.0"
     assert sorted(p.name for p in target.parent.iterdir()) == ["ff_fmnist.fmnist"]  # no .incoming / .outgoing left
     assert zoo_fmnist.publication(done) == "published (replaced 90.00)"
-    monkeypatch.setitem(zoo_fmnist.NOT_WHAT_THE_NAME_PROMISES, "ff_fmnist", "not the architecture")
+    wrong_file = {"ff_fmnist.fmnist": False}
+    monkeypatch.setitem(zoo_fmnist.NOT_WHAT_THE_NAME_PROMISES, "ff_fmnist",
+                        ("not the architecture", lambda model, published: wrong_file[published.name]))
     folder(staged.with_name("x"), 0)  # a fresh export, lower than the published 91.0 but of the right model
     shutil.rmtree(staged)
     staged.with_name("x").rename(staged)
+    assert zoo_fmnist.publish("ff_fmnist", {"test_top1": 0.0})["published"] is False  # the published file is right
+    wrong_file["ff_fmnist.fmnist"] = True
     fixed = zoo_fmnist.publish("ff_fmnist", {"test_top1": 0.0})
     assert (fixed["published"], fixed["replaced_top1"], fixed["replaced_because"]) == (True, 91.0, "not the architecture")
     assert (target / "model.safetensors").read_bytes() == b"0"
@@ -173,6 +177,13 @@ def test_backfill_adds_the_clean_train_score_only_where_missing(monkeypatch, tmp
     after = {m: json.loads((tmp_path / "results" / f"{m}.json").read_text()) for m in records}
     assert scored == ["ff_fmnist"]
     assert after == {**records, "ff_fmnist": {"test_top1": 91.1, "train_top1_clean": 94.04}}
+
+
+def test_published_rfnn_has_the_fixed_geometry_and_the_defective_file_is_recognised() -> None:
+    """The check behind replacing a defective rfnn_fmnist.fmnist: the published file passes it, Table 1's fails it."""
+    check = zoo_fmnist.NOT_WHAT_THE_NAME_PROMISES["rfnn_fmnist"][1]
+    assert not check("rfnn_fmnist", REPO / "weights" / "rfnn_fmnist.fmnist")
+    assert check("rfnn_fmnist", REPO / "weights" / "rfnn_fmnist.fmnist_table1")
 
 
 def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
