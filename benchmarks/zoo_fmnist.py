@@ -369,8 +369,9 @@ def write_doc(log: Log | None = None) -> None:
                   "as the test set is scored (`gdzoo eval --checkpoint runs/zoo_fmnist/final/<model> --split train`); the "
                   "augmented one is the running mean over the last epoch's batches."]
         lines += ["", "A final run replaces the published `<model>.fmnist` only when it does not score below the weights it "
-                  "would replace, so the default weights never get worse; Table 1's paper-protocol runs stay published as "
-                  "`<model>.fmnist_table1` either way."]
+                  "would replace, so the default weights never get worse, or when the published file is not the model its name "
+                  "promises (`NOT_WHAT_THE_NAME_PROMISES`: Table 1's RFNN file had learned its geometry); Table 1's "
+                  "paper-protocol runs stay published as `<model>.fmnist_table1` either way."]
         margins = final_margins(final)
         if margins:
             lines += ["", "GD margin over the best baseline that ran: " + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
