@@ -226,16 +226,6 @@ def load_superseded() -> dict[str, dict[str, dict]]:
             for d in sorted((ZOO_FINAL / "superseded").glob("*")) if d.is_dir()}
 
 
-def backfill_clean_train(log: Log, threads: int = 1) -> None:
-    """Add ``train_top1_clean`` to the final records written before it was measured, where the run folder is here."""
-    for path in sorted(ZOO_FINAL.glob("*.json")):
-        record, run_dir = json.loads(path.read_text()), RUNS / "final" / path.stem
-        if "train_top1_clean" not in record and (run_dir / "best.safetensors").is_file():
-            record["train_top1_clean"] = clean_train_top1(run_dir, threads)
-            path.write_text(json.dumps(record, indent=2) + "\n")
-            log(f"train split of final/{path.stem}: top-1 {record['train_top1_clean']} without augmentation")
-
-
 def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetime | None) -> str:
     """Train one search ``(stage, candidate, model)`` or final ``(model,)`` cell and write its result file."""
     if kind == "search":
@@ -419,7 +409,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         supersede_stale_finals(log)
         cells = [(m,) for m in args.models or MODELS if not (ZOO_FINAL / f"{m}.json").is_file()]
-        backfill_clean_train(log, args.threads)
 
     def refresh() -> None:
         write_doc(log)

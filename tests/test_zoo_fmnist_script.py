@@ -157,28 +157,6 @@ def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, t
     assert zoo_fmnist.publication(fixed) == "published (replaced 91.00: not the architecture)"
 
 
-def test_backfill_adds_the_clean_train_score_only_where_missing(monkeypatch, tmp_path) -> None:
-    """Finals recorded before ``train_top1_clean`` existed get it from their run folder; the others are left alone."""
-    import json
-
-    monkeypatch.setattr(zoo_fmnist, "ZOO_FINAL", tmp_path / "results")
-    monkeypatch.setattr(zoo_fmnist, "RUNS", tmp_path / "runs")
-    scored = []
-    monkeypatch.setattr(zoo_fmnist, "clean_train_top1", lambda run_dir, threads=1: scored.append(run_dir.name) or 94.04)
-    records = {"ff_fmnist": {"test_top1": 91.1}, "gd_fmnist": {"test_top1": 92.3, "train_top1_clean": 93.0},
-               "rfnn_fmnist": {"test_top1": 92.0}}  # rfnn_fmnist's run folder is not here
-    (tmp_path / "results").mkdir()
-    for model, record in records.items():
-        (tmp_path / "results" / f"{model}.json").write_text(json.dumps(record))
-    for model in ("ff_fmnist", "gd_fmnist"):
-        (tmp_path / "runs" / "final" / model).mkdir(parents=True)
-        (tmp_path / "runs" / "final" / model / "best.safetensors").write_bytes(b"")
-    zoo_fmnist.backfill_clean_train(lambda message: None)
-    after = {m: json.loads((tmp_path / "results" / f"{m}.json").read_text()) for m in records}
-    assert scored == ["ff_fmnist"]
-    assert after == {**records, "ff_fmnist": {"test_top1": 91.1, "train_top1_clean": 94.04}}
-
-
 def test_published_rfnn_has_the_fixed_geometry_and_the_defective_file_is_recognised() -> None:
     """The check behind replacing a defective rfnn_fmnist.fmnist: the published file passes it, Table 1's fails it."""
     check = zoo_fmnist.NOT_WHAT_THE_NAME_PROMISES["rfnn_fmnist"][1]
