@@ -310,10 +310,23 @@ def target_verdict(final: dict) -> str:
             text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} above "
                      "its test top-1")
             text += (f", so at 60000 images the recipe holds the model back (it underfits) rather than letting it "
-                     f"overfit: the recipe was chosen at {SEARCH_TRAIN} images, where the regularisers paid off. The search at "
-                     "the final size above tests a lighter recipe; a longer schedule is the other thing to try."
-                     if clean - ours < UNDERFIT_GAP else ".")
+                     f"overfit. {search_verdict()}" if clean - ours < UNDERFIT_GAP else ".")
     return text
+
+
+def search_verdict() -> str:
+    """What the searches say about an underfitting final: which stage chose the recipe, and what is left to try."""
+    choice = zoo_choice()
+    last = SEARCH_STAGES[-1]
+    if choice is None or choice[0] != last.name:
+        return (f"The recipe was chosen at {SEARCH_STAGES[0].train} images, where the regularisers paid off; the search at "
+                f"{last.train} images above tests a lighter recipe, and a longer schedule is the other thing to try.")
+    means = search_means(load_search(last.name))
+    others = ", ".join(f"`{c}` {m:.2f}" for c, m in means.items() if c != choice[1])
+    kept = choice[1] == chosen_candidate(load_search(SEARCH_STAGES[0].name), SEARCH_STAGES[0].candidates)
+    return (f"The search at {last.train} images {'kept' if kept else 'chose'} `{choice[1]}` (mean validation top-1 "
+            f"{means[choice[1]]:.2f}; {others})" + (", so a lighter recipe does not help at 30 epochs" if kept else "")
+            + "; a longer schedule is what is left to try.")
 
 
 def search_table(stage: SearchStage, choice: tuple[str, str] | None) -> list[str]:

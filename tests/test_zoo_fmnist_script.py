@@ -58,8 +58,14 @@ def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
     load = lambda stage: {c: {m: {"val_top1_last": v} for m, v in cells.items()} for c, cells in results[stage].items()}  # noqa: E731
     monkeypatch.setattr(zoo_fmnist, "load_search", load)
     assert zoo_fmnist.zoo_choice() == ("search", "augment_ls_ema_re")
+    assert "tests a lighter recipe" in zoo_fmnist.search_verdict()
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 92.0
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ema")
+    assert zoo_fmnist.search_verdict() == ("The search at 55000 images chose `augment_ema` (mean validation top-1 92.50; "
+                                           "`augment_ls_ema_re` 91.75); a longer schedule is what is left to try.")
+    results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 94.0
+    assert zoo_fmnist.search_verdict().startswith("The search at 55000 images kept `augment_ls_ema_re` (mean validation "
+                                                  "top-1 92.75; `augment_ema` 92.50), so a lighter recipe does not help")
 
 
 def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
