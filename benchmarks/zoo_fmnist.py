@@ -316,16 +316,17 @@ def target_verdict(final: dict) -> str:
 
 def search_verdict() -> str:
     """What the searches say about an underfitting final: which stage chose the recipe, and what is left to try."""
-    choice = zoo_choice()
-    last = SEARCH_STAGES[-1]
-    if choice is None or choice[0] != last.name:
-        return (f"The recipe was chosen at {SEARCH_STAGES[0].train} images, where the regularisers paid off; the search at "
+    first, last = SEARCH_STAGES[0], SEARCH_STAGES[-1]
+    search = load_search(last.name)
+    chosen = chosen_candidate(search, last.candidates)  # what zoo_choice() returns once the last stage is complete
+    if chosen is None:
+        return (f"The recipe was chosen at {first.train} images, where the regularisers paid off; the search at "
                 f"{last.train} images above tests a lighter recipe, and a longer schedule is the other thing to try.")
-    means = search_means(load_search(last.name))
-    others = ", ".join(f"`{c}` {m:.2f}" for c, m in means.items() if c != choice[1])
-    kept = choice[1] == chosen_candidate(load_search(SEARCH_STAGES[0].name), SEARCH_STAGES[0].candidates)
-    return (f"The search at {last.train} images {'kept' if kept else 'chose'} `{choice[1]}` (mean validation top-1 "
-            f"{means[choice[1]]:.2f}; {others})" + (", so a lighter recipe does not help at 30 epochs" if kept else "")
+    means = search_means(search)
+    others = ", ".join(f"`{c}` {m:.2f}" for c, m in means.items() if c != chosen)
+    kept = chosen == chosen_candidate(load_search(first.name), first.candidates)
+    return (f"The search at {last.train} images {'kept' if kept else 'chose'} `{chosen}` (mean validation top-1 "
+            f"{means[chosen]:.2f}; {others})" + (", so a lighter recipe does not help at 30 epochs" if kept else "")
             + "; a longer schedule is what is left to try.")
 
 
