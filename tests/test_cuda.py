@@ -274,27 +274,41 @@ def _model_input(model: nn.Module, name: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", list_gdzoo_models())
 def test_every_model_forward_backward_channels_last(device: torch.device, name: str) -> None:
-    """Forward and backward with channels_last weights and input, against the same model in float64 on CPU."""
+    """Every model with channels_last weights and input on the device, against the same model in float64 on CPU.
+
+    float32 on the device: the output. float64 on the device: the output, the input gradient and every parameter's
+    gradient, tightly. Gradients are not compared in float32: through a deep net cuDNN's float32 algorithms drift
+    from float64 by more than any GD-specific tolerance (on an H200, unet5 -- plain nn.Conv2d -- by 1e-3 in a
+    weight gradient, gd_vgg16's input gradient by 1e-2), so float32 would test cuDNN, not gdzoo's device path.
+    """
     if ON_CPU and name.startswith("gd_vgg16"):
         pytest.skip("VGG-16's 120 M-parameter head in float64 takes ~30 s on a 2-core CPU; it runs on CUDA")
     torch.manual_seed(0)
-    model = timm.create_model(name).eval()  # eval: no dropout, so both runs see the same function
+    model = timm.create_model(name).eval()  # eval: no dropout, so every run sees the same function
     ref = copy.deepcopy(model).double()
-    model = model.to(device, memory_format=torch.channels_last)
     x64 = _model_input(model, name).requires_grad_(True)
-    x = x64.detach().to(device, torch.float32).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    out, expected = model(x), ref(x64)
+    expected = ref(x64)
     grad_out = _seeded_input(tuple(expected.shape), seed=1)
-    out.backward(grad_out.to(device, torch.float32))
     expected.backward(grad_out)
-    assert_close_scaled(out, expected, 1e-4, f"{name} output")
-    assert_close_norm(x.grad, x64.grad, 1e-4, f"{name} input gradient")
-    for (pname, p), p_ref in zip(model.named_parameters(), ref.parameters()):
+
+    fp32 = model.to(device, memory_format=torch.channels_last)
+    with torch.no_grad():
+        out32 = fp32(x64.detach().to(device, torch.float32).contiguous(memory_format=torch.channels_last))
+    assert_close_scaled(out32, expected, 1e-4, f"{name} float32 output")
+
+    fp64 = copy.deepcopy(ref).to(device, memory_format=torch.channels_last)
+    fp64.zero_grad()
+    x = x64.detach().to(device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = fp64(x)
+    out.backward(grad_out.to(device))
+    assert_close_scaled(out, expected, 1e-9, f"{name} float64 output")
+    assert_close_norm(x.grad, x64.grad, 1e-8, f"{name} input gradient")
+    for (pname, p), p_ref in zip(fp64.named_parameters(), ref.parameters()):
         if not p.requires_grad:  # e.g. rfnn_fmnist's fixed σ
             assert p.grad is None, f"{name}: a frozen parameter {pname} got a gradient"
             continue
         assert p.grad is not None, f"{name}: no gradient for {pname}"
-        assert_close_norm(p.grad, p_ref.grad, 1e-4, f"{name}: grad of {pname}")
+        assert_close_norm(p.grad, p_ref.grad, 1e-8, f"{name}: grad of {pname}")
 
 
 # ---------------------------------------------------------------------------------------------- gdzoo train
@@ -322,7 +336,7 @@ def _data_overrides(tmp_path: Path) -> list[str]:
     except FileNotFoundError:
         _write_image_folder(tmp_path / "images")
         return ["--set", "data.dataset=image_folder", "--set", f"data.root={tmp_path / 'images'}",
-                "--set", "data.val_size=16"]
+                "--set", "data.train_subset=null", "--set", "data.val_size=16"]  # 80 images: the recipe's 512 don't exist
 
 
 def test_gdzoo_train_tiny_recipe_with_bf16_amp(device: torch.device, tmp_path: Path,
@@ -368,17 +382,22 @@ save_file({k: v.contiguous().cpu() for k, v in result.model.state_dict().items()
 print(f"rank {rank} of {world} backend {backends[0]} device {next(result.model.parameters()).device}", flush=True)
 
 if world == 1:  # gdzoo wraps in DDP only from 2 ranks: check DDP over nccl on the one GPU directly
+    # The same kernels for both backward passes: cuDNN's default weight-gradient algorithms may accumulate
+    # with atomics (run-to-run noise), and TF32 would round differently per algorithm.
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "ieee"
     dist.init_process_group("nccl", world_size=1, rank=0, device_id=torch.device("cuda:0"))
     model = result.model.cuda()
+    model.zero_grad(set_to_none=True)  # training leaves its last step's gradients, which backward would add to
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[0])
     x = torch.randn(4, 1, 28, 28, device="cuda")
     ddp(x).square().mean().backward()
     ddp_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model(x).square().mean().backward()
-    ok = all(torch.allclose(a, p.grad, rtol=1e-5, atol=1e-7) for a, p in zip(ddp_grads, model.parameters()))
+    rel = max(((a - p.grad).norm() / p.grad.norm().clamp_min(1e-12)).item() for a, p in zip(ddp_grads, model.parameters()))
     dist.destroy_process_group()
-    print(f"single-rank nccl DDP grads match: {ok}", flush=True)
+    print(f"single-rank nccl DDP grads: largest relative difference {rel:.3g}", flush=True)
 """
 
 
@@ -407,7 +426,8 @@ def test_ddp_torchrun_nccl(tmp_path: Path) -> None:
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
     if world == 1:
-        assert "single-rank nccl DDP grads match: True" in proc.stdout, proc.stdout
+        rel = float(proc.stdout.split("largest relative difference ")[1].split()[0])
+        assert rel <= 1e-6, f"DDP over nccl changed the gradients by {rel:.3g} (relative)\n{proc.stdout}"
 
 
 # ---------------------------------------------------------------------------------------------- pretrained
