@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -62,6 +63,36 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+_HEADER = re.compile(r"\b\d+ x (\S+), batch \d+")
+_RESUME = re.compile(r"^resumed from .*: epoch (\d+), batch (\d+)")
+
+
+def device_segments(train_log: str) -> list[tuple[str, int]]:
+    """Where a (possibly resumed) ``gdzoo train`` run trained: ``(device, first epoch, 0-based)`` per stretch.
+
+    Each start or resume in ``train.log`` names its device (``… 1 x cuda:0, batch …``); a resume's ``resumed from
+    …: epoch E, batch B`` line says where it picked up (E is 1-based, so the stretch's first *whole* epoch is E - 1
+    when B is 0, else E). Consecutive stretches on one device merge.
+
+        >>> device_segments("resumed from x: epoch 10, batch 1125, step 18000\\nnet: 1 x cpu, batch 32")
+        [('cpu', 10)]
+        >>> log = "m: 1 x cuda:0, batch 32\\nresumed from l: epoch 4, batch 0, step 9\\nm: 1 x cuda:0, batch 32"
+        >>> device_segments(log + "\\nresumed from l: epoch 10, batch 1125, step 18000\\nm: 1 x cpu, batch 32")
+        [('cuda:0', 0), ('cpu', 10)]
+    """
+    segments: list[tuple[str, int]] = []
+    start = 0
+    for line in train_log.splitlines():
+        if resumed := _RESUME.match(line):
+            epoch, batch = int(resumed.group(1)), int(resumed.group(2))
+            start = epoch - 1 if batch == 0 else epoch
+        elif header := _HEADER.search(line):
+            if not segments or segments[-1][0] != header.group(1):
+                segments.append((header.group(1), start))
+            start = 0
+    return segments
 
 
 def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: int, kill_at: dt.datetime | None) -> tuple[str, float]:

@@ -34,7 +34,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training
+from _runs import ROOT, Log, cpu_name, device_segments, git_commit, run_queue, run_training
 RESULTS = ROOT / "results" / "table1"
 ZOO_FINAL = ROOT / "results" / "zoo_fmnist" / "final"  # benchmarks/zoo_fmnist.py --final: the zoo recipe at 60000
 RUNS = ROOT / "runs" / "table1"
@@ -184,14 +184,21 @@ def collect_result(model: str, n: int, seed: int, run_dir: Path, wall_s: float, 
         if best_val is None:
             best_val = max(r["val_top1"] for r in val_rows)
     train_rows = [r for r in rows if "train_top1" in r]
-    train_times = [r["train_time_s"] for r in rows if "train_time_s" in r]
-    rates = [r["train_img_per_s"] for r in rows if "train_img_per_s" in r]
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     device = "cuda" if "device: cuda" in config else None
     summary = (run_dir / "summary.txt").read_text() if (run_dir / "summary.txt").is_file() else ""
     for line in summary.splitlines():
         if line.startswith("| device"):
             device = line.split("|")[2].strip()
+    train_log = (run_dir / "train.log").read_text() if (run_dir / "train.log").is_file() else ""
+    segments = device_segments(train_log)
+    speed_rows = rows
+    if len({d for d, _ in segments}) > 1:  # resumed on another device: time only the last device's whole epochs
+        ends = [start for _, start in segments[1:]] + [s["epochs"]]
+        device = ", ".join(f"{d} (epochs {start + 1}–{end})" for (d, start), end in zip(segments, ends))
+        speed_rows = [r for r in rows if r.get("epoch", -1) >= segments[-1][1]]
+    train_times = [r["train_time_s"] for r in speed_rows if "train_time_s" in r]
+    rates = [r["train_img_per_s"] for r in speed_rows if "train_img_per_s" in r]
     return {
         "model": model,
         "paper_column": PAPER_NAMES[model],
@@ -207,7 +214,7 @@ def collect_result(model: str, n: int, seed: int, run_dir: Path, wall_s: float, 
         "best_epoch": best_epoch if n < FULL else s["epochs"],
         "epochs": s["epochs"],
         "steps": s["steps"],
-        "train_time_s": round(sum(train_times), 1),
+        "train_time_s": round(sum(r["train_time_s"] for r in rows if "train_time_s" in r), 1),
         "sec_per_epoch": round(statistics.mean(train_times), 3) if train_times else None,
         "train_img_per_s": round(statistics.median(rates), 1) if rates else None,
         "wall_s": round(wall_s, 1),

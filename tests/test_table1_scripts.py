@@ -143,3 +143,26 @@ def test_margins_take_the_best_baseline_that_ran() -> None:
     assert table1.best_baseline(with_dau) == "dau_fmnist"
     assert table1.margins({k: v for k, v in with_dau.items() if k != "rfnn_fmnist"}) == {}
     assert table1.MODELS[:3] == table1.BASELINES and "dau_fmnist" not in table1.PUBLISHED
+
+
+def test_a_cell_resumed_on_another_device_says_so_and_is_timed_on_the_last_one(tmp_path) -> None:
+    """A 60000 cell started on a GPU and resumed on CPU: both devices named, speed from the CPU's whole epochs only."""
+    run = tmp_path / "dau_fmnist_60000_s0"
+    run.mkdir()
+    (run / "final_metrics.json").write_text(json.dumps({"top1": 91.234, "samples": 10000}))
+    gpu = [{"epoch": e, "train_top1": 90.0, "train_img_per_s": 2000.0, "train_time_s": 30.0} for e in range(10)]
+    cpu = [{"epoch": e, "train_top1": 95.0, "train_img_per_s": 250.0, "train_time_s": 240.0} for e in range(10, 30)]
+    split = [{"epoch": 9, "train_top1": 91.0, "train_img_per_s": 260.0, "train_time_s": 96.0}]  # its CPU part
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gpu[:9] + split + cpu))
+    (run / "train.log").write_text(
+        "t: d (classification), 1 params; train 60000; 1 x cuda:0, batch 32, 1875 steps/epoch -> r\nepoch 1/30 ...\n"
+        "=== resume\nresumed from r/last.pth: epoch 10, batch 1125, step 18000\n"
+        "t: d (classification), 1 params; train 60000; 1 x cpu, batch 32, 1875 steps/epoch -> r\n")
+    (run / "summary.txt").write_text("| device | cpu |\n")
+    result = table1.collect_result("dau_fmnist", 60000, 0, run, 5000.0, 1)
+    assert result["device"] == "cuda:0 (epochs 1–10), cpu (epochs 11–30)"
+    assert result["sec_per_epoch"] == 240.0 and result["train_img_per_s"] == 250.0
+    assert result["train_time_s"] == 9 * 30.0 + 96.0 + 20 * 240.0 and result["test_top1"] == 91.23
+    (run / "train.log").write_text("t: 1 x cpu, batch 32\nresumed from r: epoch 4, batch 7, step 1\nt: 1 x cpu, batch 32\n")
+    same = table1.collect_result("dau_fmnist", 60000, 0, run, 5000.0, 1)
+    assert same["device"] == "cpu" and same["sec_per_epoch"] == round((9 * 30 + 96 + 20 * 240) / 30, 3)
