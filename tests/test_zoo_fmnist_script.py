@@ -40,7 +40,7 @@ def test_every_column_has_the_same_recipe(capsys, monkeypatch) -> None:
 def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys, monkeypatch) -> None:
     cfg = resolved(zoo_fmnist.search_args(candidate, "rfnn_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("rfnn_fmnist"), capsys, monkeypatch)
-    train = {"search": 20000, "search_full": None}[stage]  # None: all 55000 images not held out for validation
+    train = {"search": 20000, "search_full": None, "search_long": None}[stage]  # None: all 55000 not held out
     assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (train, 5000, False)
     assert cfg["output"]["export"] is False and cfg["output"]["name"] == f"zoo_fmnist/{stage}/{candidate}/rfnn_fmnist"
     assert cfg["train"]["epochs"] % cfg["train"]["eval_every"] == 0  # the last epoch is validated
@@ -54,7 +54,8 @@ def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys
 def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
     """Stage ``search_full`` overrides stage ``search`` only when it has run every candidate on every column."""
     results = {"search": {"augment": {"ff_fmnist": 90.0, "gd_fmnist": 90.0}, "augment_ls_ema_re": {"ff_fmnist": 91.0, "gd_fmnist": 91.0}},
-               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0}, "augment_ls_ema_re": {"ff_fmnist": 91.5}}}
+               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0}, "augment_ls_ema_re": {"ff_fmnist": 91.5}},
+               "search_long": {"augment_ls_ema_re": {}, "augment_ls_ema_re_e60": {"gd_fmnist": 93.0}, "augment_ls_ema_re_e100": {}}}
     load = lambda stage: {c: {m: {"val_top1_last": v} for m, v in cells.items()} for c, cells in results[stage].items()}  # noqa: E731
     monkeypatch.setattr(zoo_fmnist, "load_search", load)
     assert zoo_fmnist.zoo_choice() == ("search", "augment_ls_ema_re")
@@ -62,10 +63,18 @@ def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 92.0
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ema")
     assert zoo_fmnist.search_verdict() == ("The search at 55000 images chose `augment_ema` (mean validation top-1 92.50; "
-                                           "`augment_ls_ema_re` 91.75); a longer schedule is what is left to try.")
+                                           "`augment_ls_ema_re` 91.75); a longer schedule is what is left to try: "
+                                           "stage `search_long` (30, 60 and 100 epochs) has 1 of 6 cells.")
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 94.0
     assert zoo_fmnist.search_verdict().startswith("The search at 55000 images kept `augment_ls_ema_re` (mean validation "
                                                   "top-1 92.75; `augment_ema` 92.50), so a lighter recipe does not help")
+    assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ls_ema_re")  # the schedule stage is not complete yet
+    results["search_long"] = {"augment_ls_ema_re": {"ff_fmnist": 91.5, "gd_fmnist": 94.0},
+                              "augment_ls_ema_re_e60": {"ff_fmnist": 92.0, "gd_fmnist": 94.5},
+                              "augment_ls_ema_re_e100": {"ff_fmnist": 91.0, "gd_fmnist": 94.4}}
+    assert zoo_fmnist.zoo_choice() == ("search_long", "augment_ls_ema_re_e60")
+    assert zoo_fmnist.search_verdict().endswith("the schedule stage chose `augment_ls_ema_re_e60` (mean validation top-1 93.25; "
+                                                "`augment_ls_ema_re` 92.75, `augment_ls_ema_re_e100` 92.70).")
 
 
 def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
