@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton's CPU interpreter for the fused generator's tests (tests/test_fused_generation.py). Triton reads it once,
+    # when it is imported (importing gdzoo or timm does), so it is set here, before anything imports it. Without
+    # CUDA nothing else runs Triton; GDZOO_GENERATOR stays 'auto', which is torch on the CPU.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import gdzoo.layers.gd_conv as gd_conv_module
 from gdzoo import GDConv2d

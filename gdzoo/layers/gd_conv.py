@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels import derivative_orders, gaussian_derivative_basis
-from ..kernels.basis import gaussian_derivative_basis_reference
+from ..kernels import derivative_orders
+from ..kernels.basis_fused import gaussian_derivative_basis_raw
+from ..kernels.generator import uses_triton
 from .gd_functional import (
     ConvSpec,
     bases_per_group,
@@ -44,6 +45,8 @@ _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # Host tensors with at least this many elements are snapshot and compared as bytes (one memcmp), several
 # times faster than torch.equal's element loop; smaller ones with torch.equal (less call overhead).
 _BYTES_MIN_NUMEL = 2048
+# Devices whose tensors the cache compares without a device sync: there it always pays.
+_HOST_DEVICES = ("cpu",)
 
 
 def _positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
@@ -161,14 +164,19 @@ class CachedKernelConv(nn.Module):
         weights: small next to the kernels) are compared bit for bit with a snapshot taken when the kernels
         were generated; any difference regenerates. This costs a read of the sources per call: ≈ 30–60 µs on
         one CPU core for 64→64 channels, N = 10 (41k values), i.e. < 0.1 % of a batch-64 14×14 forward and
-        ≈ 3–5 % at batch 1 (docs/benchmarks.md); on an accelerator, one host-device sync per layer and call.
+        ≈ 3–5 % at batch 1 (docs/benchmarks.md); on an accelerator, one host-device sync per layer and call, which
+        is why layers whose generation is cheaper than that sync (:meth:`_cache_pays`) regenerate instead.
         """
-        if torch.is_grad_enabled() or _graph_capture():
+        if torch.is_grad_enabled() or _graph_capture() or not self._cache_pays():
             return generate()
         cache = self._cache
         if cache is None or cache[0] != key or not cache[1].matches(sources):
             self._cache = cache = (key, _Snapshot(sources), generate())
         return cache[2]
+
+    def _cache_pays(self) -> bool:
+        """Whether reusing kernels beats regenerating them (overridden where generation is one fused launch)."""
+        return True
 
     def __getstate__(self) -> dict:
         """Pickling and ``copy.deepcopy`` leave the kernel cache out (it is rebuilt on demand)."""
@@ -231,7 +239,8 @@ class GDConv2d(CachedKernelConv):
     call. So any change is seen, whatever made it: optimizers (fused ones included), ``load_state_dict``,
     in-place ops and writes through ``param.data``. The cache is not used while the forward is captured
     (``torch.compile``, ``torch.export``, ONNX export, ``torch.jit.trace``, ``torch.func`` transforms), and
-    it is neither pickled (``torch.save(module)``) nor deep-copied.
+    it is neither pickled (``torch.save(module)``) nor deep-copied. On CUDA with the fused Triton generator
+    (:mod:`gdzoo.kernels.generator`) there is no cache: regenerating costs less than the check's host sync.
 
     Derivatives of any order are exact (double backward, Hessian-vector products), and the layer works under
     ``torch.func`` (``functional_call``, ``grad``, ``vmap``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``).
@@ -430,13 +439,10 @@ class GDConv2d(CachedKernelConv):
     # ------------------------------------------------------------------ kernel generation
     def _compute_basis(self) -> torch.Tensor:
         dtype = torch.promote_types(self.sigma_raw.dtype, torch.float32)
-        # torch.jit.trace records a custom autograd.Function as an opaque Python call (not serialisable):
-        # trace the same values as plain ops instead.
-        generate = gaussian_derivative_basis_reference if torch.jit.is_tracing() else gaussian_derivative_basis
         with torch.autocast(self.sigma_raw.device.type, enabled=False):
-            return generate(
-                self.sigma.to(dtype), self.mu.to(dtype), self.theta.to(dtype), self.orders_index, self.kernel_size,
-                max_order=self.order,  # a Python int: no host read of orders_index (sync / graph break)
+            return gaussian_derivative_basis_raw(  # fused into one launch on CUDA (gdzoo.kernels.generator)
+                self.sigma_raw.to(dtype), self.mu.to(dtype), self.theta.to(dtype), self.orders_index, self.kernel_size,
+                self.sigma_min, max_order=self.order,  # a Python int: no host read of orders_index (sync / graph break)
             )
 
     def basis(self) -> torch.Tensor:
@@ -477,6 +483,12 @@ class GDConv2d(CachedKernelConv):
     def _cache_key(self, impl: str) -> tuple:
         """What must match besides the sources (their values, shapes, dtypes and devices: the snapshot)."""
         return (impl, self.sigma_min, self.kernel_size, self.order, self.groups)
+
+    def _cache_pays(self) -> bool:
+        """Off the CPU, with the fused generator, regenerating (two or three launches, no host sync) beats the cache's
+        value check (a host-device sync per layer and call); on the CPU the check is microseconds, generation is not."""
+        device = self.sigma_raw.device
+        return device.type in _HOST_DEVICES or not uses_triton(device)
 
     def _kernels(self, impl: str) -> tuple[torch.Tensor, ...]:
         """Generated kernels for ``impl``, cached while gradients are off (:meth:`CachedKernelConv._cached`)."""

@@ -1,0 +1,68 @@
+"""Fused Triton kernels for the basis of eq. (1): one launch for the forward, one for the backward.
+
+One program per kernel ``(b, n)`` computes all of its ``kH·kW`` taps: σ from the raw parameter
+(``σ = σ_min + softplus(raw)``), the rotated and shifted coordinates, and the 1-D Gaussian derivatives by
+the recurrence ``G_{k+1}(y; σ) = −(y/σ²) G_k − (k/σ²) G_{k−1}`` (the Hermite form of :mod:`.gaussian`,
+multiplied out). The backward program reduces its taps to ``∂/∂raw, ∂/∂μ, ∂/∂θ`` with the identities of
+:mod:`.basis` (``∂G_p/∂y = G_{p+1}``, ``∂G_p/∂σ = σ G_{p+2}``). ``TRITON_INTERPRET=1``, set before Python starts,
+runs them in Triton's CPU interpreter (how the tests run them without a GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["basis_backward", "basis_forward"]
+
+def _kernels() -> tuple[Any, Any]:
+    """The forward and backward kernels (their module imports triton on first use)."""
+    from . import _basis_triton_kernels as kernels
+
+    if kernels.INTERPRETED != _interpreting():
+        raise RuntimeError(
+            f"TRITON_INTERPRET is {'1' if _interpreting() else 'unset'} now but was not when triton was imported: set it "
+            "before Python starts (e.g. `TRITON_INTERPRET=1 python ...`), as Triton reads it once")
+    return kernels.forward_kernel, kernels.backward_kernel
+
+
+def _launch_config(kernel_size: tuple[int, int]) -> dict[str, int]:
+    import triton
+
+    block = triton.next_power_of_2(kernel_size[0] * kernel_size[1])
+    return {"BLOCK": block, "num_warps": 1 if block <= 64 else 2 if block <= 256 else 4}
+
+
+def _interpreting() -> bool:
+    from .generator import triton_interpreting
+
+    return triton_interpreting()
+
+
+def basis_forward(sigma_raw: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, orders: torch.Tensor,
+                  sigma_min: float, kernel_size: tuple[int, int], max_order: int) -> torch.Tensor:
+    """``(B, N, kH, kW)`` basis from ``(B, N, 2)`` raw scales and shifts, ``(B, N)`` angles, ``(N, 2)`` orders."""
+    forward_kernel, _ = _kernels()
+    b, n = theta.shape
+    kh, kw = kernel_size
+    out = torch.empty(b, n, kh, kw, dtype=sigma_raw.dtype, device=sigma_raw.device)
+    if out.numel():
+        forward_kernel[(b * n,)](sigma_raw.contiguous(), mu.contiguous(), theta.contiguous(), orders.contiguous(), out,
+                                 float(sigma_min), n, kh, kw, MAX_ORDER=max_order, **_launch_config(kernel_size))
+    return out
+
+
+def basis_backward(grad: torch.Tensor, sigma_raw: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor,
+                   orders: torch.Tensor, sigma_min: float, kernel_size: tuple[int, int],
+                   max_order: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(∂/∂sigma_raw, ∂/∂mu, ∂/∂theta)`` of ``Σ grad · basis``."""
+    _, backward_kernel = _kernels()
+    b, n = theta.shape
+    kh, kw = kernel_size
+    grads = (torch.empty_like(sigma_raw), torch.empty_like(mu), torch.empty_like(theta))
+    if theta.numel():
+        backward_kernel[(b * n,)](grad.to(sigma_raw.dtype).contiguous(), sigma_raw.contiguous(), mu.contiguous(),
+                                  theta.contiguous(), orders.contiguous(), *grads, float(sigma_min), n, kh, kw,
+                                  MAX_ORDER=max_order, **_launch_config(kernel_size))
+    return grads

@@ -1,0 +1,95 @@
+"""Which code generates Gaussian-derivative bases: the fused Triton kernels or plain torch ops.
+
+``GDZOO_GENERATOR`` (environment) or :func:`set_generator` / :func:`generator` (Python) choose:
+
+- ``'auto'`` (default): the fused Triton kernels for CUDA tensors when ``triton`` imports, torch ops elsewhere;
+- ``'triton'``: the fused kernels wherever they can run (CUDA, or any device's tensors under ``TRITON_INTERPRET=1``,
+  Triton's CPU interpreter, which is how the tests run them); an error where they cannot;
+- ``'torch'``: torch ops everywhere (today's code path on CPU, MPS, and without Triton).
+
+Both give the same values and gradients (tests/test_fused_generation.py); the choice is about speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["GENERATORS", "generator", "get_generator", "set_generator", "triton_available", "triton_interpreting",
+           "uses_triton"]
+
+GENERATORS = ("auto", "triton", "torch")
+ENV = "GDZOO_GENERATOR"
+_override: str | None = None  # set_generator's choice; None: the environment's (or 'auto')
+
+
+def _checked(name: object, source: str) -> str:
+    if name not in GENERATORS:
+        raise ValueError(f"{source} must be one of {GENERATORS}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def get_generator() -> str:
+    """The generator asked for: :func:`set_generator`'s, else ``$GDZOO_GENERATOR``, else ``'auto'``.
+
+    Example:
+        >>> with generator("torch"):
+        ...     get_generator()
+        'torch'
+    """
+    if _override is not None:
+        return _override
+    return _checked(os.environ.get(ENV, "auto") or "auto", f"${ENV}")
+
+
+def set_generator(name: str | None) -> None:
+    """Choose the generator for this process (``None``: back to ``$GDZOO_GENERATOR`` / ``'auto'``)."""
+    global _override
+    _override = None if name is None else _checked(name, "generator")
+
+
+@contextlib.contextmanager
+def generator(name: str) -> Iterator[None]:
+    """Use generator ``name`` inside a ``with`` block (restores the previous choice after it)."""
+    global _override
+    previous, _override = _override, _checked(name, "generator")
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether ``triton`` can be imported (it ships with the Linux CUDA wheels of torch)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def uses_triton(device: torch.device) -> bool:
+    """Whether bases for tensors on ``device`` come from the fused Triton kernels under the current choice.
+
+    Raises:
+        RuntimeError: the choice is ``'triton'`` and they cannot run there (no triton, or a CPU tensor without
+            ``TRITON_INTERPRET=1``).
+    """
+    choice = get_generator()
+    if choice == "torch":
+        return False
+    runnable = triton_available() and (device.type == "cuda" or triton_interpreting())
+    if choice == "auto":
+        return runnable and device.type == "cuda"
+    if not runnable:
+        why = "triton is not installed" if not triton_available() else f"tensors are on {device.type}"
+        raise RuntimeError(f"generator 'triton' cannot run here ({why}): it needs CUDA tensors, or TRITON_INTERPRET=1 "
+                           f"for Triton's CPU interpreter; use 'auto' or 'torch' (${ENV} / gdzoo.set_generator)")
+    return True
