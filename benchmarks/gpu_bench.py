@@ -15,8 +15,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
-import math
 import platform
 import re
 import statistics
@@ -31,6 +31,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gdzoo  # noqa: E402,F401  (registers the models)
 from bench_gdconv import SHAPES, Paired, Timer, interleaved  # noqa: E402
 from gdzoo import GDConv2d  # noqa: E402
+from gdzoo.kernels import generator  # noqa: E402
+from gdzoo.kernels.generator import triton_available, triton_interpreting  # noqa: E402
 
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 MODES = (("fp32", "train"), ("fp32", "inference"), ("bf16", "train"), ("bf16", "inference"))
@@ -171,23 +174,92 @@ def generation_step(model: nn.Module) -> Callable[[], None]:
     return run
 
 
+# Operators that launch no kernel on CUDA: allocations and aliasing (views are recognised by their schema).
+NO_LAUNCH = {"aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
+             "aten.detach", "aten.lift_fresh", "aten.alias"}
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Counts the operators a call dispatches that each launch at least one kernel on CUDA, forward and backward
+    (below autograd: a custom op such as ``gdzoo::gd_basis`` counts once; views, allocations and ops without a
+    tensor result do not count). What CUDA's own count would be, less the extra kernels of cuDNN / cuBLAS calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+        if tensors and not func.is_view and str(func.overloadpacket) not in NO_LAUNCH:
+            self.count += 1
+        return out
+
+
 def count_launches(fn: Callable[[], object], device: torch.device) -> int:
-    """CUDA kernels launched by one call (on CPU: top-level ATen ops, each of which would be ≥ 1 launch)."""
+    """Kernels launched by one call: on CUDA the profiler's kernel events; elsewhere :class:`LaunchCounter`."""
     fn()
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    if device.type != "cuda":
+        with LaunchCounter() as counter:
+            fn()
+        return counter.count
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    events = prof.events()
-    if device.type == "cuda":
-        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    return sum(1 for e in events if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def bench_model(case: ModelCase, device: torch.device, timer: Timer, opts: dict) -> dict:
+def cuda_path():  # noqa: ANN201 - a context manager
+    """The generator CUDA takes ('auto'); off CUDA, the fused kernels in Triton's interpreter when it is on, so that
+    launch counts on CPU are those of the CUDA path (``gpu_check.sh --cpu`` sets ``TRITON_INTERPRET=1``)."""
+    return generator("triton" if triton_available() and triton_interpreting() else "auto")
+
+
+def gd_layer_launches(model: nn.Module, case: ModelCase, device: torch.device) -> tuple[float, float]:
+    """Mean launches of one GD layer's train-step work (forward + backward, bf16 autocast, its input as the model feeds
+    it), and of the same layer as a plain convolution (``reparameterize()``), over the model's GD layers."""
+    layers = [m for m in model.modules() if isinstance(m, GDConv2d)]
+    inputs: dict[GDConv2d, torch.Tensor] = {}
+
+    def keep_input(module: nn.Module, args: tuple, _: torch.Tensor) -> None:
+        inputs.setdefault(module, args[0].detach())
+
+    hooks = [m.register_forward_hook(keep_input) for m in layers]
+    chans = model.pretrained_cfg["input_size"][0]
+    with torch.no_grad(), autocast(device, "bf16"), cuda_path():
+        model(torch.randn(1, chans, case.size, case.size, device=device))
+    for h in hooks:
+        h.remove()
+
+    def step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+        grad = None
+
+        def run() -> None:
+            nonlocal grad
+            layer.zero_grad(set_to_none=True)
+            with autocast(device, "bf16"), cuda_path():
+                y = layer(x)
+            grad = torch.ones_like(y) if grad is None else grad
+            y.backward(grad)
+
+        return run
+
+    gd, plain = [], []
+    for layer in layers:
+        x = inputs[layer]
+        twin = copy.deepcopy(layer)
+        twin.reparameterize()
+        gd.append(count_launches(step(layer.train(), x), device))
+        plain.append(count_launches(step(twin.train(), x), device))
+    return statistics.mean(gd), statistics.mean(plain)
+
+
+def compiled_step(model: nn.Module, case: ModelCase, device: torch.device, backend: str) -> Callable[[], None]:
+    """:func:`model_step` with ``torch.compile(model, backend=backend)`` (compiled on its first call)."""
+    return model_step(torch.compile(model, backend=backend), case, device)
+
+
+def bench_model(case: ModelCase, device: torch.device, timer: Timer, opts: dict, compile_backend: str) -> dict:
     print(f"[model {case.name} vs {case.reference}] AMP bf16 train", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     gd = timm.create_model(case.name, **dict(case.kwargs))
@@ -196,8 +268,18 @@ def bench_model(case: ModelCase, device: torch.device, timer: Timer, opts: dict)
     gd_step = model_step(gd, case, device)
     paired = interleaved(timer, model_step(ref, case, device), {"gd": gd_step}, **opts)["gd"]
     gen = interleaved(timer, gd_step, {"gen": generation_step(gd)}, **opts)["gen"]
-    return {"paired": paired, "generation": gen, "launches_step": count_launches(gd_step, device),
-            "launches_generation": count_launches(generation_step(gd), device)}
+    print(f"[model {case.name} vs {case.reference}] torch.compile ({compile_backend})", file=sys.stderr, flush=True)
+    torch._dynamo.reset()
+    gd_compiled = compiled_step(copy.deepcopy(gd), case, device, compile_backend)
+    compiled = interleaved(timer, compiled_step(copy.deepcopy(ref), case, device, compile_backend),
+                           {"gd": gd_compiled}, **opts)["gd"]
+    with cuda_path():
+        launches = {"launches_step": count_launches(gd_step, device),
+                    "launches_generation": count_launches(generation_step(gd), device)}
+    per_layer, per_plain = gd_layer_launches(gd, case, device)
+    return {"paired": paired, "generation": gen, "compiled": compiled, "compile_backend": compile_backend,
+            "eager_over_compiled": paired.seconds / compiled.seconds, **launches,
+            "launches_per_gd_layer": per_layer, "launches_per_plain_layer": per_plain}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -240,19 +322,28 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         "",
         "### Training throughput (AMP bf16, channels_last, AdamW)",
         "",
-        "generation = every GDConv2d's kernel generation (forward + backward) alone, in % of the GD model's step; "
-        "launches = CUDA kernels per call (on CPU: top-level ATen ops).",
+        "generation = every GDConv2d's kernel generation (forward + backward) alone, in % of the GD model's eager step; "
+        "compiled = both models under `torch.compile` (backend in brackets), GD over reference, and the GD model's "
+        "eager step over its compiled one; launches = kernels per call, "
+        + ("CUDA kernel events" if device.type == "cuda" else
+           "counted on CPU as the dispatched operators that launch ≥ 1 kernel on CUDA (views and allocations do not), "
+           f"with the generator CUDA takes ({'the fused Triton kernels, interpreted' if triton_interpreting() and triton_available() else 'torch ops: TRITON_INTERPRET=1 was not set'})")
+        + "; per GD layer = one GD layer's forward + backward in the step (bf16, its input as the model feeds it), "
+        "mean over the model's GD layers, with the same layer as a plain `nn.Conv2d` in brackets.",
         "",
-        "| model | input | batch | img/s | reference | reference img/s | time ratio | generation | launches step / generation |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / compiled "
+        "| generation | launches step / generation | launches per GD layer (plain conv) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, res in models:
-        p, g = res["paired"], res["generation"]
+        p, g, c = res["paired"], res["generation"], res["compiled"]
         note = "".join(f", {k}={v:.3g}" for k, v in case.kwargs)
         lines.append(
             f"| {case.name}{note} | {case.size}×{case.size} | {case.batch} | {case.batch / p.seconds:.4g} | {case.reference} "
-            f"| {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {100 * g.ratio:.3g}% "
-            f"| {res['launches_step']} / {res['launches_generation']} |")
+            f"| {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {c.ratio:.3g}× ({res['compile_backend']}) "
+            f"| {res['eager_over_compiled']:.3g}× | {100 * g.ratio:.3g}% "
+            f"| {res['launches_step']} / {res['launches_generation']} "
+            f"| {res['launches_per_gd_layer']:.3g} ({res['launches_per_plain_layer']:.3g}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +385,9 @@ def main(argv: list[str] | None = None) -> str:
     layers = [(case, bench_layer(case, device, timer, opts)) for case in layer_cases(args.small)]
     if args.small:  # CPU bf16 is emulated (~1 s a VGG step): one pair per model is enough for the plumbing
         opts.update(max_reps=1, min_reps=1)
-    models = [(case, bench_model(case, device, timer, opts)) for case in model_cases(args.small)]
+    # CPU plumbing: aot_eager captures and differentiates the same graphs as inductor without a C++ build.
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    models = [(case, bench_model(case, device, timer, opts, backend)) for case in model_cases(args.small)]
     report = render(args, device, layers, models, time.perf_counter() - start)
     print(report, end="")
     if args.out is not None:

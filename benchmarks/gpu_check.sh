@@ -11,8 +11,10 @@ and the models' AMP training throughput, prints a Markdown table and replaces th
 docs/benchmarks.md (between <!-- gpu-check:begin --> and <!-- gpu-check:end -->). About 5 minutes
 on one GPU.
 
-  --cpu          the same steps on CPU with tiny sizes (CI plumbing check, ~1.5 minutes on 2 cores):
-                 the test bodies run with GDZOO_CHECK_DEVICE=cpu; docs/benchmarks.md is NOT touched
+  --cpu          the same steps on CPU with tiny sizes (CI plumbing check, ~2 minutes on 2 cores):
+                 the test bodies run with GDZOO_CHECK_DEVICE=cpu, the fused Triton generator in Triton's
+                 interpreter (TRITON_INTERPRET=1) for the tests and the launch counts; docs/benchmarks.md is
+                 NOT touched
   --skip-tests   timings only
   --out FILE     also write the timing report to FILE
   --device DEV   CUDA device (default cuda); ignored with --cpu
@@ -40,7 +42,9 @@ py="${PYTHON:-python3}"
 command -v "$py" >/dev/null || { echo "gpu_check: no Python interpreter '$py' (set PYTHON)" >&2; exit 2; }
 
 if [[ $cpu -eq 1 ]]; then
-    export GDZOO_CHECK_DEVICE=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    # TRITON_INTERPRET=1: the fused Triton generator runs in Triton's CPU interpreter, so the tests and the launch
+    # counts cover the path CUDA takes (timings stay on the torch generator, 'auto' on CPU).
+    export GDZOO_CHECK_DEVICE=cpu OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TRITON_INTERPRET=1
     bench_args=(--device cpu --small)
 else
     if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

@@ -236,6 +236,49 @@ def test_cached_eval_forward_sees_the_optimizer_step(device: torch.device, optim
     assert_close_scaled(after, expected, RTOL_FP32, f"cached eval forward after a {optimizer} step")
 
 
+# ---------------------------------------------------------------------------------------------- fused generation
+@pytest.mark.parametrize(("order", "kernel_size"), [(0, (1, 1)), (2, (4, 6)), (3, (7, 7)), (4, (9, 9)), (2, (31, 31))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_fused_generator_matches_torch_generator(device: torch.device, order: int, kernel_size: tuple[int, int],
+                                                  dtype: torch.dtype) -> None:
+    """The Triton kernels (compiled on CUDA; interpreted in the CPU run) against the torch ops, values and gradients."""
+    if ON_CPU and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the CPU run needs TRITON_INTERPRET=1 from Python's start (tests/conftest.py sets it)")
+    from gdzoo.kernels import derivative_orders, gaussian_derivative_basis_raw, generator
+
+    gen = torch.Generator().manual_seed(order)
+    n = len(derivative_orders(order))
+    geometry = [torch.empty(3, n, 2, dtype=torch.float64).uniform_(-0.5, 1.8, generator=gen),
+                torch.empty(3, n, 2, dtype=torch.float64).uniform_(-1, 1, generator=gen),
+                torch.empty(3, n, dtype=torch.float64).uniform_(-math.pi, math.pi, generator=gen)]
+    geometry = [t.to(device, dtype).requires_grad_(True) for t in geometry]
+    weights = torch.randn(3, n, *kernel_size, generator=gen, dtype=torch.float64).to(device, dtype)
+    orders = torch.tensor(derivative_orders(order), device=device)
+    results = {}
+    for name in ("triton", "torch"):
+        with generator(name):
+            basis = gaussian_derivative_basis_raw(*geometry, orders, kernel_size, 0.1, order)
+        results[name] = (basis, *torch.autograd.grad((basis * weights).sum(), geometry))
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, e, what in zip(results["triton"], results["torch"], ("basis", "d/d sigma_raw", "d/d mu", "d/d theta")):
+        assert_close_scaled(a, e, rtol, f"{what} ({dtype})")
+
+
+@cuda_only
+def test_eval_forward_of_a_gd_model_never_syncs_the_host(device: torch.device) -> None:
+    """No host-device sync in a GD model's inference forward (the kernel cache's value check used to sync per layer)."""
+    model = timm.create_model("gd_unet").to(device).eval()
+    x = _seeded_input((1, 3, 64, 64)).to(device, torch.float32)
+    with torch.no_grad():
+        model(x)  # warm-up: cuDNN algorithm choice and Triton compilation may sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 # ---------------------------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("model_name", ["gd_fmnist", "gd_fmnist_sep"])
 def test_compile_fullgraph_matches_eager(device: torch.device, model_name: str) -> None:

@@ -14,7 +14,9 @@ import pytest
 from _paths import REPO
 
 LAYER_HEADER = "| shape | batch | kernel | layer | path | fp32 train | fp32 inference | bf16 train | bf16 inference |"
-MODEL_HEADER = "| model | input | batch | img/s | reference | reference img/s | time ratio | generation | launches step / generation |"
+MODEL_HEADER = ("| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / compiled "
+                "| generation | launches step / generation | launches per GD layer (plain conv) |")
+MAX_LAUNCHES_PER_GD_LAYER = 12  # issue 30's target (≈ 93 with the torch generator)
 
 
 def _table(report: str, header: str) -> list[list[str]]:
@@ -60,10 +62,15 @@ def test_gpu_check_cpu_mode(tmp_path: Path) -> None:
     models = _table(report, MODEL_HEADER)
     assert [row[0].split(",")[0] for row in models] == ["gd_fmnist", "gd_unet", "gd_vgg16"]
     assert [row[4] for row in models] == ["ff_fmnist", "unet5", "vgg16"]
+    assert "with the generator CUDA takes (the fused Triton kernels, interpreted)" in report
     for row in models:
-        _positive(row[3], ""), _positive(row[5], ""), _positive(row[6], "×"), _positive(row[7], "%")
-        step, generation = (int(v) for v in row[8].split(" / "))
+        _positive(row[3], ""), _positive(row[5], ""), _positive(row[6], "×"), _positive(row[9], "%")
+        assert row[7].endswith("× (aot_eager)"), row
+        _positive(row[7].removesuffix(" (aot_eager)"), "×"), _positive(row[8], "×")
+        step, generation = (int(v) for v in row[10].split(" / "))
         assert 0 < generation < step, row
+        per_layer, plain = (float(v) for v in row[11].rstrip(")").split(" ("))
+        assert plain < per_layer <= MAX_LAUNCHES_PER_GD_LAYER, f"{row[0]}: {per_layer} launches per GD layer"
 
 
 def test_gpu_check_usage_and_bad_arguments() -> None:
@@ -91,3 +98,45 @@ def test_docs_section_is_replaced_in_place_and_cpu_results_never_go_there(tmp_pa
         main(["--device", "cpu", "--small", "--docs", str(docs)])
     real = (REPO / "docs" / "benchmarks.md").read_text()
     assert real.count(BEGIN) == 1 and real.count(END) == 1 and real.index(BEGIN) < real.index(END)
+
+
+def test_launch_counter_counts_kernel_launching_operators_only() -> None:
+    """A convolution's forward + backward is 2 (convolution, convolution_backward); views and allocations are 0; a GD
+    layer's step is ≈ 90 with the torch generator and far fewer with the fused one (issue 30's "≈ 93" today)."""
+    import os
+
+    import torch
+    import torch.nn as nn
+
+    from gdzoo import GDConv2d, generator
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpu_bench import LaunchCounter
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def count(fn) -> int:  # noqa: ANN001
+        with LaunchCounter() as counter:
+            fn()
+        return counter.count
+
+    conv, x = nn.Conv2d(2, 4, 3), torch.randn(1, 2, 5, 5)
+    grad = torch.ones(1, 4, 3, 3)
+    assert count(lambda: conv(x).backward(grad)) == 2
+    assert count(lambda: (x.view(-1).unsqueeze(0).t(), torch.empty(3), x.detach().expand(2, 2, 5, 5))) == 0
+    assert count(lambda: x * 2) == 1
+    layer = GDConv2d(4, 8, 7, num_bases=2, order=3)
+    h = torch.randn(1, 4, 9, 9)
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)  # no gradient accumulation (one add per parameter)
+        layer(h).sum().backward()
+
+    with generator("torch"):
+        torch_path = count(step)
+    assert torch_path >= 80, torch_path
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        with generator("triton"):
+            fused = count(step)
+        assert fused == 9, fused  # gd_basis, bmm, conv, sum; ones, conv backward, 2 bmm, gd_basis_backward

@@ -1,6 +1,6 @@
 """Fused Triton kernels for the basis of eq. (1): one launch for the forward, one for the backward.
 
-One program per kernel ``(b, n)`` computes all of its ``kH·kW`` taps: σ from the raw parameter
+A program computes all ``kH·kW`` taps of a block of kernels ``(b, n)``: σ from the raw parameter
 (``σ = σ_min + softplus(raw)``), the rotated and shifted coordinates, and the 1-D Gaussian derivatives by
 the recurrence ``G_{k+1}(y; σ) = −(y/σ²) G_k − (k/σ²) G_{k−1}`` (the Hermite form of :mod:`.gaussian`,
 multiplied out). The backward program reduces its taps to ``∂/∂raw, ∂/∂μ, ∂/∂θ`` with the identities of
@@ -27,11 +27,14 @@ def _kernels() -> tuple[Any, Any]:
     return kernels.forward_kernel, kernels.backward_kernel
 
 
-def _launch_config(kernel_size: tuple[int, int]) -> dict[str, int]:
+def _launch_config(kernels: int, kernel_size: tuple[int, int]) -> tuple[tuple[int], dict[str, int]]:
+    """Grid and block sizes: ``BLOCK_T`` covers a kernel's taps, ``BLOCK_K`` kernels per program (≈ 2048 values)."""
     import triton
 
-    block = triton.next_power_of_2(kernel_size[0] * kernel_size[1])
-    return {"BLOCK": block, "num_warps": 1 if block <= 64 else 2 if block <= 256 else 4}
+    taps = triton.next_power_of_2(kernel_size[0] * kernel_size[1])
+    rows = min(max(1, 2048 // taps), triton.next_power_of_2(kernels))
+    warps = 4 if rows * taps >= 1024 else 2 if rows * taps >= 256 else 1
+    return (triton.cdiv(kernels, rows),), {"BLOCK_K": rows, "BLOCK_T": taps, "num_warps": warps}
 
 
 def _interpreting() -> bool:
@@ -48,8 +51,9 @@ def basis_forward(sigma_raw: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor
     kh, kw = kernel_size
     out = torch.empty(b, n, kh, kw, dtype=sigma_raw.dtype, device=sigma_raw.device)
     if out.numel():
-        forward_kernel[(b * n,)](sigma_raw.contiguous(), mu.contiguous(), theta.contiguous(), orders.contiguous(), out,
-                                 float(sigma_min), n, kh, kw, MAX_ORDER=max_order, **_launch_config(kernel_size))
+        grid, blocks = _launch_config(b * n, kernel_size)
+        forward_kernel[grid](sigma_raw.contiguous(), mu.contiguous(), theta.contiguous(), orders.contiguous(), out,
+                             float(sigma_min), b * n, n, kh, kw, MAX_ORDER=max_order, **blocks)
     return out
 
 
@@ -62,7 +66,8 @@ def basis_backward(grad: torch.Tensor, sigma_raw: torch.Tensor, mu: torch.Tensor
     kh, kw = kernel_size
     grads = (torch.empty_like(sigma_raw), torch.empty_like(mu), torch.empty_like(theta))
     if theta.numel():
-        backward_kernel[(b * n,)](grad.to(sigma_raw.dtype).contiguous(), sigma_raw.contiguous(), mu.contiguous(),
-                                  theta.contiguous(), orders.contiguous(), *grads, float(sigma_min), n, kh, kw,
-                                  MAX_ORDER=max_order, **_launch_config(kernel_size))
+        grid, blocks = _launch_config(b * n, kernel_size)
+        backward_kernel[grid](grad.to(sigma_raw.dtype).contiguous(), sigma_raw.contiguous(), mu.contiguous(),
+                              theta.contiguous(), orders.contiguous(), *grads, float(sigma_min), b * n, n, kh, kw,
+                              MAX_ORDER=max_order, **blocks)
     return grads

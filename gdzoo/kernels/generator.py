@@ -13,7 +13,6 @@ Both give the same values and gradients (tests/test_fused_generation.py); the ch
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -64,10 +63,12 @@ def generator(name: str) -> Iterator[None]:
         _override = previous
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """Whether ``triton`` can be imported (it ships with the Linux CUDA wheels of torch)."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON
 
 
 def triton_interpreting() -> bool:
