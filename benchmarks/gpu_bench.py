@@ -215,9 +215,10 @@ def cuda_path():  # noqa: ANN201 - a context manager
     return generator("triton" if triton_available() and triton_interpreting() else "auto")
 
 
-def gd_layer_launches(model: nn.Module, case: ModelCase, device: torch.device) -> tuple[float, float]:
+def gd_layer_launches(model: nn.Module, case: ModelCase, device: torch.device) -> tuple[float, float, float]:
     """Mean launches of one GD layer's train-step work (forward + backward, bf16 autocast, its input as the model feeds
-    it), and of the same layer as a plain convolution (``reparameterize()``), over the model's GD layers."""
+    it) with the generator CUDA takes and with the torch ops, and of the same layer as a plain convolution
+    (``reparameterize()``), over the model's GD layers."""
     layers = [m for m in model.modules() if isinstance(m, GDConv2d)]
     inputs: dict[GDConv2d, torch.Tensor] = {}
 
@@ -231,27 +232,28 @@ def gd_layer_launches(model: nn.Module, case: ModelCase, device: torch.device) -
     for h in hooks:
         h.remove()
 
-    def step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step(layer: nn.Module, x: torch.Tensor, path) -> Callable[[], None]:  # noqa: ANN001 - a context manager factory
         grad = None
 
         def run() -> None:
             nonlocal grad
             layer.zero_grad(set_to_none=True)
-            with autocast(device, "bf16"), cuda_path():
+            with autocast(device, "bf16"), path():
                 y = layer(x)
             grad = torch.ones_like(y) if grad is None else grad
             y.backward(grad)
 
         return run
 
-    gd, plain = [], []
+    counts: dict[str, list[int]] = {"gd": [], "torch": [], "plain": []}
     for layer in layers:
         x = inputs[layer]
         twin = copy.deepcopy(layer)
         twin.reparameterize()
-        gd.append(count_launches(step(layer.train(), x), device))
-        plain.append(count_launches(step(twin.train(), x), device))
-    return statistics.mean(gd), statistics.mean(plain)
+        counts["gd"].append(count_launches(step(layer.train(), x, cuda_path), device))
+        counts["torch"].append(count_launches(step(layer, x, lambda: generator("torch")), device))
+        counts["plain"].append(count_launches(step(twin.train(), x, cuda_path), device))
+    return statistics.mean(counts["gd"]), statistics.mean(counts["torch"]), statistics.mean(counts["plain"])
 
 
 def compiled_step(model: nn.Module, case: ModelCase, device: torch.device, backend: str) -> Callable[[], None]:
@@ -276,10 +278,10 @@ def bench_model(case: ModelCase, device: torch.device, timer: Timer, opts: dict,
     with cuda_path():
         launches = {"launches_step": count_launches(gd_step, device),
                     "launches_generation": count_launches(generation_step(gd), device)}
-    per_layer, per_plain = gd_layer_launches(gd, case, device)
+    per_layer, per_layer_torch, per_plain = gd_layer_launches(gd, case, device)
     return {"paired": paired, "generation": gen, "compiled": compiled, "compile_backend": compile_backend,
-            "eager_over_compiled": paired.seconds / compiled.seconds, **launches,
-            "launches_per_gd_layer": per_layer, "launches_per_plain_layer": per_plain}
+            "eager_over_compiled": paired.seconds / compiled.seconds, **launches, "launches_per_gd_layer": per_layer,
+            "launches_per_gd_layer_torch": per_layer_torch, "launches_per_plain_layer": per_plain}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -304,7 +306,8 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         "- Method: each cell is the median over interleaved repetitions of (candidate time / reference time), "
         "the device synchronised around every call; below 1 = faster than the reference. GDConv2d runs "
         "`impl='auto'` (its path is shown). train = zero_grad + forward + backward + SGD step; inference = "
-        "eval + no_grad (kernels cached); bf16 = `torch.autocast` bfloat16.",
+        "eval + no_grad (kernels cached on CPU; on CUDA the fused generator regenerates them, which costs less than the "
+        "cache's host sync); bf16 = `torch.autocast` bfloat16.",
         "",
         "### GDConv2d / nn.Conv2d (same kernel size)",
         "",
@@ -329,10 +332,11 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
            "counted on CPU as the dispatched operators that launch ≥ 1 kernel on CUDA (views and allocations do not), "
            f"with the generator CUDA takes ({'the fused Triton kernels, interpreted' if triton_interpreting() and triton_available() else 'torch ops: TRITON_INTERPRET=1 was not set'})")
         + "; per GD layer = one GD layer's forward + backward in the step (bf16, its input as the model feeds it), "
-        "mean over the model's GD layers, with the same layer as a plain `nn.Conv2d` in brackets.",
+        "mean over the model's GD layers: with that generator, with the torch ops (`GDZOO_GENERATOR=torch`), and "
+        "as the same layer made a plain `nn.Conv2d` (`reparameterize()`).",
         "",
         "| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / compiled "
-        "| generation | launches step / generation | launches per GD layer (plain conv) |",
+        "| generation | launches step / generation | launches per GD layer / torch ops / plain conv |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, res in models:
@@ -343,7 +347,8 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
             f"| {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {c.ratio:.3g}× ({res['compile_backend']}) "
             f"| {res['eager_over_compiled']:.3g}× | {100 * g.ratio:.3g}% "
             f"| {res['launches_step']} / {res['launches_generation']} "
-            f"| {res['launches_per_gd_layer']:.3g} ({res['launches_per_plain_layer']:.3g}) |")
+            f"| {res['launches_per_gd_layer']:.3g} / {res['launches_per_gd_layer_torch']:.3g} / "
+            f"{res['launches_per_plain_layer']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
