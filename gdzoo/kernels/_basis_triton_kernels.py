@@ -40,11 +40,12 @@ def _derivatives(y, sigma, order, MAX_ORDER: tl.constexpr, EXTRA: tl.constexpr):
 
 
 @triton.jit
-def _geometry(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min, BN, N, KH, KW,
+def _geometry(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min_hi, sigma_min_lo, BN, N, KH, KW,
               BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
     """This program's rows and taps, per tap the rotated ``(u1, u2)`` and shifted ``(y1, y2)`` coordinates
     (``(BLOCK_K, BLOCK_T)``), per row the raw scales and scales (``(BLOCK_K,)``) and orders ``(p, q)``
-    (``(BLOCK_K, 1)``)."""
+    (``(BLOCK_K, 1)``). σ_min comes as two float32 arguments (hi + lo, Triton passes Python floats as float32) so
+    that float64 kernels get it to float64 precision."""
     rows = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     live_rows = rows < BN
     taps = tl.arange(0, BLOCK_T)
@@ -58,6 +59,7 @@ def _geometry(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min, BN, N, KH
     u2 = -x1 * s + x2 * c
     y1 = u1 - tl.load(mu_ptr + 2 * rows, mask=live_rows, other=0.0)[:, None]
     y2 = u2 - tl.load(mu_ptr + 2 * rows + 1, mask=live_rows, other=0.0)[:, None]
+    sigma_min = (raw1 * 0.0 + sigma_min_hi) + sigma_min_lo  # in raw's dtype (interpreted scalars have no .to)
     sigma1 = sigma_min + _softplus(raw1)
     sigma2 = sigma_min + _softplus(raw2)
     n = rows % N
@@ -67,10 +69,10 @@ def _geometry(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min, BN, N, KH
 
 
 @triton.jit
-def forward_kernel(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, out_ptr, sigma_min, BN, N, KH, KW,
+def forward_kernel(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, out_ptr, sigma_min_hi, sigma_min_lo, BN, N, KH, KW,
                    MAX_ORDER: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
     rows, live_rows, taps, u1, u2, y1, y2, raw1, raw2, sigma1, sigma2, p, q = _geometry(
-        sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min, BN, N, KH, KW, BLOCK_K, BLOCK_T)
+        sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min_hi, sigma_min_lo, BN, N, KH, KW, BLOCK_K, BLOCK_T)
     f1, _, _ = _derivatives(y1, sigma1[:, None], p, MAX_ORDER, 0)
     f2, _, _ = _derivatives(y2, sigma2[:, None], q, MAX_ORDER, 0)
     live = live_rows[:, None] & (taps < KH * KW)[None, :]
@@ -79,10 +81,11 @@ def forward_kernel(sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, out_ptr, sigma_
 
 @triton.jit
 def backward_kernel(grad_ptr, sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, grad_sigma_raw_ptr, grad_mu_ptr,
-                    grad_theta_ptr, sigma_min, BN, N, KH, KW, MAX_ORDER: tl.constexpr, BLOCK_K: tl.constexpr,
+                    grad_theta_ptr, sigma_min_hi, sigma_min_lo, BN, N, KH, KW, MAX_ORDER: tl.constexpr,
+                    BLOCK_K: tl.constexpr,
                     BLOCK_T: tl.constexpr):
     rows, live_rows, taps, u1, u2, y1, y2, raw1, raw2, sigma1, sigma2, p, q = _geometry(
-        sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min, BN, N, KH, KW, BLOCK_K, BLOCK_T)
+        sigma_raw_ptr, mu_ptr, theta_ptr, orders_ptr, sigma_min_hi, sigma_min_lo, BN, N, KH, KW, BLOCK_K, BLOCK_T)
     live = live_rows[:, None] & (taps < KH * KW)[None, :]
     grad = tl.load(grad_ptr + rows[:, None] * (KH * KW) + taps[None, :], mask=live, other=0.0)
     f1, d1, h1 = _derivatives(y1, sigma1[:, None], p, MAX_ORDER, 2)

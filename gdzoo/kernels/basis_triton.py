@@ -4,14 +4,15 @@ A program computes all ``kH·kW`` taps of a block of kernels ``(b, n)``: σ from
 (``σ = σ_min + softplus(raw)``), the rotated and shifted coordinates, and the 1-D Gaussian derivatives by
 the recurrence ``G_{k+1}(y; σ) = −(y/σ²) G_k − (k/σ²) G_{k−1}`` (the Hermite form of :mod:`.gaussian`,
 multiplied out). The backward program reduces its taps to ``∂/∂raw, ∂/∂μ, ∂/∂θ`` with the identities of
-:mod:`.basis` (``∂G_p/∂y = G_{p+1}``, ``∂G_p/∂σ = σ G_{p+2}``). ``TRITON_INTERPRET=1``, set before Python starts,
-runs them in Triton's CPU interpreter (how the tests run them without a GPU).
+:mod:`.basis` (``∂G_p/∂y = G_{p+1}``, ``∂G_p/∂σ = σ G_{p+2}``). ``TRITON_INTERPRET=1``, set before Python
+starts, runs them in Triton's CPU interpreter (how the tests run them without a GPU).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["basis_backward", "basis_forward"]
@@ -22,8 +23,8 @@ def _kernels() -> tuple[Any, Any]:
 
     if kernels.INTERPRETED != _interpreting():
         raise RuntimeError(
-            f"TRITON_INTERPRET is {'1' if _interpreting() else 'unset'} now but was not when triton was imported: set it "
-            "before Python starts (e.g. `TRITON_INTERPRET=1 python ...`), as Triton reads it once")
+            f"TRITON_INTERPRET is {'1' if _interpreting() else 'unset'} now but was not when triton was imported: "
+            "set it before Python starts (e.g. `TRITON_INTERPRET=1 python ...`), as Triton reads it once")
     return kernels.forward_kernel, kernels.backward_kernel
 
 
@@ -35,6 +36,12 @@ def _launch_config(kernels: int, kernel_size: tuple[int, int]) -> tuple[tuple[in
     rows = min(max(1, 2048 // taps), triton.next_power_of_2(kernels))
     warps = 4 if rows * taps >= 1024 else 2 if rows * taps >= 256 else 1
     return (triton.cdiv(kernels, rows),), {"BLOCK_K": rows, "BLOCK_T": taps, "num_warps": warps}
+
+
+def _split(value: float) -> tuple[float, float]:
+    """``value`` as float32 ``hi + lo`` (Triton passes Python floats as float32; float64 kernels add them back)."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
 
 
 def _interpreting() -> bool:
@@ -53,7 +60,7 @@ def basis_forward(sigma_raw: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor
     if out.numel():
         grid, blocks = _launch_config(b * n, kernel_size)
         forward_kernel[grid](sigma_raw.contiguous(), mu.contiguous(), theta.contiguous(), orders.contiguous(), out,
-                             float(sigma_min), b * n, n, kh, kw, MAX_ORDER=max_order, **blocks)
+                             *_split(sigma_min), b * n, n, kh, kw, MAX_ORDER=max_order, **blocks)
     return out
 
 
@@ -68,6 +75,6 @@ def basis_backward(grad: torch.Tensor, sigma_raw: torch.Tensor, mu: torch.Tensor
     if theta.numel():
         grid, blocks = _launch_config(b * n, kernel_size)
         backward_kernel[grid](grad.to(sigma_raw.dtype).contiguous(), sigma_raw.contiguous(), mu.contiguous(),
-                              theta.contiguous(), orders.contiguous(), *grads, float(sigma_min), b * n, n, kh, kw,
+                              theta.contiguous(), orders.contiguous(), *grads, *_split(sigma_min), b * n, n, kh, kw,
                               MAX_ORDER=max_order, **blocks)
     return grads
