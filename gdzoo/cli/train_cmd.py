@@ -104,10 +104,14 @@ def run(args: argparse.Namespace) -> int:
         print(recipe_to_yaml(recipe), end="")
         return 0
     from ..training import train
+    from ..training.engine import NonFiniteLossError
 
     try:
         train(recipe, command=shlex.join(["gdzoo", "train", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else None)
     except (FileNotFoundError, ValueError) as e:
         print(f"gdzoo train: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:  # the run failed (not the command): 1
+        print(f"gdzoo train: {e}", file=sys.stderr)
+        return 1
     return 0

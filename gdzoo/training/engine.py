@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -18,9 +19,20 @@ from .freeze import set_train_mode
 from .metrics import ClassificationMeter, SegmentationMeter
 from .reporting import progress
 
-__all__ = ["AMP_DTYPES", "Engine", "LoopState", "build_criterion", "soft_dice_loss"]
+__all__ = ["AMP_DTYPES", "Engine", "LoopState", "NonFiniteLossError", "build_criterion", "soft_dice_loss"]
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss is NaN or infinite: the run stops before the step that would carry it into the weights."""
+
+
+def _finite_everywhere(value: float, info: DistInfo) -> bool:
+    """Whether ``value`` is finite on every rank (one tiny all-reduce under DDP, so every rank stops together)."""
+    bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], dtype=torch.float64)
+    all_reduce_sum([bad], info)
+    return bad.item() == 0.0
 
 
 @dataclass
@@ -127,6 +139,13 @@ class Engine:
             with self.autocast():
                 logits = self.train_model(images)
             loss = self.criterion(logits, target)
+            loss_value = loss.detach().item()  # the step's one host sync, before the step so a bad loss never lands
+            if not _finite_everywhere(loss_value, self.info):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss_value} (not finite) at epoch {state.epoch + 1}, batch "
+                    f"{state.step_in_epoch + 1} (step {state.global_step + 1}, lr {self.optimizer.param_groups[0]['lr']:.3g}); "
+                    "the run stops before updating the weights, so its last checkpoint (last.pth, if one was written) is "
+                    "the last good state. Lower optim.lr, set train.clip_grad or use train.amp=none, then --resume")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -146,7 +165,6 @@ class Engine:
             if self.ema is not None:
                 self.ema.update(self.model, step=state.global_step)
             n = len(target)
-            loss_value = loss.detach().item()
             correct, count = _hits(logits.detach(), target)
             state.sums["loss"] += loss_value * n
             state.sums["samples"] += n
