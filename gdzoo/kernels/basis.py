@@ -8,11 +8,16 @@ the shifted ones ``y = u − μ``, and ``φ_{p,q}[r, c] = G_p(y1; σ1) · G_q(y2
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from .gaussian import gaussian_derivative_1d
 
 __all__ = [
+    "ORDER_RTOL",
+    "accurate_order",
     "derivative_orders",
     "num_basis_kernels",
     "kernel_coordinates",
@@ -246,3 +251,47 @@ def gaussian_derivative_basis_reference(
     _, y = _shifted_coordinates(mu, theta, tuple(kernel_size))
     factors = _axis_derivatives(y, sigma, orders, extra=0, max_order=max_order)
     return factors[0, ..., 0] * factors[0, ..., 1]
+
+
+# A basis is "accurate" in a dtype when every kernel is within this fraction of its largest value of float64's.
+ORDER_RTOL = 1e-3
+
+
+def _worst_case_error(order: int, kernel_size: tuple[int, int], sigma_min: float, dtype: torch.dtype) -> float:
+    """Largest relative error (against float64; inf when not finite) of the 1-D factors ``G_0 … G_order`` of eq. (1) in
+    ``dtype``, where a ``kernel_size`` grid can sample them: ``|y|`` up to the grid's corner plus a shift of 1 (the init
+    range), for σ from its floor up. Each basis kernel is a product of two such factors, so their accuracy is its
+    accuracy, as long as the product of the largest two stays finite (checked too)."""
+    reach = math.hypot((kernel_size[0] - 1) / 2, (kernel_size[1] - 1) / 2) + 1.0
+    y = torch.linspace(-reach, reach, 513, dtype=torch.float64)
+    worst = 0.0
+    for sigma in (sigma_min * (1 + 1e-6), 2.0 * sigma_min, 0.5, 1.0, 2.0):
+        exact = gaussian_derivative_1d(y, sigma, order)
+        got = gaussian_derivative_1d(y.to(dtype), sigma, order)
+        peak = got.abs().amax(dim=1)
+        if not (torch.isfinite(got).all() and torch.isfinite(exact).all() and torch.isfinite(peak.max() ** 2)):
+            return math.inf
+        worst = max(worst, ((got.double() - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)).max().item())
+    return worst
+
+
+@functools.lru_cache(maxsize=256)
+def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float, dtype: torch.dtype = torch.float32) -> int:
+    """The highest order ``<= order`` whose basis ``dtype`` evaluates finite and within :data:`ORDER_RTOL` of float64
+    on a ``kernel_size`` grid for σ ≥ ``sigma_min`` (−1 when none is; float64 is only checked to be finite). Hermite
+    terms grow like ``(r/σ)^K`` at the kernel's edge ``r``: high orders overflow float32, then float64, large grids
+    first.
+
+    Example:
+        >>> accurate_order(3, (7, 7), 0.1), accurate_order(60, (7, 7), 0.1) < 30
+        (3, True)
+    """
+    tolerance = math.inf if dtype == torch.float64 else ORDER_RTOL  # float64: finite is all that can be checked
+    accurate = lambda k: math.isfinite(e := _worst_case_error(k, tuple(kernel_size), sigma_min, dtype)) and e <= tolerance  # noqa: E731
+    if accurate(order):
+        return order
+    good, bad = -1, order  # errors grow with the order: bisect for the last accurate one
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if accurate(mid) else (good, mid)
+    return good

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import derivative_orders
+from ..kernels.basis import ORDER_RTOL, accurate_order
 from ..kernels.basis_fused import gaussian_derivative_basis_raw
 from ..kernels.generator import uses_triton
 from .gd_functional import (
@@ -58,8 +59,10 @@ def _positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
 
 def _float_pair(name: str, value: float | Sequence[float]) -> tuple[float, float]:
     pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair):
+    if len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair):
         raise ValueError(f"{name} must be a float or a pair of floats, got {value!r}")
+    if not all(math.isfinite(v) for v in pair):
+        raise ValueError(f"{name} must be finite, got {value!r}")
     return float(pair[0]), float(pair[1])
 
 
@@ -200,6 +203,9 @@ class CachedKernelConv(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         name = type(self).__name__
+        if not x.is_floating_point():  # the kernels would be cast to it: zeros for integers
+            raise RuntimeError(f"{name} expects a floating-point input, got {x.dtype} (as nn.Conv2d, which raises "
+                               "for integer inputs); convert it, e.g. x.float() / 255")
         if x.dim() not in (3, 4):
             raise ValueError(f"{name} expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(x.shape)}")
         if x.shape[-3] != self.in_channels:
@@ -315,14 +321,22 @@ class GDConv2d(CachedKernelConv):
             raise ValueError("impl='basis' needs separated=False; use 'dense' or 'factorized' with separated=True")
         if impl == "factorized" and not separated:
             raise ValueError("impl='factorized' needs separated=True; use 'dense' or 'basis' with separated=False")
-        if not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
-            raise ValueError(f"sigma_min must be a float > 0, got {sigma_min!r}")
+        if not (isinstance(sigma_min, (int, float)) and not isinstance(sigma_min, bool) and 0 < sigma_min < math.inf):
+            raise ValueError(f"sigma_min must be a finite float > 0, got {sigma_min!r}")
         self.sigma_init = _float_pair("sigma_init", sigma_init)
         if min(self.sigma_init) <= 0:  # never a valid scale, even when init='random' ignores it
             raise ValueError(f"sigma_init must be > 0 (and > sigma_min for init='fixed'), got {sigma_init!r}")
         self.mu_init = _float_pair("mu_init", mu_init)
-        if not isinstance(theta_init, (int, float)):
-            raise ValueError(f"theta_init must be a float (radians), got {theta_init!r}")
+        if not isinstance(theta_init, (int, float)) or isinstance(theta_init, bool) or not math.isfinite(theta_init):
+            raise ValueError(f"theta_init must be a finite float (radians), got {theta_init!r}")
+        basis_dtype = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
+        limit = accurate_order(order, self.kernel_size, float(sigma_min), basis_dtype)
+        if limit < order:
+            raise ValueError(
+                f"order {order} is beyond what {str(basis_dtype).removeprefix('torch.')} evaluates on a "
+                f"{self.kernel_size[0]}×{self.kernel_size[1]} kernel with sigma_min {sigma_min}: its Gaussian derivatives "
+                f"stay finite and within {ORDER_RTOL:.1%} of float64 only up to order {limit} there; use order <= {limit}"
+                " (a larger sigma_min or dtype=torch.float64 allow more)")
         low_sigma = min(self.sigma_init) if init == "fixed" else RANDOM_SIGMA_RANGE[0]
         if low_sigma <= sigma_min:
             raise ValueError(
