@@ -99,13 +99,14 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
     """Run ``gdzoo <args>`` (adding ``--resume`` when ``run_dir/last.pth`` exists), its output to ``run_dir/train.log``.
 
     Returns ('done' | 'failed' | 'killed', wall seconds summed over this and earlier interrupted attempts).
-    At ``kill_at`` the process is stopped; it resumes from its last checkpoint next time.
+    At ``kill_at`` the process is stopped; it resumes from its last checkpoint next time. Without a ``last.pth`` the
+    cell starts afresh with ``--overwrite``: what a run killed before its first checkpoint left (a ``best.safetensors``,
+    metrics rows) cannot be resumed, and gdzoo moves it to ``<cell>.old-<time>/`` instead of refusing the folder.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     args = list(args)
     resumed = (run_dir / "last.pth").is_file()
-    if resumed:
-        args.append("--resume")
+    args.append("--resume" if resumed else "--overwrite")
     wall_file = run_dir / "grid_wall_s.json"
     earlier = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")

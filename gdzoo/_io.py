@@ -1,14 +1,22 @@
-"""Atomic file writes and hashing, shared by weight export, cache seeding and checkpoints."""
+"""Atomic file writes, their stale temp files, folder locks and hashing, shared by weight export, cache seeding,
+checkpoints, run folders and predictions."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "sha256_file", "use_default_permissions"]
+__all__ = ["LOCK_NAME", "FolderLock", "atomic_write", "atomic_write_text", "is_atomic_temp", "remove_stale_temp_files",
+           "sha256_file", "use_default_permissions"]
+
+LOCK_NAME = ".gdzoo.lock"
+# atomic_write's temp files: mkstemp(prefix=".<name>.", suffix=".tmp") adds 8 characters of [a-z0-9_]
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def use_default_permissions(path: str | os.PathLike) -> None:
@@ -25,7 +33,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # named as _TEMP_NAME matches
     os.close(fd)
     try:
         write(tmp)
@@ -42,6 +50,89 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def is_atomic_temp(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temp files (``.<target>.<8 random characters>.tmp``)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the temp files that killed :func:`atomic_write` calls left in ``folder`` (and, ``recursive``, its
+    sub-folders, except those with their own :data:`LOCK_NAME`: another run's folder); returns them.
+
+    Only call it while holding ``folder``'s :class:`FolderLock` exclusively: a live writer's temp file looks the same.
+    """
+    folder = Path(folder)
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.is_file() and not entry.is_symlink() and is_atomic_temp(entry.name):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink() and not (entry / LOCK_NAME).exists():
+            removed += remove_stale_temp_files(entry, recursive=True)
+    return removed
+
+
+class FolderLock:
+    """An advisory lock on ``<folder>/.gdzoo.lock`` (POSIX ``lockf``): the kernel drops it when its process exits or is
+    killed (SIGKILL too), so a lock file left behind never blocks. Unlike ``flock``, forked children (DataLoader
+    workers) do not inherit it, so a killed run's orphaned workers never hold its folder.
+
+    Within one process it does not exclude itself, and closing any other descriptor of the lock file would drop it:
+    take one per folder and process.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, shared: bool = False) -> bool:
+        """Take the lock without waiting (exclusive, or ``shared`` with other shared holders); False when another
+        process holds it in a conflicting mode. Exclusive holders record their process id in the file."""
+        fd = self._fd if self._fd is not None else os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN / EACCES: held elsewhere
+            if self._fd is None:
+                os.close(fd)
+            return False
+        self._fd = fd
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return True
+
+    def holder(self) -> int | None:
+        """The process id recorded by the last exclusive holder, when that process is still alive."""
+        try:
+            if self._fd is not None:  # read through our descriptor: closing another one would drop our lock
+                text = os.pread(self._fd, 64, 0).decode()
+            else:
+                text = self.path.read_text()
+            pid = int(text.split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except PermissionError:  # alive, another user's
+            return pid
+        except OSError:
+            return None
+        return pid
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it would let two processes lock two different files)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

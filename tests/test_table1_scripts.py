@@ -166,3 +166,22 @@ def test_a_cell_resumed_on_another_device_says_so_and_is_timed_on_the_last_one(t
     (run / "train.log").write_text("t: 1 x cpu, batch 32\nresumed from r: epoch 4, batch 7, step 1\nt: 1 x cpu, batch 32\n")
     same = table1.collect_result("dau_fmnist", 60000, 0, run, 5000.0, 1)
     assert same["device"] == "cpu" and same["sec_per_epoch"] == round((9 * 30 + 96 + 20 * 240) / 30, 3)
+
+
+def test_run_training_restarts_a_cell_without_last_pth_and_resumes_one_with_it(tmp_path) -> None:
+    """A cell killed after its best weights and a metrics row but before last.pth starts afresh (its files moved
+    aside, not refused by the run-folder guard); a cell with last.pth resumes."""
+    from _runs import Log, run_training
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "best.safetensors").write_bytes(b"partial")
+    (cell / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    args = ["train", "-c", "configs/tiny_fmnist.yaml", "--output", str(tmp_path), "--name", "cell", "--epochs", "1", "--no-progress",
+            "--set", "data.train_subset=64", "--set", "data.val_size=32", "--set", "data.test_subset=32", "--set", "output.plots=false"]
+    log = Log(tmp_path / "grid.log")
+    assert run_training(args, cell, "cell", log, 1, None)[0] == "done", (cell / "train.log").read_text()[-2000:]
+    (aside,) = tmp_path.glob("cell.old-*")
+    assert (aside / "best.safetensors").read_bytes() == b"partial" and (cell / "final_metrics.json").is_file()
+    assert run_training(args, cell, "cell", log, 1, None)[0] == "done", (cell / "train.log").read_text()[-2000:]
+    assert "resumed from" in (cell / "train.log").read_text() and "resume cell" in (tmp_path / "grid.log").read_text()

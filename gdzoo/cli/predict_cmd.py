@@ -378,6 +378,19 @@ def _csv_line(row: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------------- run
 
 
+def hold_output_folder(out_dir: Path) -> Any:
+    """Lock ``out_dir`` (shared: predictions into one folder may run side by side) for this run; when no other gdzoo
+    process holds it, first delete the temp files of atomic writes that killed runs left there (``.<name>.<8>.tmp``).
+    Returns the :class:`~gdzoo._io.FolderLock`; it is released when dropped or when the process ends."""
+    from .._io import FolderLock, remove_stale_temp_files
+
+    lock = FolderLock(out_dir)
+    if lock.acquire():  # exclusive: no live writer whose temp files these could be
+        remove_stale_temp_files(out_dir, recursive=True)
+    lock.acquire(shared=True)  # not held when a training run holds the folder: predict then goes on unlocked
+    return lock
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.distributed import resolve_device
     from ..training.inference import class_names_for, load_trained_model
@@ -398,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
         model, recipe = load_trained_model(args.model, args.checkpoint, args.pretrained, args.num_classes)
         device = resolve_device(args.device)
         out_dir.mkdir(parents=True, exist_ok=True)
+        _held = hold_output_folder(out_dir)  # noqa: F841 - held until run() returns (the process's end drops it too)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"gdzoo predict: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,9 @@ SHORTCUTS = {
     "export_tag": "output.export_tag",
 }
 FLAGS = {"channels_last": "train.channels_last", "compile": "train.compile", "deterministic": "train.deterministic",
-         "ema": "train.ema", "export": "output.export", "no_progress": "output.progress"}
+         "ema": "train.ema", "export": "output.export", "no_progress": "output.progress", "overwrite": "output.overwrite"}
+FLAG_HELP = {"overwrite": "start afresh in a run folder that holds a run: its files move to <name>.old-<UTC time>/ "
+                          "beside it first (without it, such a folder is refused unless --resume)"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="run folder name (output.name)")
     p.add_argument("--export-tag", help="Hub tag of the exported best checkpoint")
     for flag in FLAGS:
-        p.add_argument(f"--{flag.replace('_', '-')}", action="store_true", default=None)
+        p.add_argument(f"--{flag.replace('_', '-')}", action="store_true", default=None, help=FLAG_HELP.get(flag))
     accept_dotted_flags(p)
     p.set_defaults(run=run)
 
@@ -105,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..training import train
     from ..training.engine import NonFiniteLossError
+    from ..training.rundir import RunFolderError
 
     try:
         train(recipe, command=shlex.join(["gdzoo", "train", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else None)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RunFolderError) as e:
         print(f"gdzoo train: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:  # the run failed (not the command): 1

@@ -161,6 +161,7 @@ class OutputConfig:
 
     dir: str = "runs"
     name: str | None = None  # run folder name (None: the recipe name)
+    overwrite: bool = False  # start afresh over a run in the folder, moving its files to <name>.old-<time>/ first
     best_metric: str = "auto"  # auto: top1 (classification) / dice (segmentation)
     plots: bool = True  # curves.png, filters.png, segmentation examples
     progress: bool = True  # tqdm progress bars

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .._io import atomic_write, atomic_write_text
+from .._io import FolderLock, atomic_write, atomic_write_text
 from ..data.sampling import EpochSampler, SeededDataset
 from ..data.segmentation import SegmentationTiles
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -33,6 +33,7 @@ from .freeze import apply_freeze
 from .modeling import count_trainable, create_model, is_segmentation, stem_gd_layer
 from .optim import create_optimizer, create_scheduler
 from .reporting import MetricsLog, format_summary, plot_curves, plot_segmentation_examples, scalar_metrics
+from .rundir import RunFolderError, claim_run_dir
 from .tiling import whole_image_metrics
 
 __all__ = ["TrainResult", "train", "set_determinism", "seed_everything"]
@@ -220,12 +221,46 @@ def _row(epoch: int, lr: float, train_stats: dict[str, float], val: dict[str, An
 
 
 def train(recipe: Recipe, command: str | None = None) -> TrainResult:
-    """Run the recipe (single process, or one rank of a torchrun job) and return the result."""
+    """Run the recipe (single process, or one rank of a torchrun job) and return the result.
+
+    The run folder is claimed first (:func:`~gdzoo.training.rundir.claim_run_dir`): a run already there is never
+    started over unless ``train.resume`` continues it or ``output.overwrite`` moves it aside, and no second process
+    writes into it while this one runs (:class:`~gdzoo.training.rundir.RunFolderError` otherwise).
+    """
     info = init_distributed(recipe.train.device)
     try:
-        return _train(recipe, info, command or shlex.join(["gdzoo", *sys.argv[1:]]))
+        lock = _claim_run_dir(recipe, info)
+        try:
+            return _train(recipe, info, command or shlex.join(["gdzoo", *sys.argv[1:]]))
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         cleanup(info)
+
+
+def run_dir_of(recipe: Recipe) -> Path:
+    """The run folder: ``<output.dir>/<output.name or recipe name>``."""
+    return Path(recipe.output.dir) / (recipe.output.name or recipe.name)
+
+
+def _claim_run_dir(recipe: Recipe, info: DistInfo) -> FolderLock | None:
+    """Rank 0 guards and locks the run folder (only it writes there); every rank learns whether it refused, so no
+    rank waits in a collective for a rank 0 that has stopped."""
+    lock, error = None, None
+    if info.is_primary:
+        try:
+            lock, moved = claim_run_dir(run_dir_of(recipe), recipe.train.resume, recipe.output.overwrite)
+            if moved is not None:
+                _say(info, f"overwrite: the earlier run's files moved to {moved}")
+        except Exception as e:  # noqa: BLE001 - re-raised below, once the other ranks know
+            error = e
+    refusal = all_gather_object(None if error is None else str(error), info)[0]
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise RunFolderError(refusal)
+    return lock
 
 
 def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
@@ -233,10 +268,10 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     cfg = recipe.train
     set_determinism(cfg.deterministic)
     seed_everything(cfg.seed)  # same initial weights on every rank
-    run_dir = Path(recipe.output.dir) / (recipe.output.name or recipe.name)
-    if info.is_primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", recipe_to_yaml(recipe))
+    run_dir = run_dir_of(recipe)
+    if info.is_primary:  # the folder exists and is locked: _claim_run_dir
+        saved = replace(recipe, output=replace(recipe.output, overwrite=False))  # how it went on, not what it replaced
+        atomic_write_text(run_dir / "config.yaml", recipe_to_yaml(saved))
 
     num_classes = recipe.model.num_classes or dataset_num_classes(recipe.data)
     model, model_info = create_model(recipe.model, num_classes)
@@ -355,28 +390,36 @@ def _selection_note(bundle: DataBundle, result: TrainResult, metric: str) -> str
     return f"best epoch {epoch} by validation {metric}" if bundle.val is not None else f"weights of the last epoch, {epoch}; no validation split"
 
 
+_RUN_CONTROL_KEYS = ("train.resume", "output.overwrite")
+
+
 def without_resume(command: str) -> str:
-    """The command that reproduces a run: ``command`` without its resume flags (``--resume [PATH]``,
-    ``--train.resume X``, ``--set train.resume=X``), which change how often a run stopped, not what it computes.
+    """The command that reproduces a run: ``command`` without its resume and overwrite flags (``--resume [PATH]``,
+    ``--overwrite``, ``--train.resume X``, ``--set train.resume=X``, ``--output.overwrite``, ...), which change how
+    often a run stopped and where an earlier run in its folder went, not what it computes.
 
     Example:
         >>> without_resume("gdzoo train -c r.yaml --resume --set a=1 --set train.resume=auto --train.resume x.pth")
         'gdzoo train -c r.yaml --set a=1'
+        >>> without_resume("gdzoo train --overwrite --output.overwrite --set output.overwrite=true --name n")
+        'gdzoo train --name n'
     """
     words, kept, i = shlex.split(command), [], 0
+    flags = ("--resume", *(f"--{key}" for key in _RUN_CONTROL_KEYS))
     while i < len(words):
         word = words[i]
-        if word in ("--resume", "--train.resume"):
-            i += 1 if word == "--resume" and (i + 1 == len(words) or words[i + 1].startswith("-")) else 2
-            continue
-        if word.startswith(("--resume=", "--train.resume=", "--set=train.resume=")):
+        value_follows = i + 1 < len(words) and not words[i + 1].startswith("-")
+        if word == "--overwrite" or word.startswith(tuple(f"{flag}=" for flag in flags)):
             i += 1
-            continue
-        if word == "--set" and i + 1 < len(words) and words[i + 1].startswith("train.resume="):
+        elif word in flags:
+            i += 2 if value_follows else 1
+        elif word.startswith("--set=") and word[6:].split("=", 1)[0] in _RUN_CONTROL_KEYS:
+            i += 1
+        elif word == "--set" and i + 1 < len(words) and words[i + 1].split("=", 1)[0] in _RUN_CONTROL_KEYS:
             i += 2
-            continue
-        kept.append(word)
-        i += 1
+        else:
+            kept.append(word)
+            i += 1
     return shlex.join(kept)
 
 
@@ -395,7 +438,8 @@ def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainRes
         from ..hub.export import export_hub_folder
 
         card_metrics = {f"{split}/{k}": round(v, 2) for k, v in scalar_metrics(result.metrics).items() if k not in ("samples", "pixels")}
-        card_recipe = replace(recipe, train=replace(recipe.train, resume=None))  # how to reproduce it, not to resume it
+        card_recipe = replace(recipe, train=replace(recipe.train, resume=None),  # how to reproduce it, not to resume it
+                              output=replace(recipe.output, overwrite=False))
         folder = export_hub_folder(
             model, recipe.output.export_tag or (recipe.output.name or recipe.name).replace(".", "_"), recipe.output.export_root,
             org=recipe.output.org, metrics=card_metrics, command=without_resume(command), config_sha256=recipe_sha256(card_recipe),
