@@ -13,7 +13,8 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,15 +81,83 @@ class Report:
         return "\n".join(lines)
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _output_stem(name: str) -> str:
+    """The stem of an input's outputs: ``name`` unless it could leave the output folder or clash with one that does.
+
+    ``Path('..png').stem`` is ``'.'``: dots-only stems become ``%2E`` per dot, and stems starting with ``%`` get it
+    escaped (``%25``), so distinct names still map to distinct outputs. Separators cannot occur in a file name.
+    """
+    if name.startswith("%"):
+        return "%25" + name[1:]
+    if not name.strip("."):
+        return "%2E" * len(name) or "%"
+    return name
+
+
+def _is_own_output(path: Path) -> bool:
+    """A mask / overlay written by ``gdzoo predict``: a PNG that carries our settings chunk (an older overlay has none,
+    but then its mask beside it does)."""
+    from PIL import Image
+
+    def ours(png: Path) -> bool:
+        try:
+            with Image.open(png) as img:
+                return SETTINGS_KEY in img.info
+        except Exception:
+            return False
+
+    name = path.name
+    if name.endswith("_mask.png"):
+        return ours(path)
+    if name.endswith("_overlay.png"):
+        return ours(path) or ours(path.with_name(name[: -len("_overlay.png")] + "_mask.png"))
+    return False
+
+
+def _list_folder(folder: Path, report: Report) -> list[Path]:
+    """Image files under ``folder`` (recursively; hidden files and folders left out), sorted.
+
+    Symlinked folders are followed (a link back to a folder being walked is not: its files are listed already); a
+    dangling link with an image extension (or none: it may have been a folder) and an unreadable folder are failures.
+    """
+    from ..data.classification import IMG_EXTENSIONS
+
+    found: list[tuple[bool, Path]] = []
+
+    def walk(path: Path, ancestors: frozenset[Path], via_link: bool) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            report.fail(path, f"folder cannot be listed ({e.strerror or e})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = Path(entry.path)
+            try:
+                is_dir, is_file, is_link = entry.is_dir(), entry.is_file(), entry.is_symlink()
+            except OSError as e:
+                report.fail(child, f"cannot be read ({e.strerror or e})")
+                continue
+            if is_dir:
+                real = child.resolve()
+                if real not in ancestors:
+                    walk(child, ancestors | {real}, via_link or is_link)
+            elif is_file:
+                if child.suffix.lower() in IMG_EXTENSIONS:
+                    found.append((via_link or is_link, child))
+            elif is_link and (child.suffix.lower() in IMG_EXTENSIONS or not child.suffix):
+                report.fail(child, f"broken symbolic link (to {os.readlink(child)}, which does not exist or loops)")
+
+    walk(folder, frozenset({folder.resolve()}), False)
+    return [p for _, p in sorted(found)]  # files reached without a link first: they win a duplicate
 
 
 def collect_jobs(inputs: Iterable[str], output: Path, report: Report) -> list[Job]:
-    """Image files of ``inputs`` (folders searched recursively, hidden files and ``output`` left out).
+    """Image files of ``inputs`` (folders searched recursively; hidden files and our own outputs left out).
 
-    A folder's sub-folders are mirrored under ``output``; a missing input or an empty folder is a failure,
-    and so is a file whose outputs would land on another input's.
+    A folder's sub-folders are mirrored under ``output``; a missing input or an empty folder is a failure, and so is
+    a file whose outputs would land on another input's, on an input itself, or outside ``output``.
     """
     from ..data.classification import IMG_EXTENSIONS
 
@@ -97,13 +166,16 @@ def collect_jobs(inputs: Iterable[str], output: Path, report: Report) -> list[Jo
     out = output.resolve()
     for item in map(Path, inputs):
         if item.is_dir():
-            found = [p for p in sorted(item.rglob("*")) if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
-                     and not _is_hidden(p, item) and out not in p.resolve().parents]
+            found = [p for p in _list_folder(item, report)
+                     if not (out in p.resolve().parents and _is_own_output(p))]  # -o may be (inside) this folder
             if not found:
                 report.fail(item, f"no image files ({', '.join(IMG_EXTENSIONS)}) in this folder")
-            pairs = [(p, p.relative_to(item).with_suffix("")) for p in found]
+            pairs = [(p, p.relative_to(item).parent / _output_stem(p.stem)) for p in found]
         elif item.is_file():
-            pairs = [(item, Path(item.stem))]
+            pairs = [(item, Path(_output_stem(item.stem)))]
+        elif item.is_symlink():
+            report.fail(item, f"broken symbolic link (to {os.readlink(item)}, which does not exist or loops)")
+            pairs = []
         else:
             report.fail(item, "no such file or folder")
             pairs = []
@@ -113,10 +185,16 @@ def collect_jobs(inputs: Iterable[str], output: Path, report: Report) -> list[Jo
                 jobs.append(Job(path, stem))
     owners: dict[Path, Path] = {}
     unique = []
+    root = os.path.abspath(output)
     for job in jobs:
         first = owners.setdefault(job.stem, job.path)
+        outputs = [os.path.abspath(p) for p in _outputs(output, job)]
         if first != job.path:
             report.fail(job.path, f"its outputs ({job.stem}_*) would overwrite those of {first}; rename one or predict it separately")
+        elif any(os.path.commonpath([root, p]) != root or p == root for p in outputs):  # cannot happen: a last check
+            report.fail(job.path, f"its outputs would be written outside {output}")
+        elif clash := next((p for p in outputs if Path(p).resolve() in seen), None):
+            report.fail(job.path, f"its output {clash} would overwrite an input; use another --output")
         else:
             unique.append(job)
     return unique
@@ -202,7 +280,7 @@ def _segment_one(model, job: Job, mask_path: Path, overlay_path: Path, fingerpri
     def write_both(mask_tmp: str, overlay_tmp: str) -> None:
         with open(mask_tmp, "wb") as mf, open(overlay_tmp, "wb") as of, \
                 PngRowWriter(mf, width, height, 1, {SETTINGS_KEY: fingerprint}) as mask_png, \
-                PngRowWriter(of, width, height, 3) as overlay_png, \
+                PngRowWriter(of, width, height, 3, {SETTINGS_KEY: fingerprint}) as overlay_png, \
                 tqdm(total=count, desc=job.path.name, unit="tile", disable=None, leave=False) as bar:
             for first, logits in predict_tiled_rows(model, tiles, tile, args.overlap, args.batch_size, device, bar.update):
                 labels = (logits[0] > 0).long() if logits.shape[0] == 1 else logits.argmax(0)
@@ -249,15 +327,77 @@ def _segment(model, jobs: list[Job], args, device, report: Report, settings: dic
             report.fail(job.path, f"cannot write its outputs to {mask.parent} ({e.strerror or e})")
         else:
             report.written.append(job.path)
-    write_summary(out_dir, settings, report)
+    with _locked(out_dir):
+        write_summary(out_dir, settings, report, keep=not _classification_settings(_read_summary(out_dir).get("settings")))
 
 
-def write_summary(out_dir: Path, settings: dict[str, Any], report: Report) -> None:
-    """``predictions.json``: the settings of the run and every input's fate (for scripts; also gates CSV reuse)."""
+class OutputConflict(Exception):
+    """The output folder holds results that this run can neither merge with nor replace unasked."""
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder (``.predictions.lock``) while its journal is read and rewritten,
+    so that concurrent runs into one folder merge instead of dropping each other's rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): sequential runs still merge
+        yield
+        return
+    with open(out_dir / ".predictions.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_summary(out_dir: Path) -> dict[str, Any]:
+    """``predictions.json`` of an earlier run ({} when there is none or it cannot be read)."""
+    try:
+        summary = json.loads((out_dir / "predictions.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _classification_settings(settings: Any) -> bool:
+    return isinstance(settings, dict) and "topk" in settings
+
+
+def write_summary(out_dir: Path, settings: dict[str, Any], report: Report, keep: bool = True,
+                  also_written: Iterable[str] = ()) -> None:
+    """``predictions.json``: the settings of the run and every input's fate (for scripts; also gates CSV reuse).
+
+    The folder's record, merged over the runs into it (earlier runs' inputs are dropped only when not ``keep``):
+    ``written`` lists every input whose outputs are in the folder (written now or earlier: ``skipped`` lists those this
+    run found already done), ``failed`` every input whose latest try failed, with the reason; ``also_written`` (rows
+    of the CSV) are added to ``written`` when not listed. ``last_run`` holds this run's fates alone. Call it holding
+    :func:`_locked`.
+    """
     from .._io import atomic_write_text
 
-    summary = {"settings": settings, "written": [str(p) for p in report.written], "skipped": [str(p) for p in report.skipped],
-               "failed": dict(report.failed)}
+    fates: dict[str, str | None] = {}  # input -> None (written) or the reason it failed
+    old = _read_summary(out_dir) if keep else {}
+    for kind in ("written", "skipped"):
+        fates.update((p, None) for p in old.get(kind) or [] if isinstance(p, str))
+    if isinstance(old.get("failed"), dict):
+        fates.update((str(p), str(reason)) for p, reason in old["failed"].items())
+    for path in also_written:
+        fates.setdefault(path, None)
+    for path in [*report.written, *report.skipped]:
+        fates.pop(str(path), None)
+        fates[str(path)] = None
+    for path, reason in report.failed:
+        fates.pop(path, None)
+        fates[path] = reason
+    summary = {"settings": settings,
+               "written": [p for p, reason in fates.items() if reason is None],
+               "skipped": [str(p) for p in report.skipped],
+               "failed": {p: reason for p, reason in fates.items() if reason is not None},
+               "last_run": {"written": [str(p) for p in report.written], "skipped": [str(p) for p in report.skipped],
+                            "failed": dict(report.failed)}}
     atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
 
 
@@ -277,16 +417,40 @@ def _journal(out_dir: Path) -> Path:
     return out_dir / f".{CSV_NAME}.partial"
 
 
-def _read_rows(text: str) -> dict[str, list[str]]:
-    """Complete rows (a torn last line is dropped) of prediction CSV text, by file, with no error."""
+def _read_rows(text: str, errors: bool = False) -> dict[str, list[str]]:
+    """Complete rows (a torn last line is dropped) of prediction CSV text, by file, with no error (unless ``errors``)."""
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
     rows = {}
     for row in csv.reader(lines):
-        if len(row) == 5 and row[0] != "file" and not row[4]:
+        if len(row) == 5 and row[0] != "file" and (errors or not row[4]):
             rows[row[0]] = row
     return rows
+
+
+def _earlier_table(out_dir: Path, settings: dict[str, Any], overwrite: bool, quiet: bool = False) -> dict[str, list[str]]:
+    """Every row (errors too) of the folder's predictions.csv, to merge this run's rows into; call it holding the lock.
+
+    A table made with other settings (or of unknown settings) cannot be merged with: :class:`OutputConflict`, or with
+    ``overwrite`` a warning and no rows (it is replaced).
+    """
+    csv_path = out_dir / CSV_NAME
+    if not csv_path.is_file():
+        return {}
+    made_with = _read_summary(out_dir).get("settings")
+    if made_with == settings:
+        try:
+            return _read_rows(csv_path.read_text(), errors=True)
+        except (OSError, UnicodeDecodeError):
+            pass
+    what = f"made with other settings ({json.dumps(made_with, sort_keys=True)})" if made_with else "made with other settings (no readable predictions.json beside it)"
+    if not overwrite:
+        raise OutputConflict(f"{csv_path} holds predictions {what}; this run ({json.dumps(settings, sort_keys=True)}) "
+                             "would mix two tables in one: use another --output, or --overwrite to replace it")
+    if not quiet:
+        print(f"gdzoo predict: replacing {csv_path} ({what}; --overwrite)", file=sys.stderr)
+    return {}
 
 
 def _previous_rows(out_dir: Path, settings_line: str) -> dict[str, list[str]]:
@@ -320,6 +484,8 @@ def _classify(model, jobs: list[Job], args, device, classes, report: Report, set
     out_dir = Path(args.output)
     settings = {**settings, "topk": k}
     settings_line = json.dumps(settings, sort_keys=True)
+    with _locked(out_dir):
+        _earlier_table(out_dir, settings, args.overwrite)  # refuse before any work, not after
     done = {} if args.overwrite else _previous_rows(out_dir, settings_line)
     journal = _journal(out_dir)
     atomic_write_text(journal, f"#{SETTINGS_KEY} {settings_line}\n" + "".join(_csv_line(row) for row in done.values()))
@@ -361,11 +527,16 @@ def _classify(model, jobs: list[Job], args, device, classes, report: Report, set
             log.flush()
             os.fsync(log.fileno())
     out = out_dir / CSV_NAME
-    body = _csv_line(["file", "prediction", "probability", f"top{k}", "error"])
-    body += "".join(_csv_line(rows[str(job.path)]) for job in jobs if str(job.path) in rows)
-    atomic_write_text(out, body)
-    write_summary(out_dir, settings, report)
-    journal.unlink(missing_ok=True)
+    with _locked(out_dir):  # merge by input path into the table as it is now (another run may have written meanwhile)
+        earlier = _earlier_table(out_dir, settings, args.overwrite, quiet=True)
+        table = {**earlier, **{str(job.path): rows[str(job.path)] for job in jobs if str(job.path) in rows}}
+        for path, row in done.items():  # rows of an interrupted run's other inputs (its journal is deleted below)
+            table.setdefault(path, row)
+        body = _csv_line(["file", "prediction", "probability", f"top{k}", "error"]) + "".join(map(_csv_line, table.values()))
+        write_summary(out_dir, settings, report, keep=_read_summary(out_dir).get("settings") == settings,
+                      also_written=[p for p, row in table.items() if not row[4]])
+        atomic_write_text(out, body)
+        journal.unlink(missing_ok=True)
     return out
 
 
@@ -431,6 +602,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             classes = class_names_for(model, args.checkpoint, getattr(model, "num_classes", 0) or 0)
             _classify(model, jobs, args, device, classes, report, settings, max_bytes)
+    except OutputConflict as e:
+        print(f"gdzoo predict: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(report.summary(str(out_dir)), file=sys.stderr)
         print("gdzoo predict: interrupted; run the same command again to resume", file=sys.stderr)
