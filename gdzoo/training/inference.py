@@ -62,6 +62,9 @@ def load_trained_model(
 
     The number of classes comes from ``num_classes``, else the run's recipe, else the checkpoint's classifier.
     """
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"--num-classes must be a positive int (the classifier's classes), got {num_classes}; "
+                         "leave it out for the run's or the weights' classes")
     recipe = find_run_recipe(checkpoint)
     if checkpoint is not None and Path(checkpoint).is_dir() and (Path(checkpoint) / "best.safetensors").is_file():
         checkpoint = Path(checkpoint) / "best.safetensors"
