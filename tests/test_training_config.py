@@ -120,3 +120,47 @@ def test_bad_base_is_named(tmp_path: Path, files: dict[str, str], expected: str)
         (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
         load_recipe(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("model:\n  name: gd_fmnist\noptim:\n  lr: 0.1\nmodel:\n  pretrained: false\n", "model", 5, 1),  # a section twice
+    ("optim:\n  lr: 0.1\n  opt: sgd\n  lr: 0.01\n", "lr", 4, 2),  # a key twice in a section
+    ("optim: {lr: 0.1, lr: 0.01}\n", "lr", 1, 1),  # flow style, one line
+])
+def test_duplicate_yaml_keys_are_refused_with_file_and_line(tmp_path: Path, text: str, key: str, line: int, first: int,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """YAML keeps the last of two equal keys without a word; a recipe refuses them, naming the key, the file and the line."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert f"recipe {path}, line {line}: duplicate key {key!r} (first given at line {first})" in str(err.value)
+    assert main(["train", "-c", str(path), "--print-config"]) == 2
+    assert f"duplicate key {key!r}" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="duplicate key 'a' in the value"):
+        load_recipe(None, ["model.kwargs={a: 1, a: 2}"])
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("optim: &o\n  lr: 0.1\n  opt: sgd\nsched:\n  name: step\n  gamma: 0.5\n"
+                    "train: {epochs: 2}\ndata:\n  batch_size: 8\n")
+    assert load_recipe(path).optim.lr == 0.1
+    from gdzoo.training.config import _load_yaml
+    assert _load_yaml("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n") == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_num_classes_zero_is_refused(value: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """``model.num_classes=0`` used to fall back silently to the dataset's classes; timm's 0 (no head) cannot be trained."""
+    with pytest.raises(ConfigError) as err:
+        load_recipe(None, [f"model.num_classes={value}"])
+    message = str(err.value)
+    assert "model.num_classes must be a positive int" in message and f"got {value}" in message
+    assert "or null (the dataset's number of classes)" in message and "num_classes=0 (no classifier head" in message
+    assert main(["train", "--set", f"model.num_classes={value}", "--print-config"]) == 2
+    assert "model.num_classes must be a positive int" in capsys.readouterr().err
+    assert main(["train", "--num-classes", str(value), "--print-config"]) == 2
+    assert "model.num_classes must be a positive int" in capsys.readouterr().err
+    assert load_recipe(None, ["model.num_classes=3"]).model.num_classes == 3
+    assert load_recipe(None, ["model.num_classes=null"]).model.num_classes is None

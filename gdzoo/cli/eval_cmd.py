@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--class-map", metavar="FILE",
+                   help="image folders: JSON {folder name: class index or class name} for folders that are not named "
+                        "(or numbered 0_..., 1_...) as the model's classes")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--strict", action="store_true",
                    help="stop, before evaluating, when any image of an image-folder split cannot be read "
@@ -76,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             recipe = recipe_from_dict(apply_overrides(DEFAULT_RECIPE, overrides))
         task = "segmentation" if is_segmentation(model, recipe.model.task) else "classification"
-        bundle = build_datasets(recipe.data, recipe.augment, model, task)
+        class_to_idx, class_names = None, None
+        if task == "classification" and recipe.data.dataset == "image_folder":
+            class_to_idx, class_names = _class_mapping(model, args, recipe)
+        elif args.class_map:
+            raise ValueError(f"--class-map is for image folders (data.dataset=image_folder), not {recipe.data.dataset}")
+        bundle = build_datasets(recipe.data, recipe.augment, model, task, class_to_idx, class_names)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"gdzoo eval: {e}", file=sys.stderr)
         return 2
@@ -93,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     info = DistInfo(device=resolve_device(args.device))
     model.to(info.device)
     classes = bundle.classes
-    if task == "classification" and len(classes) == getattr(model, "num_classes", len(classes)):
+    if class_to_idx is None and task == "classification" and len(classes) == getattr(model, "num_classes", len(classes)):
         classes = class_names_for(model, args.checkpoint, len(classes)) if classes[0].isdigit() else classes
     engine = Engine(model, model, None, None, build_criterion(task), info, task, args.amp)  # type: ignore[arg-type]
     metrics = engine.evaluate(model, eval_loader(dataset, recipe, info), classes, args.split)
@@ -104,9 +112,45 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         skipped = {str(path): reason for path, reason in unreadable}
-        atomic_write_text(args.output, json.dumps({"split": args.split, **metrics, **({"skipped": skipped} if skipped else {})},
+        extra = {"class_folders": class_to_idx} if class_to_idx is not None else {}
+        atomic_write_text(args.output, json.dumps({"split": args.split, **metrics, **extra, **({"skipped": skipped} if skipped else {})},
                                                   indent=2) + "\n")
     return 0
+
+
+def _class_mapping(model, args: argparse.Namespace, recipe) -> tuple[dict[str, int] | None, list[str] | None]:  # type: ignore[no-untyped-def]
+    """Image-folder class folder -> the model's class index, and the model's class names; (None, None) where the folders
+    define the classes (a head not trained yet and no --class-map: today's alphabetical order).
+
+    A trained head (a checkpoint, or --pretrained with its own number of classes) is matched by name (case, spaces
+    and punctuation ignored), else by number (0_..., 1_...), else by --class-map; a folder none of these
+    matches stops the evaluation (ClassMatchError) instead of scoring it against the wrong class.
+    """
+    from ..data.classification import load_class_map, match_class_folders
+    from ..training.datasets import image_folder_classes
+    from ..training.inference import trained_class_names
+
+    num_classes = getattr(model, "num_classes", None)
+    pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
+    trained = num_classes is not None and num_classes > 0 and (
+        args.checkpoint is not None
+        or (args.pretrained and (args.num_classes is None or args.num_classes == pretrained_cfg.get("num_classes"))))
+    class_map = load_class_map(args.class_map) if args.class_map else None
+    names = trained_class_names(model, args.checkpoint, num_classes) if trained else None
+    folders = image_folder_classes(recipe.data)
+    mapping = match_class_folders(folders, names, num_classes if (trained or class_map) else None, class_map,
+                                  where=str(recipe.data.root))
+    if mapping is None:
+        return None, None
+    if names is None:
+        names = []
+        for i in range(num_classes if num_classes is not None else max(mapping.values()) + 1):
+            named = [f for f, index in mapping.items() if index == i]
+            names.append(named[0] if len(named) == 1 else str(i))
+    renamed = [f"{f!r} -> {names[i]!r} ({i})" for f, i in sorted(mapping.items(), key=lambda kv: kv[1]) if f != names[i]]
+    print(f"gdzoo eval: {len(mapping)} class folders labelled with the model's classes"
+          + (f"; by another name: {', '.join(renamed)}" if renamed else " by name"), file=sys.stderr)
+    return mapping, names
 
 
 def _without_unreadable(dataset, channels: int, strict: bool, workers: int):  # type: ignore[no-untyped-def]

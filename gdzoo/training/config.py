@@ -43,6 +43,38 @@ class ConfigError(ValueError):
     """A recipe key or value is invalid; the message lists what is valid."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names ``key`` twice (lines 1-based; YAML itself would silently keep the last value)."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        self.key, self.line, self.first_line = key, line, first_line
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first_line})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming a key twice instead of keeping the last value."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' keys may be overridden, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, key_node.start_mark.line + 1, seen[key] + 1)
+                    seen[key] = key_node.start_mark.line
+                except TypeError:  # unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 @dataclass
 class ModelConfig:
     """Which timm model to build and from which weights."""
@@ -260,7 +292,11 @@ def _section_from_dict(cls: type, data: Any, prefix: str) -> Any:
 
 def _validate(recipe: Recipe) -> None:
     """Range checks the type hints cannot express."""
+    num_classes = recipe.model.num_classes
     checks = [
+        (num_classes is None or num_classes >= 1,
+         f"model.num_classes must be a positive int (the classifier's classes) or null (the dataset's number of classes), "
+         f"got {num_classes}; timm's num_classes=0 (no classifier head, pooled features) cannot be trained as a classifier"),
         (recipe.optim.lr > 0, "optim.lr must be > 0"),
         (recipe.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (recipe.train.epochs >= 1, "train.epochs must be >= 1"),
@@ -338,7 +374,10 @@ def _read_recipe_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in chain:
         raise ConfigError(f"recipe {path} is its own base: {' -> '.join(map(str, (*chain, path.resolve())))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(path.read_text()) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(f"recipe {path}, line {e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
+                          "YAML would silently keep the last value, so keep one of them") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -366,7 +405,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. optim.lr=0.01)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {text!r}: duplicate key {e.key!r} in the value") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
     return key.replace("-", "_").split("."), value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,15 +11,15 @@ from typing import Any
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..data.classification import ImageFileDataset, fashion_mnist_dataset, image_folder_dataset, pil_mode
+from ..data.classification import ImageFileDataset, class_folders, fashion_mnist_dataset, image_folder_dataset, pil_mode
 from ..data.seg_transforms import PairedAugment
 from ..data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs
 from ..data.splits import resolve_count, seeded_permutation, split_indices
 from ..data.transforms import build_transform, model_in_chans, resolve_data_config_for
 from .config import AugmentConfig, DataConfig
 
-__all__ = ["DataBundle", "build_datasets", "dataset_image_files", "dataset_num_classes", "drop_image_files", "unaugmented",
-           "DEFAULT_VAL_SIZE"]
+__all__ = ["DataBundle", "build_datasets", "dataset_image_files", "dataset_num_classes", "drop_image_files",
+           "image_folder_classes", "unaugmented", "DEFAULT_VAL_SIZE"]
 
 DEFAULT_VAL_SIZE = {"fashion_mnist": 5000, "image_folder": 0.1, "segmentation": 0.15}
 
@@ -100,6 +101,13 @@ def dataset_num_classes(cfg: DataConfig) -> int:
     return len(image_folder_dataset(train_root).classes)
 
 
+def image_folder_classes(cfg: DataConfig) -> list[str]:
+    """Every class folder name of an image-folder dataset: ``ROOT/<class>`` or those of ``ROOT/{train,val,test}/``."""
+    root = _require_root(cfg)
+    roots = [root / "train" if (root / "train").is_dir() else root] + [root / s for s in ("val", "test") if (root / s).is_dir()]
+    return sorted({name for r in roots for name in class_folders(r)})
+
+
 def _require_root(cfg: DataConfig) -> Path:
     if not cfg.root:
         raise ValueError(f"data.root is required for data.dataset={cfg.dataset!r} (the folder holding the data)")
@@ -113,7 +121,8 @@ def _augment_kwargs(aug: AugmentConfig) -> dict[str, Any] | None:
             "color_jitter": aug.color_jitter, "auto_augment": aug.auto_augment, "re_prob": aug.re_prob}
 
 
-def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> DataBundle:
+def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class_to_idx: Mapping[str, int] | None = None,
+                    class_names: Sequence[str] | None = None) -> DataBundle:
     data_config = resolve_data_config_for(
         model, {"img_size": cfg.img_size, "mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation, "crop_pct": cfg.crop_pct}
     )
@@ -129,9 +138,10 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Da
     else:
         root = _require_root(cfg)
         train_root = root / "train" if (root / "train").is_dir() else root
-        full = image_folder_dataset(train_root, mode=mode)
-        val_source = image_folder_dataset(root / "val", full.classes, mode) if (root / "val").is_dir() else full
-        test = image_folder_dataset(root / "test", full.classes, mode) if cfg.evaluate_test and (root / "test").is_dir() else None
+        full = image_folder_dataset(train_root, class_names, mode, class_to_idx)
+        val_source = image_folder_dataset(root / "val", full.classes, mode, class_to_idx) if (root / "val").is_dir() else full
+        test = (image_folder_dataset(root / "test", full.classes, mode, class_to_idx)
+                if cfg.evaluate_test and (root / "test").is_dir() else None)
         names = [root.name]
         if val_source is not full:
             val_size = 0
@@ -175,11 +185,18 @@ def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Data
     )
 
 
-def build_datasets(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, task: str) -> DataBundle:
-    """Datasets for ``task`` ('classification' or 'segmentation') per the recipe's data section."""
+def build_datasets(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, task: str,
+                   class_to_idx: Mapping[str, int] | None = None, class_names: Sequence[str] | None = None) -> DataBundle:
+    """Datasets for ``task`` ('classification' or 'segmentation') per the recipe's data section.
+
+    For an image folder, ``class_to_idx`` (folder name -> class index) and ``class_names`` (the name of each
+    index) label the images with a trained model's classes instead of the folders' alphabetical order.
+    """
     if task == "segmentation" and cfg.dataset != "segmentation":
         raise ValueError(f"model is a segmentation model but data.dataset={cfg.dataset!r}; use data.dataset=segmentation")
     if task == "classification" and cfg.dataset == "segmentation":
         raise ValueError("data.dataset=segmentation needs a segmentation model (pretrained_cfg task 'segmentation' or model.task=segmentation)")
-    return _segmentation(cfg, aug, model) if task == "segmentation" else _classification(cfg, aug, model)
+    if task == "segmentation":
+        return _segmentation(cfg, aug, model)
+    return _classification(cfg, aug, model, class_to_idx if cfg.dataset == "image_folder" else None, class_names)
 

@@ -13,7 +13,7 @@ from .checkpoint import model_state_from_file
 from .config import ModelConfig, Recipe, recipe_from_dict
 from .modeling import create_model
 
-__all__ = ["find_run_recipe", "load_trained_model", "class_names_for"]
+__all__ = ["find_run_recipe", "load_trained_model", "class_names_for", "trained_class_names"]
 
 
 def _run_dir(checkpoint: str | Path | None) -> Path | None:
@@ -32,17 +32,22 @@ def find_run_recipe(checkpoint: str | Path | None) -> Recipe | None:
     return recipe_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
 
 
-def class_names_for(model: nn.Module, checkpoint: str | Path | None, num_classes: int) -> list[str]:
-    """Class names from the run folder's ``classes.json``, else ``pretrained_cfg['label_names']``, else indices."""
+def trained_class_names(model: nn.Module, checkpoint: str | Path | None, num_classes: int) -> list[str] | None:
+    """Class names from the run folder's ``classes.json``, else ``pretrained_cfg['label_names']``; None if neither fits."""
     folder = _run_dir(checkpoint)
     if folder is not None and (folder / "classes.json").is_file():
         names = json.loads((folder / "classes.json").read_text())
         if len(names) == num_classes:
-            return list(names)
+            return [str(n) for n in names]
     names = (getattr(model, "pretrained_cfg", {}) or {}).get("label_names")
     if names and len(names) == num_classes:
-        return list(names)
-    return [str(i) for i in range(num_classes)]
+        return [str(n) for n in names]
+    return None
+
+
+def class_names_for(model: nn.Module, checkpoint: str | Path | None, num_classes: int) -> list[str]:
+    """Class names from the run folder's ``classes.json``, else ``pretrained_cfg['label_names']``, else indices."""
+    return trained_class_names(model, checkpoint, num_classes) or [str(i) for i in range(num_classes)]
 
 
 def _head_classes(model: nn.Module, state: dict[str, Any]) -> int | None:
@@ -62,6 +67,9 @@ def load_trained_model(
 
     The number of classes comes from ``num_classes``, else the run's recipe, else the checkpoint's classifier.
     """
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"--num-classes must be a positive int (the classifier's classes), got {num_classes}; "
+                         "leave it out for the run's or the weights' classes")
     recipe = find_run_recipe(checkpoint)
     if checkpoint is not None and Path(checkpoint).is_dir() and (Path(checkpoint) / "best.safetensors").is_file():
         checkpoint = Path(checkpoint) / "best.safetensors"

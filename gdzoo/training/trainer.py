@@ -273,7 +273,7 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         saved = replace(recipe, output=replace(recipe.output, overwrite=False))  # how it went on, not what it replaced
         atomic_write_text(run_dir / "config.yaml", recipe_to_yaml(saved))
 
-    num_classes = recipe.model.num_classes or dataset_num_classes(recipe.data)
+    num_classes = recipe.model.num_classes if recipe.model.num_classes is not None else dataset_num_classes(recipe.data)
     model, model_info = create_model(recipe.model, num_classes)
     task = "segmentation" if is_segmentation(model, recipe.model.task) else "classification"
     bundle = build_datasets(recipe.data, recipe.augment, model, task)
