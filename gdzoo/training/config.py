@@ -257,6 +257,8 @@ def _section_from_dict(cls: type, data: Any, prefix: str) -> Any:
 def _validate(recipe: Recipe) -> None:
     """Range checks the type hints cannot express."""
     checks = [
+        (recipe.model.in_chans is None or recipe.model.in_chans >= 1,
+         f"model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got {recipe.model.in_chans}"),
         (recipe.optim.lr > 0, "optim.lr must be > 0"),
         (recipe.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (recipe.train.epochs >= 1, "train.epochs must be >= 1"),
