@@ -105,12 +105,15 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(recipe_to_yaml(recipe), end="")
         return 0
+    from ..errors import UserError
     from ..training import train
     from ..training.engine import NonFiniteLossError
     from ..training.rundir import RunFolderError
 
     try:
         train(recipe, command=shlex.join(["gdzoo", "train", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else None)
+    except UserError:
+        raise  # one line (the traceback with --debug) from gdzoo.cli.main
     except (FileNotFoundError, ValueError, RunFolderError) as e:
         print(f"gdzoo train: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,7 @@ from timm.models._hub import hf_split
 from timm.models._manipulate import adapt_input_conv
 
 from .._io import sha256_file
+from ..errors import UserError
 from ..layers import GDConv2d
 from .derived import Derive, cached_derived_file, derive_weights_file
 from .shipped import PUBLISHED_ORG, load_manifest, shipped_weights_file
@@ -49,12 +50,14 @@ from .shipped import PUBLISHED_ORG, load_manifest, shipped_weights_file
 __all__ = [
     "PUBLISHED_WEIGHTS",
     "build_gd_model",
+    "check_safetensors_header",
     "default_org",
     "gd_pretrained_filter",
     "hub_repo_id",
     "load_weights_file",
     "available_weights_file",
     "local_weights_file",
+    "safe_torch_load",
     "verify_cached_weights",
 ]
 
@@ -77,11 +80,62 @@ def hub_repo_id(model_name: str, tag: str) -> str:
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A state dict from ``.safetensors`` (preferred) or a torch checkpoint read with ``weights_only=True``."""
+    """A state dict from ``.safetensors`` (preferred) or a torch checkpoint read with ``weights_only=True``.
+
+    A file that is damaged, not of its kind, or (a torch file) holds objects other than tensors and plain
+    containers raises :class:`~gdzoo.errors.UserError` naming it; nothing in it is executed.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        check_safetensors_header(path)
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as e:
+            raise UserError(f"{path} is damaged or not a safetensors file ({e}); nothing was loaded") from e
+    return safe_torch_load(path)
+
+
+# safetensors' own limit on the JSON header (the Rust crate refuses larger ones).
+SAFETENSORS_MAX_HEADER = 100_000_000
+
+
+def check_safetensors_header(path: str | os.PathLike) -> None:
+    """Raise :class:`~gdzoo.errors.UserError` unless ``path`` starts like a safetensors file: an 8-byte length, then
+    a JSON header of that length that fits in the file. Read before anything is allocated, so a header length
+    claiming terabytes (a "header bomb") costs nothing."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        raise UserError(f"{path} is damaged or not a safetensors file: {size} bytes, too short for a safetensors header")
+    length = int.from_bytes(head[:8], "little")
+    if length > min(size - 8, SAFETENSORS_MAX_HEADER) or head[8:9] != b"{":
+        raise UserError(f"{path} is damaged or not a safetensors file: its header claims {length:,} bytes but the file "
+                        f"holds {size:,}" + (" and the header is not JSON" if head[8:9] != b"{" else ""))
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)``; a file it refuses or cannot read raises :class:`~gdzoo.errors.UserError`
+    naming the file (never suggesting ``weights_only=False``: such a file may run code when unpickled)."""
+    import pickle
+    import re
+    import warnings
+    import zipfile
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the error below says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        banned = re.search(r"unsupported GLOBAL (\S+)", str(e))
+        what = f"an object gdzoo does not load ({banned.group(1)})" if banned else "data other than tensors and plain containers"
+        raise UserError(f"{path} is not a gdzoo checkpoint or weights file: it is damaged or holds {what}; "
+                        "gdzoo loads only tensors and plain containers. Use a last.pth / .safetensors written by gdzoo") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is damaged or not a torch checkpoint ({reason[:200]}); nothing was loaded") from None
 
 
 def _cached_hub_file(hub_id: str, filename: str) -> str | None:

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .._io import sha256_file
+from ..errors import UserError
 
 __all__ = [
     "MANIFEST_FILE",
@@ -31,8 +32,11 @@ WEIGHTS_FILE = "model.safetensors"
 PUBLISHED_ORG = "gdzoo"
 
 
-class ShippedWeightsError(RuntimeError):
-    """A shipped weights file that differs from the manifest (damaged, truncated or re-exported)."""
+class ShippedWeightsError(UserError, RuntimeError):
+    """A shipped weights file that differs from the manifest (damaged, truncated or re-exported).
+
+    A :class:`~gdzoo.errors.UserError` (the CLI prints it as one line) and, as before, a ``RuntimeError``.
+    """
 
 
 @lru_cache(maxsize=1)

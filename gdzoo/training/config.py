@@ -297,6 +297,8 @@ def _validate(recipe: Recipe) -> None:
         (num_classes is None or num_classes >= 1,
          f"model.num_classes must be a positive int (the classifier's classes) or null (the dataset's number of classes), "
          f"got {num_classes}; timm's num_classes=0 (no classifier head, pooled features) cannot be trained as a classifier"),
+        (recipe.model.in_chans is None or recipe.model.in_chans >= 1,
+         f"model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got {recipe.model.in_chans}"),
         (recipe.optim.lr > 0, "optim.lr must be > 0"),
         (recipe.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (recipe.train.epochs >= 1, "train.epochs must be >= 1"),

@@ -9,6 +9,7 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
+from ..errors import UserError
 from .checkpoint import model_state_from_file
 from .config import ModelConfig, Recipe, recipe_from_dict
 from .modeling import create_model
@@ -60,6 +61,20 @@ def _head_classes(model: nn.Module, state: dict[str, Any]) -> int | None:
     return None
 
 
+def _check_folder_architecture(checkpoint: str | Path | None, name: str) -> None:
+    """A Hub folder (``weights/<model>.<tag>/``, with its ``config.json``) given for another model: say which it holds."""
+    if checkpoint is None or not Path(checkpoint).is_dir() or not (Path(checkpoint) / "config.json").is_file():
+        return
+    config_file = Path(checkpoint) / "config.json"
+    try:
+        holds = json.loads(config_file.read_text(encoding="utf-8")).get("architecture")
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"{config_file} is not a valid timm config.json ({e}); fix it or export the folder again") from e
+    asked = name.removeprefix("timm/").split(".")[0]
+    if isinstance(holds, str) and not asked.startswith(("local-dir:", "hf-hub:")) and holds != asked:
+        raise UserError(f"{checkpoint} holds {holds} weights, but --model asks for {asked}; use --model {holds}")
+
+
 def load_trained_model(
     name: str | None, checkpoint: str | Path | None = None, pretrained: bool = False, num_classes: int | None = None
 ) -> tuple[nn.Module, Recipe | None]:
@@ -76,6 +91,7 @@ def load_trained_model(
     name = name or (recipe.model.name if recipe else None)
     if not name:
         raise ValueError("give --model (or a --checkpoint inside a gdzoo run folder, which names its model)")
+    _check_folder_architecture(checkpoint, name)
     cfg = ModelConfig(name=name, pretrained=pretrained and checkpoint is None, num_classes=num_classes)
     if recipe is not None:
         cfg.kwargs, cfg.in_chans = dict(recipe.model.kwargs), recipe.model.in_chans

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import models as _gdzoo_models  # noqa: F401  (registers gdzoo models with timm)
+from ..errors import UserError
 from ..models.pretrained import available_weights_file
 from .checkpoint import model_state_from_file
 from .config import ModelConfig
@@ -65,6 +67,49 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     return skipped
 
 
+def _check_local_dir(name: str) -> tuple[Path, str, str | None] | None:
+    """For a ``local-dir:<folder>`` model name: read the folder's ``config.json`` and check that its architecture is
+    the one its weights (safetensors metadata ``model``) and arguments were written for. Returns the folder, the
+    architecture its config asks for and the one it holds (None when it cannot tell); None for other names.
+
+    A config.json that is not JSON, or a folder whose config and weights disagree, raises :class:`UserError`.
+    """
+    if not name.startswith("local-dir:"):
+        return None
+    folder = Path(name.removeprefix("local-dir:"))
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"model.name {name!r}: {config_file} does not exist (a local-dir: folder holds config.json and "
+                        "model.safetensors, e.g. weights/gd_fmnist.fmnist)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config_file} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (char {e.pos}); "
+                        "fix it or export the folder again (gdzoo hub export)") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{config_file} is not UTF-8 text (byte {e.start}); fix it or export the folder again") from e
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise UserError(f"{config_file} has no \"architecture\" (a timm config.json names the model it builds)")
+    architecture = config["architecture"]
+    holds = None
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        from ..models.pretrained import check_safetensors_header
+
+        check_safetensors_header(weights)
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(weights, framework="pt") as f:
+                holds = (f.metadata() or {}).get("model")
+        except SafetensorError as e:
+            raise UserError(f"{weights} is damaged or not a safetensors file ({e})") from e
+    if holds and holds != architecture:
+        raise UserError(f"{folder} holds {holds} weights ({weights.name}), but its config.json asks for {architecture}; "
+                        f"set \"architecture\": \"{holds}\" in {config_file}, or use the {architecture} folder")
+    return folder, architecture, holds
+
+
 def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, dict[str, Any]]:
     """``timm.create_model`` per the recipe; returns the model and where its weights came from.
 
@@ -75,6 +120,8 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, 
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if cfg.in_chans is not None:
+        if cfg.in_chans < 1:
+            raise UserError(f"model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got {cfg.in_chans}")
         kwargs["in_chans"] = cfg.in_chans
     if cfg.drop_rate is not None:
         kwargs["drop_rate"] = cfg.drop_rate
@@ -88,9 +135,19 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, 
             pretrained = False
         else:
             source = "pretrained (derived or downloaded)"
+    local_dir = _check_local_dir(cfg.name)
     try:
         model = timm.create_model(cfg.name, pretrained=bool(pretrained), **kwargs)
+    except TypeError as e:
+        if local_dir is None or "unexpected keyword argument" not in str(e):
+            raise
+        folder, architecture, holds = local_dir
+        raise UserError(f"{folder / 'config.json'} asks for {architecture} with arguments it does not take ({e}); "
+                        f"the folder holds {holds or 'another architecture'}'s config"
+                        + (f": use model.name=local-dir:{folder} with architecture {holds}" if holds else "")) from e
     except RuntimeError as e:
+        if isinstance(e, UserError):  # a damaged shipped weights file: its own message
+            raise
         if "Unknown model" in str(e):
             raise ValueError(f"model.name {cfg.name!r} is not a timm model; see `gdzoo models` or timm.list_models()") from e
         if pretrained:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .._io import FolderLock, atomic_write, atomic_write_text
 from ..data.sampling import EpochSampler, SeededDataset
 from ..data.segmentation import SegmentationTiles
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, check_resumable, load_checkpoint, restore_rng, save_checkpoint
 from .config import Recipe, recipe_sha256, recipe_to_yaml
 from .datasets import DataBundle, build_datasets, dataset_num_classes
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, cleanup, init_distributed
@@ -148,6 +148,7 @@ class _Checkpointer:
     def restore(self, path: Path, state: LoopState) -> None:
         ckpt = load_checkpoint(path)
         p = self.parts
+        check_resumable(ckpt, path, self.recipe.model.name, self.recipe.optim.opt, p["model"].state_dict())
         p["model"].load_state_dict(ckpt["model"])
         p["optimizer"].load_state_dict(ckpt["optimizer"])
         p["scheduler"].load_state_dict(ckpt["scheduler"])
