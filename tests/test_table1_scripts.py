@@ -41,6 +41,18 @@ def test_subset_cell_selects_on_validation(capsys, monkeypatch) -> None:
     assert not cfg["augment"]["enabled"] and cfg["optim"]["weight_decay"] == 0
 
 
+def test_rfnn_rerun_republishes_its_table1_file(capsys, monkeypatch) -> None:
+    """The fixed-geometry RFNN rerun replaces ``rfnn_fmnist.fmnist_table1`` (which learned its geometry), not the zoo's
+    ``rfnn_fmnist.fmnist``; the learned-geometry runs are an ablation table of their own."""
+    assert table1.zoo_published("rfnn_fmnist")
+    rfnn = resolved(table1.train_args("rfnn_fmnist", 60000, 0), capsys, monkeypatch)["output"]
+    assert rfnn["export"] and rfnn["export_tag"] == "fmnist_table1"
+    cells = {("rfnn_fmnist", 1000): [{"test_top1": 83.0, "seed": s} for s in range(3)]}
+    assert "done at 1000 samples; not yet at 5000, 10000, 30000, 60000" in table1.rfnn_note(cells)
+    ablation = "\n".join(table1.rfnn_ablation(cells))
+    assert "| 1000 | 83.00 ± 0.00 |" in ablation and "| 60000 | not run yet | 91.89 | — |" in ablation
+
+
 def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_it(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(table1, "ZOO_FINAL", tmp_path)
     cfg = resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)
