@@ -263,7 +263,7 @@ def _worst_case_error(order: int, kernel_size: tuple[int, int], sigma_min: float
     range), for σ from its floor up. Each basis kernel is a product of two such factors, so their accuracy is its
     accuracy, as long as the product of the largest two stays finite (checked too)."""
     reach = math.hypot((kernel_size[0] - 1) / 2, (kernel_size[1] - 1) / 2) + 1.0
-    y = torch.linspace(-reach, reach, 513, dtype=torch.float64)
+    y = torch.linspace(-reach, reach, 513, dtype=torch.float64, device="cpu")  # also under a meta default device
     worst = 0.0
     for sigma in (sigma_min * (1 + 1e-6), 2.0 * sigma_min, 0.5, 1.0, 2.0):
         exact = gaussian_derivative_1d(y, sigma, order)
