@@ -9,8 +9,8 @@ names below are then resolved on first use (PEP 562), so ``gdzoo.GDConv2d`` work
 
 from __future__ import annotations
 
-import os
-import sys
+import os as _os
+import sys as _sys
 
 __version__ = "0.1.0"
 
@@ -31,16 +31,16 @@ _CLI_MODULES = ("gdzoo", "gdzoo.__main__", "gdzoo.cli", "gdzoo.cli.main")
 
 def _started_as_cli() -> bool:
     """True when this process is the ``gdzoo`` command: its console script, or ``python -m gdzoo``."""
-    argv0 = sys.argv[0] if sys.argv else ""
+    argv0 = _sys.argv[0] if _sys.argv else ""
     if argv0 == "-m":  # ``python -m <module>`` while the module is being located (Python sets argv[0] so)
-        orig = list(getattr(sys, "orig_argv", ()))
+        orig = list(getattr(_sys, "orig_argv", ()))
         for i, arg in enumerate(orig[1:], 1):
             if arg == "-m":
                 return i + 1 < len(orig) and orig[i + 1] in _CLI_MODULES
             if arg.startswith("-m") and not arg.startswith("--"):
                 return arg[2:] in _CLI_MODULES
         return False
-    name = os.path.basename(argv0).lower()
+    name = _os.path.basename(argv0).lower()
     for suffix in (".exe", "-script.py", ".py"):
         name = name.removesuffix(suffix)
     return name == "gdzoo"
