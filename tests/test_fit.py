@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from gdzoo import GDConv2d
 from gdzoo.layers.fit import combination_lstsq, fit_gd_kernel, fit_gdconv_, natural_images, subspace_bound
 
-STEM = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet_stem"
+from _paths import IMAGENET_STEM as STEM, missing_data
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def squeezenet_stem() -> tuple[torch.Tensor, torch.Tensor]:
     if not (STEM / "squeezenet1_1_conv1_weight.npy").is_file():
-        pytest.skip(f"real ImageNet filters not found in {STEM}")
+        pytest.skip(missing_data("real ImageNet filters", STEM))
     return (torch.from_numpy(np.load(STEM / "squeezenet1_1_conv1_weight.npy")),
             torch.from_numpy(np.load(STEM / "squeezenet1_1_conv1_bias.npy")))
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from _newcomer import Newcomer, copy_repository, last_json, wheel_files
-from _paths import IMAGENET_STEM, MONUSEG, REPO
+from _paths import IMAGENET_STEM, MONUSEG, REPO, missing_data
 from gdzoo.data.fashion_mnist import find_fashion_mnist
 from gdzoo.models.shipped import load_manifest
 
@@ -155,7 +155,7 @@ print(json.dumps({"seconds": seconds, "file": model.pretrained_cfg.get("file"), 
 def vgg_caches(newcomer: Newcomer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """HF_HOME holding only a ``timm/vgg16.tv_in1k`` in the real Hub layout, and an empty gdzoo cache."""
     if not (IMAGENET_STEM / "squeezenet1_1_conv1_weight.npy").is_file():
-        pytest.skip("../shared/data/imagenet_stem is not beside the repository")
+        pytest.skip(missing_data("real ImageNet filters", IMAGENET_STEM))
     root = tmp_path_factory.mktemp("vgg")
     env = dict(HF_HOME=str(root / "hf-home"), GDZOO_CACHE=str(root / "gdzoo-cache"))
     proc = newcomer.run(["-c", MAKE_TIMM_VGG16, str(root / "vgg16.tv_in1k"), str(IMAGENET_STEM), str(root / "hf-home" / "hub")],
@@ -167,7 +167,7 @@ def vgg_caches(newcomer: Newcomer, tmp_path_factory: pytest.TempPathFactory) -> 
 def _real_images() -> list[str]:
     images = sorted((MONUSEG / "images").glob("*.png"))[:4]
     if not images:
-        pytest.skip("MoNuSeg images (../shared/data/nuclei) are not beside the repository")
+        pytest.skip(missing_data("MoNuSeg images", MONUSEG / "images"))
     return [str(p) for p in images]
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from _newcomer import last_json
-from _paths import MONUSEG, REPO
+from _paths import MONUSEG, REPO, missing_data
 from gdzoo.data.fashion_mnist import find_fashion_mnist
 from gdzoo.hub import HubFolder
 from gdzoo.hub.card import card_metrics
@@ -97,7 +97,8 @@ def test_published_weights_reproduce_their_card(name: str, newcomer) -> None:
     except FileNotFoundError:
         root = None
     if root is None:
-        pytest.skip(f"evaluation data for '{folder.tag}' is not installed")
+        pytest.skip(missing_data(f"evaluation data for '{folder.tag}'", MONUSEG) if folder.tag == "monuseg"
+                    else f"evaluation data for '{folder.tag}' is not installed (set GDZOO_FMNIST_DIR for Fashion-MNIST)")
     stated = card_metrics((folder.path / "README.md").read_text())[metric]
     got = last_json(newcomer.run(["-c", program, name, str(root)]))
     assert got["file"].startswith(str(newcomer.root / "venv")) and got["file"].endswith(f"gdzoo/_weights/{name}/model.safetensors")
@@ -108,7 +109,7 @@ def test_published_weights_reproduce_their_card(name: str, newcomer) -> None:
 def test_predict_cli_with_pretrained_segments_real_nuclei(name: str, newcomer, tmp_path) -> None:
     """``gdzoo predict --model M --pretrained`` as a newcomer runs it (wheel install, offline, empty caches)."""
     if not (MONUSEG / "index.csv").is_file():
-        pytest.skip("MoNuSeg data not installed")
+        pytest.skip(missing_data("MoNuSeg index.csv", MONUSEG / "index.csv"))
     image_id = "TCGA-21-5786-01Z-00-DX1"  # an index.csv test image
     Image.open(MONUSEG / "images" / f"{image_id}.png").crop((100, 50, 400, 470)).save(tmp_path / "crop.png")
     proc = newcomer.run(["-m", "gdzoo", "predict", "--model", name.split(".")[0], "--pretrained",

@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from _paths import MONUSEG
+from _paths import MONUSEG, missing_data
 from gdzoo.data.sampling import SeededDataset, sample_seed
 from gdzoo.data.seg_transforms import PairedAugment
 from gdzoo.data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs, tile_origins
 
-pytestmark = pytest.mark.skipif(not (MONUSEG / "images").is_dir(), reason="MoNuSeg data not installed")
+pytestmark = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
+                                reason=missing_data("MoNuSeg images", MONUSEG / "images"))
 TEST_IDS = {"TCGA-21-5786", "TCGA-50-5931", "TCGA-AR-A1AK", "TCGA-E2-A1B5", "TCGA-B0-5698", "TCGA-B0-5711", "TCGA-CH-5767", "TCGA-G9-6362"}
 
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import timm
-import torch
-import torch.nn.functional as F
-
-from ..data import FMNIST_MEAN, FMNIST_STD, load_fashion_mnist
-from ..models.registry import list_gdzoo_models
 from .models_table import format_table
+
+# torch, timm and the models are imported when the command runs, so ``gdzoo --help`` stays fast
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _images_for(images: torch.Tensor, input_size: tuple[int, int, int]) -> torch.Tensor:
     """Normalised Fashion-MNIST images resized / channel-replicated to ``input_size``."""
+    import torch.nn.functional as F
+
+    from ..data import FMNIST_MEAN, FMNIST_STD
     chans, height, width = input_size
     x = (images.float() / 255.0 - FMNIST_MEAN[0]) / FMNIST_STD[0]
     if (height, width) != tuple(x.shape[-2:]):
@@ -32,6 +31,12 @@ def _images_for(images: torch.Tensor, input_size: tuple[int, int, int]) -> torch
 
 
 def run(args: argparse.Namespace) -> int:
+    import timm
+    import torch
+
+    from ..data import load_fashion_mnist
+    from ..models.registry import list_gdzoo_models
+
     images, labels = load_fashion_mnist("test", args.data_dir)
     batch = images[: args.batch_size]
     torch.manual_seed(0)

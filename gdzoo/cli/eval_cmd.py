@@ -21,7 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="timm model name (default: the run's model)")
     p.add_argument("--checkpoint", help="run folder, best.safetensors / last.pth, or a weights/<model>.<tag>/ folder")
-    p.add_argument("--pretrained", action="store_true", help="use the model's published pretrained weights")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the model's pretrained weights (the default, with neither --checkpoint nor --random-init, "
+                        "for a model with published weights)")
+    p.add_argument("--random-init", action="store_true",
+                   help="untrained (random) weights, on purpose; without it, a model with neither --checkpoint nor "
+                        "published weights is refused")
     p.add_argument("--config", "-c", help="recipe whose data section defines the dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
@@ -61,13 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from ..training.datasets import build_datasets, unaugmented
     from ..training.distributed import DistInfo, resolve_device
     from ..training.engine import Engine, build_criterion
-    from ..training.inference import class_names_for, load_trained_model
+    from ..training.inference import choose_weights, class_names_for, load_trained_model
     from ..training.modeling import is_segmentation
     from ..training.recipes import DEFAULT_RECIPE
     from ..training.trainer import eval_loader, whole_image_scores
 
     try:
-        model, run_recipe = load_trained_model(args.model, args.checkpoint, args.pretrained, args.num_classes)
+        pretrained = choose_weights("eval", args.model, args.checkpoint, args.pretrained, args.random_init)
+        model, run_recipe = load_trained_model(args.model, args.checkpoint, pretrained, args.num_classes)
         overrides = list(args.overrides) + list(getattr(args, "dotted_overrides", []) or [])
         if args.data_dir:
             overrides.append(f"data.root={args.data_dir}")

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from ..hub import (
-    HubFolder,
-    default_org,
-    export_hub_folder,
-    find_hub_folders,
-    push_folder,
-    seed_cache,
-    serve_hub,
-    verify_cached_repo,
-    verify_folder,
-)
+# gdzoo.hub (torch, timm, huggingface_hub) is imported when a command runs, so ``gdzoo hub --help`` stays fast
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     hub = sub.add_parser("hub", help="pretrained weights: export, seed the HF cache, verify, serve, push")
     cmds = hub.add_subparsers(dest="hub_command", metavar="HUB_COMMAND", required=True)
-    org_help = f"Hub organisation (default: $GDZOO_HF_ORG or 'gdzoo'; now {default_org()!r})"
+    org_now = os.environ.get("GDZOO_HF_ORG") or "gdzoo"  # gdzoo.models.pretrained.default_org, without torch
+    org_help = f"Hub organisation (default: $GDZOO_HF_ORG or 'gdzoo'; now {org_now!r})"
 
     p = cmds.add_parser("export", help="write weights/<model>.<tag>/ from a checkpoint")
     p.add_argument("model", help="registered model name, e.g. gd_fmnist")
@@ -67,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _folders(paths: list[str]) -> list[HubFolder]:
+    from ..hub import HubFolder, find_hub_folders
+
     folders = [HubFolder.open(p) for p in paths] if paths else find_hub_folders("weights")
     if not folders:
         raise SystemExit("no Hub folder given and none found under weights/")
@@ -76,6 +70,7 @@ def _folders(paths: list[str]) -> list[HubFolder]:
 def _export(args: argparse.Namespace) -> int:
     import timm
 
+    from ..hub import export_hub_folder
     from ..models.pretrained import load_weights_file
 
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
@@ -89,6 +84,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from ..hub import seed_cache
+
     for folder in _folders(args.folders):
         snapshot = seed_cache(folder, org=args.org, cache_dir=args.cache_dir)
         print(f"seeded {folder.repo_id(args.org)} -> {snapshot}")
@@ -96,6 +93,8 @@ def _seed(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from ..hub import verify_cached_repo, verify_folder
+
     problems: list[str] = []
     folders = _folders(args.folders)
     for folder in folders:
@@ -125,6 +124,8 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ..hub import serve_hub
+
     folders = _folders(args.folders)
     with serve_hub(folders, args.host, args.port, org=args.org) as url:
         print(f"serving {len(folders)} repo(s) at {url}; use HF_ENDPOINT={url}  (Ctrl-C to stop)", flush=True)
@@ -138,6 +139,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from ..hub import HubFolder, push_folder
+
     folder = HubFolder.open(Path(args.folder))
     names = push_folder(folder, org=args.org, dry_run=args.dry_run, private=args.private)
     verb = "would upload" if args.dry_run else "uploaded"

@@ -1,4 +1,9 @@
-"""``gdzoo`` entry point: parses the subcommand and hands over to its module."""
+"""``gdzoo`` entry point: parses the subcommand and hands over to its module.
+
+Building the parser imports no torch, timm or gdzoo.models (``gdzoo --help`` and usage errors answer at once):
+the ``*_cmd`` modules import those inside their ``run()``, and :func:`main` imports gdzoo.models before a command
+runs. ``tests/test_cli_startup.py`` keeps it so.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from .. import models  # noqa: F401  (torch, timm; registers gdzoo's models, which every command may build)
+
         return int(args.run(args) or 0)
     except UserError as e:  # a file or value the user can fix: one line, no traceback (unless --debug)
         return report_error(args.command, e, _debug(args))

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 
-import timm
-import torch
-
-from ..models.registry import list_gdzoo_models
+# torch, timm and the models are imported when the command runs, so ``gdzoo --help`` stays fast
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def model_rows(pattern: str = "*") -> list[dict[str, object]]:
     """One row per registered gdzoo model matching ``pattern``; models are built on the meta device."""
+    import timm
+    import torch
+
+    from ..models.registry import list_gdzoo_models
+
     rows = []
     for name in list_gdzoo_models():
         if not fnmatch.fnmatch(name, pattern):

@@ -35,7 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders of images (searched recursively)")
     p.add_argument("--model", help="timm model name (default: the run's model)")
     p.add_argument("--checkpoint", help="run folder, best.safetensors / last.pth, or a weights/<model>.<tag>/ folder")
-    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the model's pretrained weights (the default, with neither --checkpoint nor --random-init, "
+                        "for a model with published weights)")
+    p.add_argument("--random-init", action="store_true",
+                   help="untrained (random) weights, on purpose; without it, a model with neither --checkpoint nor "
+                        "published weights is refused")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--output", "-o", default="predictions", help="output folder")
     p.add_argument("--tile", type=int, default=None, help="segmentation tile size (default: the model's input size)")
@@ -564,7 +569,7 @@ def hold_output_folder(out_dir: Path) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.distributed import resolve_device
-    from ..training.inference import class_names_for, load_trained_model
+    from ..training.inference import choose_weights, class_names_for, load_trained_model
     from ..training.modeling import is_segmentation
 
     if args.batch_size < 1 or args.topk < 1 or (args.tile is not None and args.tile < 1):
@@ -579,7 +584,8 @@ def run(args: argparse.Namespace) -> int:
     report = Report()
     jobs = collect_jobs(args.inputs, out_dir, report)
     try:
-        model, recipe = load_trained_model(args.model, args.checkpoint, args.pretrained, args.num_classes)
+        pretrained = choose_weights("predict", args.model, args.checkpoint, args.pretrained, args.random_init)
+        model, recipe = load_trained_model(args.model, args.checkpoint, pretrained, args.num_classes)
         device = resolve_device(args.device)
         out_dir.mkdir(parents=True, exist_ok=True)
         _held = hold_output_folder(out_dir)  # noqa: F841 - held until run() returns (the process's end drops it too)

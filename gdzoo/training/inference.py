@@ -14,7 +14,63 @@ from .checkpoint import model_state_from_file
 from .config import ModelConfig, Recipe, recipe_from_dict
 from .modeling import create_model
 
-__all__ = ["find_run_recipe", "load_trained_model", "class_names_for", "trained_class_names"]
+__all__ = ["choose_weights", "find_run_recipe", "load_trained_model", "class_names_for", "published_tag",
+           "trained_class_names"]
+
+RANDOM_INIT_HINT = "pass --random-init for untrained weights"
+
+
+def published_tag(name: str) -> str | None:
+    """``'<model>.<tag>'`` of the published weights ``timm.create_model(name, pretrained=True)`` loads, or None.
+
+    Published means listed in ``gdzoo/models/published_weights.json`` (a copy ships with gdzoo): ``name`` with its
+    tag, or the model's default tag.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from ..models.shipped import load_manifest
+
+    manifest = load_manifest()
+    if "." in name:
+        return name if name in manifest else None
+    try:
+        default = get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - not a timm model: create_model names the problem later
+        return None
+    if default is None:
+        return None
+    for full in timm.list_pretrained(name):
+        if full.split(".", 1)[0] == name and get_pretrained_cfg(full) == default:  # a copy of the default tag's cfg
+            return full if full in manifest else None
+    return None
+
+
+def choose_weights(command: str, name: str | None, checkpoint: str | Path | None, pretrained: bool,
+                   random_init: bool) -> bool:
+    """Whether ``gdzoo eval`` / ``gdzoo predict`` load the published weights (``pretrained``) of ``name``.
+
+    With neither ``--pretrained`` nor ``--checkpoint``: the model's published weights, said on stderr, when it
+    has them; otherwise a :class:`UserError` unless ``--random-init`` asks for untrained weights on purpose (a
+    mask or an accuracy from random weights fooled newcomers who forgot ``--pretrained``).
+    """
+    import sys
+
+    if random_init:
+        if pretrained or checkpoint is not None:
+            raise UserError("--random-init means untrained weights; leave out --pretrained and --checkpoint")
+        return False
+    if pretrained or checkpoint is not None or not name:
+        return pretrained
+    tag = published_tag(name)
+    if tag is None:
+        import timm
+
+        fetch = "--pretrained (weights timm fetches or derives), " if timm.list_pretrained(name.split(".", 1)[0]) else ""
+        raise UserError(f"{name} has no published weights; give --checkpoint (a gdzoo run folder or weights file), "
+                        f"{fetch}or --random-init for untrained weights")
+    print(f"gdzoo {command}: using the published weights {tag} ({RANDOM_INIT_HINT})", file=sys.stderr, flush=True)
+    return True
 
 
 def _run_dir(checkpoint: str | Path | None) -> Path | None:
