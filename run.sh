@@ -34,6 +34,6 @@ fi
 
 case "${1:-main}" in
     test) shift; exec "$py" -m pytest "$@" ;;
-    main) exec "$venv/bin/gdzoo" train ;;
+    main) exec "$venv/bin/gdzoo" train --overwrite ;;  # a rerun moves the last one to runs/<name>.old-<time>/
     *) echo "usage: bash run.sh [test [pytest args...]]" >&2; exit 2 ;;
 esac
