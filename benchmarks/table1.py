@@ -31,6 +31,7 @@ import json
 import math
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -249,6 +250,8 @@ def run_cell(model: str, n: int, seed: int, log: Log, threads: int, kill_at: dt.
     result = collect_result(model, n, seed, run_dir, wall, threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if "--export" in train_args(model, n, seed):  # record the new file's hash, so pretrained=True accepts it
+        subprocess.run([sys.executable, "-m", "gdzoo", "hub", "manifest"], cwd=ROOT, check=True)
     log(f"done   {name}: test top1 {result['test_top1']:.2f}, val top1 {result['val_top1']}, "
         f"best epoch {result['best_epoch']}/{result['epochs']}, wall {wall:.0f} s")
     return "done"

@@ -197,3 +197,17 @@ def test_run_training_restarts_a_cell_without_last_pth_and_resumes_one_with_it(t
     assert (aside / "best.safetensors").read_bytes() == b"partial" and (cell / "final_metrics.json").is_file()
     assert run_training(args, cell, "cell", log, 1, None)[0] == "done", (cell / "train.log").read_text()[-2000:]
     assert "resumed from" in (cell / "train.log").read_text() and "resume cell" in (tmp_path / "grid.log").read_text()
+
+
+def test_an_exporting_cell_records_the_new_weights_in_the_manifest(monkeypatch, tmp_path) -> None:
+    """A cell that exports (the RFNN rerun's 60000 cell) runs ``gdzoo hub manifest`` after it, so the file it wrote is
+    the one ``pretrained=True`` accepts; other cells do not."""
+    calls = []
+    monkeypatch.setattr(table1, "run_training", lambda *a, **k: ("done", 1.0))
+    monkeypatch.setattr(table1, "collect_result", lambda *a, **k: {"test_top1": 90.0, "val_top1": None, "best_epoch": 30,
+                                                                     "epochs": 30})
+    monkeypatch.setattr(table1, "RESULTS", tmp_path)
+    monkeypatch.setattr(table1.subprocess, "run", lambda args, **k: calls.append(args[-2:]))
+    log = lambda message: None  # noqa: E731
+    assert table1.run_cell("rfnn_fmnist", 10000, 0, log, 1, None) == "done" and calls == []
+    assert table1.run_cell("rfnn_fmnist", 60000, 0, log, 1, None) == "done" and calls == [["hub", "manifest"]]
