@@ -172,11 +172,19 @@ def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, t
     assert zoo_fmnist.publication(fixed) == "published (replaced 91.00: not the architecture)"
 
 
-def test_published_rfnn_has_the_fixed_geometry_and_the_defective_file_is_recognised() -> None:
-    """The check behind replacing a defective rfnn_fmnist.fmnist: the published file passes it, Table 1's fails it."""
+def test_published_rfnn_has_the_fixed_geometry_and_the_defective_file_is_recognised(tmp_path) -> None:
+    """The check behind replacing a defective rfnn_fmnist file: both published files pass it (Table 1's since its
+    fixed-geometry rerun), and a file whose geometry moved (as the first Table 1 file's had) fails it."""
+    from safetensors.torch import load_file, save_file
+
     check = zoo_fmnist.NOT_WHAT_THE_NAME_PROMISES["rfnn_fmnist"][1]
     assert not check("rfnn_fmnist", REPO / "weights" / "rfnn_fmnist.fmnist")
-    assert check("rfnn_fmnist", REPO / "weights" / "rfnn_fmnist.fmnist_table1")
+    assert not check("rfnn_fmnist", REPO / "weights" / "rfnn_fmnist.fmnist_table1")
+    state = load_file(REPO / "weights" / "rfnn_fmnist.fmnist_table1" / "model.safetensors")
+    key = next(k for k in state if k.endswith("sigma_raw"))
+    state[key] = state[key] + 0.25  # learned σ
+    save_file(state, tmp_path / "model.safetensors")
+    assert check("rfnn_fmnist", tmp_path)
 
 
 def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
