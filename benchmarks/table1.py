@@ -66,9 +66,12 @@ def rfnn_note(cells: dict) -> str:
     missing = [n for n in SIZES if n not in rerun]
     return ("**RFNN correction:** RFNN fixes its Gaussian geometry; the first RFNN column here (and its 60000 run's weights, "
             "`rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the frozen σ, μ, θ back on "
-            "(fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). The column is being rerun with "
-            "the geometry fixed: " + (f"done at {', '.join(map(str, rerun))} samples" if rerun else "no cell yet")
-            + (f"; not yet at {', '.join(map(str, missing))} (\"not run yet\" / —)" if missing else "; complete")
+            "(fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
+            + ("The column was rerun with the geometry fixed at every size (2026-12-07), and "
+               "`rfnn_fmnist.fmnist_table1` is its 60000 run" if not missing else
+               "The column is being rerun with the geometry fixed: "
+               + (f"done at {', '.join(map(str, rerun))} samples" if rerun else "no cell yet")
+               + f"; not yet at {', '.join(map(str, missing))} (\"not run yet\" / —)")
             + ". The learned-geometry runs stay in docs/table1.md as an ablation (\"RFNN, geometry learned\"): a "
             "one-basis-per-layer GD network with an isotropic start.")
 
