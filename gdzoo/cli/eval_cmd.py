@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._io import atomic_write_text
 from .overrides import accept_dotted_flags
+from .weights_args import add_weights_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,14 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a gdzoo run folder, that run's recipe and model are used; otherwise the built-in Fashion-MNIST data. The train "
         "split is scored without augmentation, as the other splits, so its gap to val/test tells under- from overfitting.",
     )
-    p.add_argument("--model", help="timm model name (default: the run's model)")
-    p.add_argument("--checkpoint", help="run folder, best.safetensors / last.pth, or a weights/<model>.<tag>/ folder")
-    p.add_argument("--pretrained", action="store_true",
-                   help="the model's pretrained weights (the default, with neither --checkpoint nor --random-init, "
-                        "for a model with published weights)")
-    p.add_argument("--random-init", action="store_true",
-                   help="untrained (random) weights, on purpose; without it, a model with neither --checkpoint nor "
-                        "published weights is refused")
+    add_weights_arguments(p)
     p.add_argument("--config", "-c", help="recipe whose data section defines the dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .weights_args import add_weights_arguments
+
 SETTINGS_KEY = "gdzoo-predict"  # PNG text chunk of a mask / first line of the classification journal
 
 
@@ -33,14 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "command skips inputs already done (--overwrite redoes them).",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders of images (searched recursively)")
-    p.add_argument("--model", help="timm model name (default: the run's model)")
-    p.add_argument("--checkpoint", help="run folder, best.safetensors / last.pth, or a weights/<model>.<tag>/ folder")
-    p.add_argument("--pretrained", action="store_true",
-                   help="the model's pretrained weights (the default, with neither --checkpoint nor --random-init, "
-                        "for a model with published weights)")
-    p.add_argument("--random-init", action="store_true",
-                   help="untrained (random) weights, on purpose; without it, a model with neither --checkpoint nor "
-                        "published weights is refused")
+    add_weights_arguments(p)
     p.add_argument("--num-classes", type=int)
     p.add_argument("--output", "-o", default="predictions", help="output folder")
     p.add_argument("--tile", type=int, default=None, help="segmentation tile size (default: the model's input size)")
