@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .generator import triton_interpreting
+
 __all__ = ["basis_backward", "basis_forward"]
 
 def _kernels() -> tuple[Any, Any]:
     """The forward and backward kernels (their module imports triton on first use)."""
     from . import _basis_triton_kernels as kernels
 
-    if kernels.INTERPRETED != _interpreting():
+    if kernels.INTERPRETED != triton_interpreting():
         raise RuntimeError(
-            f"TRITON_INTERPRET is {'1' if _interpreting() else 'unset'} now but was not when triton was imported: "
+            f"TRITON_INTERPRET is {'1' if triton_interpreting() else 'unset'} now but was not when triton was imported: "
             "set it before Python starts (e.g. `TRITON_INTERPRET=1 python ...`), as Triton reads it once")
     return kernels.forward_kernel, kernels.backward_kernel
 
@@ -42,12 +44,6 @@ def _split(value: float) -> tuple[float, float]:
     """``value`` as float32 ``hi + lo`` (Triton passes Python floats as float32; float64 kernels add them back)."""
     hi = float(np.float32(value))
     return hi, float(np.float32(value - hi))
-
-
-def _interpreting() -> bool:
-    from .generator import triton_interpreting
-
-    return triton_interpreting()
 
 
 def basis_forward(sigma_raw: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, orders: torch.Tensor,

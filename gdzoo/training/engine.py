@@ -30,6 +30,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def _finite_everywhere(value: float, info: DistInfo) -> bool:
     """Whether ``value`` is finite on every rank (one tiny all-reduce under DDP, so every rank stops together)."""
+    if not info.distributed:
+        return math.isfinite(value)
     bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], dtype=torch.float64)
     all_reduce_sum([bad], info)
     return bad.item() == 0.0
