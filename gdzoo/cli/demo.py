@@ -124,7 +124,8 @@ def _demo_data(tag: str | None) -> str | None:
 
 def _check_args(args: argparse.Namespace) -> None:
     if not 1 <= args.images <= MAX_IMAGES:
-        raise UserError(f"--images must be between 1 and {MAX_IMAGES} (the Fashion-MNIST test images), got {args.images}")
+        raise UserError(f"--images must be between 1 and {MAX_IMAGES} (the Fashion-MNIST test images), "
+                        f"got {args.images}")
     if args.crop < MIN_CROP:
         raise UserError(f"--crop must be at least {MIN_CROP} pixels, got {args.crop}")
 
@@ -183,7 +184,8 @@ def _monuseg_part(models: list[tuple[str, str]], args: argparse.Namespace) -> No
         found = find_monuseg()
         if found is None:
             looked = ", ".join(str(p) for p in monuseg_candidates())
-            print(f"MoNuSeg not found (looked in {looked}; set GDZOO_SHARED_DIR or pass --monuseg DIR): skipped {names}")
+            print(f"MoNuSeg not found (looked in {looked}; set GDZOO_SHARED_DIR or pass --monuseg DIR): "
+                  f"skipped {names}")
             return
         root = found
     pair = find_segmentation_pairs(root)[0]
@@ -197,7 +199,8 @@ def _monuseg_part(models: list[tuple[str, str]], args: argparse.Namespace) -> No
     rows, cols = slice(top, top + args.crop), slice(left, left + args.crop)
     crop, truth = np.ascontiguousarray(rgb[rows, cols]), truth_full[rows, cols]
     out = Path(args.out)
-    crop_png = atomic_write(out / f"monuseg_{pair.id}_crop.png", lambda tmp: Image.fromarray(crop).save(tmp, format="PNG"))
+    crop_png = atomic_write(out / f"monuseg_{pair.id}_crop.png",
+                            lambda tmp: Image.fromarray(crop).save(tmp, format="PNG"))
     print(f"MoNuSeg: {pair.image}, rows {top}:{top + args.crop}, cols {left}:{left + args.crop} -> {crop_png}\n"
           "(the published weights were trained on all 30 MoNuSeg training images, this one included: the scores "
           "show what they learned, not how they generalise; the model cards give cross-validated scores)\n")

@@ -196,7 +196,8 @@ class OutputConfig:
     overwrite: bool = False  # start afresh over a run in the folder, moving its files to <name>.old-<time>/ first
     best_metric: str = "auto"  # auto: top1 (classification) / dice (segmentation)
     plots: bool = True  # curves.png, filters.png, segmentation examples
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # tqdm bars on a terminal; progress lines in a log (false: neither)
+    log_every_s: float | None = 30.0  # stdout not a terminal: a progress line every N s (0: every step; null: none)
     export: bool = False  # export the best checkpoint to <export_root>/<model>.<export_tag>/
     export_tag: str | None = None  # None: the run name
     export_root: str = "weights"
@@ -322,6 +323,9 @@ def _validate(recipe: Recipe) -> None:
         (0.0 < recipe.train.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
         (recipe.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0"),
         (recipe.train.eval_every >= 1, "train.eval_every must be >= 1"),
+        (recipe.output.log_every_s is None or recipe.output.log_every_s >= 0,
+         f"output.log_every_s must be >= 0 (seconds between progress lines in a log) or null (none), "
+         f"got {recipe.output.log_every_s}"),
         (recipe.data.evaluate_test or recipe.data.val_size != 0,
          "data.evaluate_test=false needs a validation split to end on (data.val_size is 0)"),
         (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),

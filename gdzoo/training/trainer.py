@@ -326,7 +326,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     if cfg.compile:
         train_model = torch.compile(train_model)
     engine = Engine(model, train_model, optimizer, scheduler, build_criterion(task, cfg.label_smoothing, cfg.loss), info, task,
-                    cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress)
+                    cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress,
+                    recipe.output.log_every_s)
     eval_model = ema.module if ema is not None else model
     val_loader = eval_loader(bundle.val, recipe, info) if bundle.val is not None else None
 
@@ -344,7 +345,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         epoch = state.epoch
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch, state.step_in_epoch * batch_size)
-        stats = engine.train_one_epoch(_loader(train_set, batch_size, sampler, recipe.data.workers, info.device), state, steps_per_epoch, on_step)
+        stats = engine.train_one_epoch(_loader(train_set, batch_size, sampler, recipe.data.workers, info.device), state,
+                                       steps_per_epoch, on_step, cfg.epochs)
         val = None
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             val = engine.evaluate(eval_model, val_loader, bundle.classes, "val")
