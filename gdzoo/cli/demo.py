@@ -188,10 +188,13 @@ def _monuseg_part(models: list[tuple[str, str]], args: argparse.Namespace) -> No
                   f"skipped {names}")
             return
         root = found
-    pair = find_segmentation_pairs(root)[0]
-    rgb = read_image(pair.image, 3).as_uint8(channels=3)
-    with Image.open(pair.mask) as m:
-        truth_full = np.array(m.convert("L")) > 0
+    try:
+        pair = find_segmentation_pairs(root)[0]
+        rgb = read_image(pair.image, 3).as_uint8(channels=3)
+        with Image.open(pair.mask) as m:
+            truth_full = np.array(m.convert("L")) > 0
+    except (OSError, ValueError) as e:  # a missing mask, an unreadable image: name it, no traceback
+        raise UserError(f"MoNuSeg in {root} cannot be used: {e}") from None
     height, width = rgb.shape[:2]
     if args.crop > min(height, width):
         raise UserError(f"--crop {args.crop} is larger than the MoNuSeg image {pair.image} ({width}x{height})")

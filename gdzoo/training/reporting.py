@@ -47,8 +47,9 @@ def _is_terminal(stream: TextIO) -> bool:
 
 class ProgressLines:
     """A progress line every ``every_s`` seconds of wall time while an epoch trains, when ``stream`` (stdout) is not a
-    terminal: a log file gets step/steps, images/s, mean loss, lr and the ETAs of the epoch and the run, where tqdm's
-    bar stays off. ``every_s=None`` prints none, ``0`` one per step; nothing is printed before ``every_s`` has passed.
+    terminal: a log file gets step/steps, images/s, mean loss, lr and the ETAs of the epoch and the run (tqdm's bar
+    goes to stderr and shows on a terminal only). ``every_s=None`` prints none, ``0`` one per step; nothing is printed
+    before ``every_s`` has passed.
 
     The ETAs extrapolate this epoch's time per step (since it started, or resumed, in this process) over the steps
     left; the run's counts training steps only (validation and the final evaluation come on top).
