@@ -94,3 +94,16 @@ def test_eta_from_a_fake_clock() -> None:
 def test_negative_interval_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"output.log_every_s must be >= 0 .* got -1"):
         load_recipe(REPO / "configs" / "tiny_fmnist.yaml", ["output.log_every_s=-1"])
+
+
+def test_a_resumed_epoch_times_only_the_steps_run_here() -> None:
+    """Resumed at step 5 of 10: 2 steps in 8 s are 4 s per step, 3 steps (12 s) left; images/s counts this process's."""
+    import io
+
+    ticks = iter([0.0, 8.0])
+    stream = io.StringIO()
+    lines = ProgressLines(0, epoch=0, epochs=1, steps_per_epoch=10, start_step=5, stream=stream, clock=lambda: next(ticks))
+    assert lines.update(7, 64, 0.5, 1e-3)
+    m = LINE.match(stream.getvalue().strip())
+    assert m and m[3] == "7" and float(m[5]) == 8
+    assert _seconds(*m.groups()[7:10]) == _seconds(*m.groups()[10:13]) == 12
