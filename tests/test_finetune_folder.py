@@ -124,8 +124,38 @@ def test_stratified_split_holds_out_every_class() -> None:
     uneven = [0] * 20 + [1] * 5 + [2]
     _, val = stratified_split_indices(uneven, 0.2, seed=0)
     assert [sum(uneven[i] == c for i in val.tolist()) for c in range(3)] == [4, 1, 0]
+    assert class_quotas([20, 2, 2], 3) == [1, 1, 1]  # proportional alone: [3, 0, 0]
     assert class_quotas([6, 6, 6], 2) == [1, 1, 0]  # fewer than the classes: proportional, ties to the first classes
     assert class_quotas([2, 2], 4) == [1, 1]  # never a class's last image
+
+
+def _bundle(root: Path, model_name: str, *overrides: str):
+    import timm
+
+    from gdzoo.training.config import load_recipe
+    from gdzoo.training.datasets import build_datasets
+
+    plan = folder_recipe(root, model_name, pretrained=False)
+    recipe = load_recipe(None, [f"{k}={v}" for section, keys in plan.defaults.items() if section != "name"
+                                for k, v in ((f"{section}.{k}", v) for k, v in keys.items())] + list(overrides))
+    model = timm.create_model(model_name, num_classes=recipe.model.num_classes or recipe.data.num_classes,
+                              in_chans=recipe.model.in_chans)
+    return build_datasets(recipe.data, recipe.augment, model, plan.layout.task)
+
+
+def test_training_splits_follow_the_folder(tmp_path: Path) -> None:
+    """The datasets a run trains on: the stratified split of a class folder, the train/ + val/ folders of masks."""
+    bundle = _bundle(_classes(tmp_path / "uneven", {"a": 20, "b": 2, "c": 2}), "gd_fmnist")
+    val_labels = bundle.val.dataset.labels[bundle.val.indices].tolist()
+    assert sorted(val_labels) == [0, 0, 1, 2] and len(bundle.train) == 20  # round(0.15 * 24) = 4: one each, then 'a'
+    split = tmp_path / "split"
+    _slides(split / "train", n=3)
+    _slides(split / "val", n=2)
+    bundle = _bundle(split, "gd_unet")
+    assert bundle.split_ids == {"train": ["s0", "s1", "s2"], "val": ["s0", "s1"], "test": []}
+    assert bundle.val.pairs[0].image == split / "val" / "images" / "s0.png" and len(bundle.train) == 3  # one 64-tile each
+    bundle = _bundle(tmp_path / "split" / "train", "gd_unet")  # no val/ folder: one of the 3 images held out
+    assert len(bundle.split_ids["val"]) == 1 and len(bundle.split_ids["train"]) == 2
 
 
 # ------------------------------------------------------------------------------------------------ decided recipe
