@@ -76,7 +76,8 @@ def test_class_folder_layouts(tmp_path: Path) -> None:
 def test_segmentation_layouts(tmp_path: Path) -> None:
     flat = detect_layout(_slides(tmp_path / "flat"))
     assert (flat.task, flat.layout, flat.counts) == ("segmentation", "DIR/images/ + DIR/masks/", {"train": 4})
-    assert (flat.mask_mode, flat.classes, flat.mask_values, flat.in_chans) == ("binary", ["background", "foreground"], [0, 255], 3)
+    assert (flat.mask_mode, flat.mask_values, flat.in_chans) == ("binary", [0, 255], 3)
+    assert flat.classes == ["background", "foreground"]
     assert flat.image_sizes == [(64, 64)] * 4
 
     split = tmp_path / "split"
@@ -153,7 +154,8 @@ def test_training_splits_follow_the_folder(tmp_path: Path) -> None:
     _slides(split / "val", n=2)
     bundle = _bundle(split, "gd_unet")
     assert bundle.split_ids == {"train": ["s0", "s1", "s2"], "val": ["s0", "s1"], "test": []}
-    assert bundle.val.pairs[0].image == split / "val" / "images" / "s0.png" and len(bundle.train) == 3  # one 64-tile each
+    assert bundle.val.pairs[0].image == split / "val" / "images" / "s0.png"
+    assert len(bundle.train) == 3  # one 64-pixel tile each
     bundle = _bundle(tmp_path / "split" / "train", "gd_unet")  # no val/ folder: one of the 3 images held out
     assert len(bundle.split_ids["val"]) == 1 and len(bundle.split_ids["train"]) == 2
 
@@ -199,7 +201,8 @@ def _readme_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
     section = text.split("## Fine-tune on your own images", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
-    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.startswith("gdzoo ")]
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith("gdzoo ")]
+    return [line.split("  #")[0].strip() for line in lines]
 
 
 def _run(command: str, fast: bool = True) -> int:
@@ -245,7 +248,8 @@ def _config(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> t
 def test_set_and_config_win_over_the_decided_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images = _classes(tmp_path / "my_images", mode="L")
     decided, _ = _config(tmp_path, capsys, "--model", "gd_fmnist", "--pretrained", "--data-dir", str(images))
-    assert decided["train"]["epochs"] == 30 and decided["data"]["val_size"] == 0.15 and decided["model"]["in_chans"] == 1
+    assert decided["train"]["epochs"] == 30 and decided["data"]["val_size"] == 0.15
+    assert decided["model"]["in_chans"] == 1
     assert decided["name"] == "gd_fmnist-my_images"
     mine, err = _config(tmp_path, capsys, "--model", "gd_fmnist", "--pretrained", "--data-dir", str(images),
                         "--set", "data.val_size=6", "--epochs", "2", "--set", "model.in_chans=3", "--name", "mine")
@@ -253,12 +257,14 @@ def test_set_and_config_win_over_the_decided_defaults(tmp_path: Path, capsys: py
     assert "12 train / 6 val images (data.val_size=6" in err and "2 epochs" in err and "runs/mine" in err
 
     slides = _slides(tmp_path / "my_slides", labels=3)
-    recipe, err = _config(tmp_path, capsys, "-c", str(REPO / "configs" / "tiny_monuseg.yaml"), "--data-dir", str(slides))
+    tiny = str(REPO / "configs" / "tiny_monuseg.yaml")
+    recipe, err = _config(tmp_path, capsys, "-c", tiny, "--data-dir", str(slides))
     assert recipe["name"] == "tiny_monuseg" and recipe["data"]["val_size"] == 2 and recipe["data"]["tile_size"] == 64
-    assert recipe["data"]["root"] == str(slides) and (recipe["data"]["mask_mode"], recipe["data"]["num_classes"]) == ("labels", 3)
+    assert recipe["data"]["root"] == str(slides)
+    assert (recipe["data"]["mask_mode"], recipe["data"]["num_classes"]) == ("labels", 3)
     assert recipe["train"]["epochs"] == 1 and "2 train / 2 val images" in err
 
-    assert main(["train", "-c", str(REPO / "configs" / "tiny_monuseg.yaml"), "--data-dir", str(images), "--print-config"]) == 2
+    assert main(["train", "-c", tiny, "--data-dir", str(images), "--print-config"]) == 2
     assert "data.dataset=segmentation but" in capsys.readouterr().err
 
 
@@ -267,7 +273,8 @@ def test_bad_folder_is_one_line_and_fashion_mnist_folders_keep_the_main_job(tmp_
     _classes(tmp_path / "my_images", {"cat": 3, "dog": 0})
     assert main(["train", "--model", "gd_fmnist", "--data-dir", str(tmp_path / "my_images")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"gdzoo train: {tmp_path / 'my_images'}: class folder ") and "allowed layouts" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"gdzoo train: {tmp_path / 'my_images'}: class folder ")
+    assert "my_images/dog holds no images" in err[0] and "allowed layouts" in err[0]
     idx = tmp_path / "fmnist"
     idx.mkdir()
     (idx / "train-images-idx3-ubyte.gz").write_bytes(b"")

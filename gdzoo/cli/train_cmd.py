@@ -101,8 +101,8 @@ def _folder_plan(args: argparse.Namespace, file_data: dict | None, overrides: li
     data, model = user.get("data") or {}, user.get("model") or {}
     if data.get("dataset") == "fashion_mnist" or holds_idx_files(args.data_dir):
         return None
-    plan = folder_recipe(args.data_dir, model.get("name"), model.get("pretrained", "auto"), model.get("initial_checkpoint"),
-                         adapt_only=file_data is not None)
+    plan = folder_recipe(args.data_dir, model.get("name"), model.get("pretrained", "auto"),
+                         model.get("initial_checkpoint"), adapt_only=file_data is not None)
     asked = data.get("dataset")
     if asked is not None and asked != plan.defaults["data"]["dataset"]:
         raise ConfigError(f"data.dataset={asked} but {args.data_dir} is a {plan.layout.task} folder "
@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
         from ..training.folder_recipe import describe
 
-        print(describe(plan, recipe, Path(recipe.output.dir) / (recipe.output.name or recipe.name)), file=sys.stderr, flush=True)
+        run_dir = Path(recipe.output.dir) / (recipe.output.name or recipe.name)
+        print(describe(plan, recipe, run_dir), file=sys.stderr, flush=True)
     if args.print_config:
         print(recipe_to_yaml(recipe), end="")
         return 0

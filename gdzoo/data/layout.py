@@ -22,7 +22,8 @@ from .segmentation import find_segmentation_pairs
 __all__ = ["LAYOUTS", "DataLayout", "LayoutError", "detect_layout", "holds_idx_files", "mask_classes"]
 
 LAYOUTS = ("classification: DIR/<class>/<images> or DIR/train/<class>/ + DIR/val/<class>/; "
-           "segmentation: DIR/images/ + DIR/masks/ (same file names) or DIR/train/{images,masks}/ + DIR/val/{images,masks}/")
+           "segmentation: DIR/images/ + DIR/masks/ (same file names) "
+           "or DIR/train/{images,masks}/ + DIR/val/{images,masks}/")
 _GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 _SPLITS = ("train", "val", "test")
 
@@ -44,7 +45,7 @@ class DataLayout:
     in_chans: int = 3  # 1 when every image is greyscale, else 3
     mask_mode: str = "binary"  # segmentation: 'binary' (0 and one other value) or 'labels' (class ids 0..K-1)
     mask_values: list[int] = field(default_factory=list)  # segmentation: the label values found in the masks
-    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # segmentation: (height, width) of the training pool
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # segmentation: (height, width), training pool
     has_index_csv: bool = False  # segmentation: ROOT/index.csv (MoNuSeg's split suggestion)
 
     @property
@@ -94,8 +95,9 @@ def mask_classes(values: list[int], where: Path) -> tuple[str, int]:
         return "binary", 2
     if min(values) >= 0 and max(values) < 64:
         return "labels", max(values) + 1
-    raise _fail(where, f"masks hold the values {values[:12]}{' ...' if len(values) > 12 else ''}: expected binary masks "
-                       "(0 and one other value, e.g. 0/255) or class ids 0..K-1 (K <= 64)")
+    shown = f"{values[:12]}{' ...' if len(values) > 12 else ''}"
+    raise _fail(where, f"masks hold the values {shown}: expected binary masks (0 and one other value, e.g. 0/255) "
+                       "or class ids 0..K-1 (K <= 64)")
 
 
 def _classification(root: Path, pool: Path, val: Path | None, test: Path | None, layout: str) -> DataLayout:
@@ -173,14 +175,16 @@ def detect_layout(root: str | os.PathLike) -> DataLayout:
     if "train" in folders:
         extra = sorted(set(folders) - set(_SPLITS))
         if extra:
-            raise _fail(root, f"has train/ and also {', '.join(e + '/' for e in extra)}: beside train/ only val/ and test/ are allowed")
+            raise _fail(root, f"has train/ and also {', '.join(e + '/' for e in extra)}: "
+                              "beside train/ only val/ and test/ are allowed")
         pool = root / "train"
         val, test = ((root / s if (root / s).is_dir() else None) for s in ("val", "test"))
         inner = _subfolders(pool)
+        beside = [s for s, f in (("val", val), ("test", test)) if f]
         if "images" in inner or "masks" in inner:
-            names = "train/{images,masks}/" + "".join(f" + {s}/{{images,masks}}/" for s, f in (("val", val), ("test", test)) if f)
+            names = "train/{images,masks}/" + "".join(f" + {s}/{{images,masks}}/" for s in beside)
             return _segmentation(root, pool, val, test, f"DIR/{names}")
-        names = "train/<class>/" + "".join(f" + {s}/<class>/" for s, f in (("val", val), ("test", test)) if f)
+        names = "train/<class>/" + "".join(f" + {s}/<class>/" for s in beside)
         return _classification(root, pool, val, test, f"DIR/{names}")
     if "val" in folders or "test" in folders:
         raise _fail(root, "has val/ or test/ but no train/ folder beside it")
@@ -190,6 +194,8 @@ def detect_layout(root: str | os.PathLike) -> DataLayout:
         return _segmentation(root, root, None, None, "DIR/Slide_XX/ + DIR/GT_XX/ (TNBC)")
     if not folders:
         loose = len(_image_files(root))
-        raise _fail(root, f"no sub-folders ({loose} loose image files): put each class's images in a folder named after "
-                          "the class, or images in images/ and their masks in masks/" if loose else "no sub-folders and no images")
+        if not loose:
+            raise _fail(root, "no sub-folders and no images")
+        raise _fail(root, f"no sub-folders ({loose} loose image files): put each class's images in a folder named "
+                          "after the class, or images in images/ and their masks in masks/")
     return _classification(root, root, None, None, "DIR/<class>/")

@@ -99,5 +99,6 @@ def stratified_split_indices(
     held = set(val)
     rest = [i for i in range(n) if i not in held]
     if subset is not None:
-        rest = [rest[i] for i in seeded_permutation(len(rest), seed).tolist()][: resolve_count(subset, len(rest), "train_subset")]
+        count = resolve_count(subset, len(rest), "train_subset")
+        rest = [rest[i] for i in seeded_permutation(len(rest), seed).tolist()][:count]
     return torch.tensor(sorted(rest), dtype=torch.long), torch.tensor(sorted(val), dtype=torch.long)

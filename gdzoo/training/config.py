@@ -330,7 +330,8 @@ def _validate(recipe: Recipe) -> None:
         (recipe.data.split_by != "class" or recipe.data.dataset != "segmentation",
          "data.split_by=class stratifies a classification split; segmentation splits by image or group"),
         (recipe.data.split_by != "group" or recipe.data.dataset == "segmentation",
-         "data.split_by=group splits segmentation images by slide/patient; a classification split is by image or class"),
+         "data.split_by=group splits segmentation images by slide/patient; "
+         "a classification split is by image or class"),
         (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
         (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
         (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -376,7 +377,7 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The mapping of a recipe file with its ``base:`` chain merged in, not yet validated (:func:`load_recipe` does both)."""
+    """A recipe file's mapping with its ``base:`` chain merged in, not yet validated (:func:`load_recipe` does both)."""
     return _read_recipe_file(Path(path), ())
 
 

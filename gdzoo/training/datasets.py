@@ -165,12 +165,13 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class
 
 
 def _segmentation_splits(root: Path, cfg: DataConfig, val_size: int | float) -> dict[str, list]:
-    """Image/mask pairs per split: ``ROOT/train/`` (+ ``val/``, ``test/``) folders when ROOT has them, else split by image."""
+    """Image/mask pairs per split: the ``ROOT/train/`` (+ ``val/``, ``test/``) folders, else ROOT split by image."""
     if not (root / "train").is_dir() or (root / "images").is_dir():
         pairs = find_segmentation_pairs(root)
         return split_pairs(pairs, root, val_size, cfg.test_size, cfg.split_seed, cfg.split_by, cfg.folds, cfg.fold)
     if cfg.folds:
-        raise ValueError(f"data.folds={cfg.folds} splits one folder of images; {root} already has train/ and val/ or test/ folders")
+        raise ValueError(f"data.folds={cfg.folds} splits one folder of images; "
+                         f"{root} already has train/ and val/ or test/ folders")
     train = root / "train"
     splits = split_pairs(find_segmentation_pairs(train), train, 0 if (root / "val").is_dir() else val_size, 0,
                          cfg.split_seed, cfg.split_by)

@@ -97,8 +97,8 @@ def _epochs(samples: int, batch: int, finetune: bool) -> int:
     return max(low, min(high, math.ceil(target / max(1, math.ceil(samples / batch)))))
 
 
-def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any = "auto", initial_checkpoint: Any = None,
-                  adapt_only: bool = False) -> FolderPlan:
+def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any = "auto",
+                  initial_checkpoint: Any = None, adapt_only: bool = False) -> FolderPlan:
     """Recipe defaults for training ``model`` (None: :data:`DEFAULT_MODEL` of the task) on ``folder``.
 
     ``adapt_only`` (a ``-c`` recipe is given): only the data keys (dataset, root, classes, channels, masks), no
@@ -108,7 +108,8 @@ def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any 
     task = layout.task
     model = model or DEFAULT_MODEL[task]
     finetune = _starts_from_weights(model, pretrained, initial_checkpoint)
-    data: dict[str, Any] = {"dataset": "image_folder" if task == "classification" else "segmentation", "root": str(folder)}
+    dataset = "image_folder" if task == "classification" else "segmentation"
+    data: dict[str, Any] = {"dataset": dataset, "root": str(folder)}
     model_keys: dict[str, Any] = {"in_chans": layout.in_chans}
     if task == "classification":
         model_keys["num_classes"] = len(layout.classes)
@@ -120,7 +121,8 @@ def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any 
     model_keys["name"] = model
 
     n_pool = layout.counts["train"]
-    can_validate = (not layout.has_val and (max(layout.per_class.values()) >= 2 if task == "classification" else n_pool >= 2))
+    spare = max(layout.per_class.values()) >= 2 if task == "classification" else n_pool >= 2  # an image to hold out
+    can_validate = spare and not layout.has_val
     val_size = VAL_FRACTION if can_validate else 0
     data["val_size"] = val_size
     n_train = n_pool - _val_images(layout, val_size)
@@ -135,8 +137,8 @@ def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any 
         if tile < 16:
             from ..data.layout import LayoutError
 
-            raise LayoutError(f"{folder}: the smallest training image is {smallest} pixels on a side; segmentation tiles "
-                              "need at least 16")
+            raise LayoutError(f"{folder}: the smallest training image is {smallest} pixels on a side; "
+                              "segmentation tiles need at least 16")
         data["tile_size"] = tile
         if not layout.has_test and not layout.has_index_csv:
             data["test_size"] = 0  # every image trains or validates; index.csv (MoNuSeg) keeps its suggested test split
@@ -162,7 +164,8 @@ def describe(plan: FolderPlan, recipe: Recipe, run_dir: str | Path) -> str:
               else ", ".join(f"{n} in {s}/" for s, n in lay.counts.items()))
     lines = [f"gdzoo train: {lay.root} is a {lay.task} folder ({lay.layout}): {counts} images"]
     if lay.task == "classification":
-        shown = ", ".join(f"{name} ({n})" for name, n in list(lay.per_class.items())[:8]) + (" ..." if len(lay.per_class) > 8 else "")
+        shown = ", ".join(f"{name} ({n})" for name, n in list(lay.per_class.items())[:8])
+        shown += " ..." if len(lay.per_class) > 8 else ""
         lines.append(f"  classes  {len(lay.classes)}: {shown}")
     else:
         lines.append(f"  masks    {d.mask_mode}, {d.num_classes} classes (values {lay.mask_values[:8]})")
@@ -173,7 +176,8 @@ def describe(plan: FolderPlan, recipe: Recipe, run_dir: str | Path) -> str:
         n_val = _val_images(lay, val_size, d.split_by)
         how = "stratified by class" if lay.task == "classification" and d.split_by == "class" else f"by {d.split_by}"
         split = (f"{lay.counts['train'] - n_val} train / {n_val} val images (data.val_size={val_size}, {how}, "
-                 f"seed {d.split_seed})" if n_val else "no validation split (data.val_size=0): the last epoch's weights are kept")
+                 f"seed {d.split_seed})" if n_val
+                 else "no validation split (data.val_size=0): the last epoch's weights are kept")
     if lay.task == "segmentation" and not lay.has_test:
         split += ("; test: index.csv's suggestion" if d.test_size is None and lay.has_index_csv
                   else f"; test_size={d.test_size}" if d.test_size else "; no test split")
@@ -183,7 +187,8 @@ def describe(plan: FolderPlan, recipe: Recipe, run_dir: str | Path) -> str:
                  f"num_classes={m.num_classes if m.num_classes is not None else d.num_classes}, in_chans={m.in_chans}"
                  f" ({'greyscale' if lay.in_chans == 1 else 'colour'} images)")
     size = f"img_size {d.img_size}" if lay.task == "classification" else f"tile_size {d.tile_size}"
-    lines.append(f"  recipe   {recipe.train.epochs} epochs, batch {d.batch_size}, {recipe.optim.opt} lr {recipe.optim.lr:g}, "
+    o = recipe.optim
+    lines.append(f"  recipe   {recipe.train.epochs} epochs, batch {d.batch_size}, {o.opt} lr {o.lr:g}, "
                  f"{recipe.sched.name} schedule, {size}, augment {'on' if recipe.augment.enabled else 'off'}")
     lines.append(f"  run      {run_dir}")
     lines.append("  change any of it with --set section.key=value (e.g. --set train.epochs=5 --set data.val_size=0.2); "
