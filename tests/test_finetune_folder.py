@@ -187,6 +187,7 @@ def test_folder_recipe_small_data_and_segmentation(tmp_path: Path) -> None:
     assert d["data"]["tile_size"] == 64 and d["data"]["batch_size"] == 4 and d["train"]["loss"] == "dice_ce"
     only_data = folder_recipe(tmp_path / "slides", "unet5", pretrained=False, adapt_only=True).defaults
     assert set(only_data) == {"model", "data"} and "val_size" not in only_data["data"]
+    assert only_data["model"] == {"name": "unet5", "in_chans": 3}
 
 
 def test_run_names() -> None:

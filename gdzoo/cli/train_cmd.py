@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None, help="start from pretrained weights")
     p.add_argument("--initial-checkpoint", help="weights to start from (.safetensors / .pth / Hub folder)")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--data-dir", help="dataset folder (data.root)")
+    p.add_argument("--data-dir", help="dataset folder (data.root); class folders or images/ + masks/ get a recipe "
+                   "made for them (docs/training.md, 'Fine-tune on your own images')")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--train-subset", type=int, help="seeded subset size of the training pool")

@@ -329,9 +329,6 @@ def _validate(recipe: Recipe) -> None:
          "data.evaluate_test=false needs a validation split to end on (data.val_size is 0)"),
         (recipe.data.split_by != "class" or recipe.data.dataset != "segmentation",
          "data.split_by=class stratifies a classification split; segmentation splits by image or group"),
-        (recipe.data.split_by != "group" or recipe.data.dataset == "segmentation",
-         "data.split_by=group splits segmentation images by slide/patient; "
-         "a classification split is by image or class"),
         (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
         (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
         (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),

@@ -17,6 +17,7 @@ from typing import Any
 from ..data.layout import DataLayout, detect_layout
 from ..data.splits import class_quotas, resolve_count
 from .config import Recipe
+from .datasets import DEFAULT_VAL_SIZE
 
 __all__ = ["FolderPlan", "DEFAULT_MODEL", "describe", "folder_recipe", "run_name"]
 
@@ -101,8 +102,8 @@ def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any 
                   initial_checkpoint: Any = None, adapt_only: bool = False) -> FolderPlan:
     """Recipe defaults for training ``model`` (None: :data:`DEFAULT_MODEL` of the task) on ``folder``.
 
-    ``adapt_only`` (a ``-c`` recipe is given): only the data keys (dataset, root, classes, channels, masks), no
-    split, schedule or run name. Raises :class:`~gdzoo.data.layout.LayoutError` for a folder in no known layout.
+    ``adapt_only`` (a ``-c`` recipe is given): only the model and the data keys (dataset, root, classes, channels,
+    masks), no split, schedule or run name. Raises :class:`~gdzoo.data.layout.LayoutError` for a folder in no known layout.
     """
     layout = detect_layout(folder)
     task = layout.task
@@ -115,10 +116,10 @@ def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any 
         model_keys["num_classes"] = len(layout.classes)
     else:
         data.update(mask_mode=layout.mask_mode, num_classes=len(layout.classes))
+    model_keys["name"] = model  # a -c recipe's own model.name wins over it
     defaults: dict[str, Any] = {"model": model_keys, "data": data}
     if adapt_only:
         return FolderPlan(layout, model, finetune, defaults)
-    model_keys["name"] = model
 
     n_pool = layout.counts["train"]
     spare = max(layout.per_class.values()) >= 2 if task == "classification" else n_pool >= 2  # an image to hold out
@@ -172,7 +173,7 @@ def describe(plan: FolderPlan, recipe: Recipe, run_dir: str | Path) -> str:
     if lay.has_val:
         split = f"train/ for training, val/ ({lay.counts['val']} images) for validation"
     else:
-        val_size = d.val_size if d.val_size is not None else (0.1 if lay.task == "classification" else 0.15)
+        val_size = d.val_size if d.val_size is not None else DEFAULT_VAL_SIZE[d.dataset]
         n_val = _val_images(lay, val_size, d.split_by)
         how = "stratified by class" if lay.task == "classification" and d.split_by == "class" else f"by {d.split_by}"
         split = (f"{lay.counts['train'] - n_val} train / {n_val} val images (data.val_size={val_size}, {how}, "
