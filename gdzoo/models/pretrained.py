@@ -234,11 +234,11 @@ def gd_pretrained_filter(
             continue
         if not isinstance(stem, (GDConv2d, DAUConv2d)) or stem.in_channels == base_chans:
             continue
-        adapt = _adapt_gd_stem if isinstance(stem, GDConv2d) else _adapt_dau_stem
+        kind, adapt = ("GD", _adapt_gd_stem) if isinstance(stem, GDConv2d) else ("DAU", _adapt_dau_stem)
         if adapt(state_dict, name, stem.in_channels, base_chans) and adapted is not None and name not in adapted:
             adapted.append(name)
-            _logger.info("Adapted %s stem %s pretrained weights from %d to %d channel(s)", type(stem).__name__, name,
-                         base_chans, stem.in_channels)
+            _logger.info("Adapted %s stem %s pretrained weights from %d to %d channel(s)", kind, name, base_chans,
+                         stem.in_channels)
     return state_dict
 
 
