@@ -219,6 +219,7 @@ def test_tampered_shipped_weights_one_line(run, tmp_path, monkeypatch, capsys) -
     ["predict", "{image}", "--checkpoint", "{missing}", "-o", "{out}"],
     ["predict", "{image}", "--model", "gd_unet", "--checkpoint", "{missing}", "-o", "{out}"],
     ["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--output", "{out}", "--resume", "{missing}/last.pth"],
+    ["hub", "export", "gd_fmnist", "{missing}/best.safetensors", "--tag", "mine", "--root", "{out}"],
 ])
 def test_missing_checkpoint_path_is_named_as_missing(command: list[str], tmp_path: Path, capsys) -> None:
     missing = tmp_path / "runs" / "table3" / "gd_unet"

@@ -82,10 +82,12 @@ def hub_repo_id(model_name: str, tag: str) -> str:
 def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
     """A state dict from ``.safetensors`` (preferred) or a torch checkpoint read with ``weights_only=True``.
 
-    A file that is damaged, not of its kind, or (a torch file) holds objects other than tensors and plain
-    containers raises :class:`~gdzoo.errors.UserError` naming it; nothing in it is executed.
+    A missing file, or one that is damaged, not of its kind, or (a torch file) holds objects other than tensors and
+    plain containers raises :class:`~gdzoo.errors.UserError` naming it; nothing in it is executed.
     """
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     if path.suffix == ".safetensors":
         check_safetensors_header(path)
         try:
