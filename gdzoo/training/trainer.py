@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._io import FolderLock, atomic_write, atomic_write_text
-from ..errors import UserError
 from ..data.sampling import EpochSampler, SeededDataset
 from ..data.segmentation import SegmentationTiles
+from ..errors import UserError
 from .checkpoint import capture_rng, check_resumable, load_checkpoint, restore_rng, save_checkpoint
 from .config import Recipe, recipe_sha256, recipe_to_yaml
 from .datasets import DataBundle, build_datasets, dataset_num_classes
