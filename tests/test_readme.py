@@ -55,15 +55,16 @@ RULES: tuple[Rule, ...] = (
          "60 s busy): run here as that command with TINY_MAIN_JOB's sizes appended",
          argv=("gdzoo", "train", "--overwrite", *TINY_MAIN_JOB)),
     Rule(r"^torchrun ", "skip",
-         "4 processes (4 GPUs) training the U-net for hours; DDP runs with 2 gloo processes in tests/test_training_ddp.py"),
+         "4 processes on 4 GPUs with bf16 AMP (the full Table-3 recipe); DDP runs with 2 gloo processes in "
+         "tests/test_training_ddp.py"),
     Rule(r"^gdzoo train -c configs/fmnist_table1\.yaml", "append",
          "the recipe trains 30 epochs with 5000 validation images; TINY_TABLE1's sizes are appended to both the run "
          "and its --resume (which must repeat the run's overrides)", argv=tuple(TINY_TABLE1)),
     Rule(r"^gdzoo hub serve\b", "skip",
          "serves until Ctrl-C; serve_hub is tested with real timm downloads from it in tests/test_hub.py"),
     Rule(r'create_model\("gd_vgg16(_bn)?", pretrained=True\)', "skip",
-         "downloads timm's vgg16.tv_in1k (528 MB); the derivation runs offline on a stand-in in tests/test_front_door.py, "
-         "the offline error in tests/test_derived_offline.py"),
+         "downloads timm's vgg16.tv_in1k (528 MB); the derivation runs offline on a stand-in in "
+         "tests/test_front_door.py, the offline error in tests/test_derived_offline.py"),
     Rule(r"--data-dir\b|\bmy_images/|\bmy_slides/", "skip",
          "needs the reader's own image folders; the commands run verbatim on folders built in "
          "tests/test_finetune_folder.py", section="Fine-tune on your own images"),
@@ -144,7 +145,8 @@ def plan(text: str) -> list[Step]:
         if block.lang == "python":
             rule = rule_for(block.text, block.section)
             where = f"README.md:{block.line} (python, {block.section})"
-            steps.append(Step(where, skip=rule.reason) if rule and rule.action == "skip" else Step(where, code=block.text))
+            skipped = rule is not None and rule.action == "skip"
+            steps.append(Step(where, skip=rule.reason) if skipped else Step(where, code=block.text))
             continue
         for line, command in bash_commands(block):
             where = f"README.md:{line}: {command}"
@@ -186,7 +188,8 @@ for step in steps:
     except BaseException:
         rc = 1
         err.write(traceback.format_exc())
-    results.append({"where": step["where"], "rc": rc, "stdout": out.getvalue()[-1500:], "stderr": err.getvalue()[-3000:]})
+    results.append({"where": step["where"], "rc": rc, "stdout": out.getvalue()[-1500:],
+                    "stderr": err.getvalue()[-3000:]})
 print("RESULTS " + json.dumps(results))
 '''
 
@@ -235,11 +238,12 @@ def test_readme_blocks_run_as_written(tmp_path: Path) -> None:
     to_run = [s for s in steps if not s.skip]
     assert any(s.code for s in to_run) and any(s.argv for s in to_run)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "GDZOO_CACHE"))}
-    env.update(PYTHONPATH=str(root), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", GDZOO_CACHE=str(tmp_path / "gdzoo"),
-               OMP_NUM_THREADS="1", MPLBACKEND="Agg", PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    env.update(PYTHONPATH=str(root), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1",
+               GDZOO_CACHE=str(tmp_path / "gdzoo"), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # `python` is this interpreter
     payload = json.dumps([{"where": s.where, "argv": list(s.argv), "code": s.code} for s in to_run])
-    done = subprocess.run([sys.executable, "-c", DRIVER], input=payload, cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", DRIVER], input=payload, cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0 and "RESULTS " in done.stdout, done.stderr[-4000:]
     results = json.loads(done.stdout.split("RESULTS ", 1)[1])
     failed = [f"{r['where']}: exit {r['rc']}\n{r['stderr']}" for r in results if r["rc"] != 0]
