@@ -44,7 +44,7 @@ def test_pretrained_gd_vgg16_offline_says_what_is_missing_and_how_to_provide_it(
     got = json.loads(done.stdout.strip().splitlines()[-1])
     message = got["message"]
     assert "\n" not in message
-    for needed in ("gd_vgg16.tv_in1k", "vgg16.tv_in1k (528 MB)", "HF_HUB_OFFLINE=1", str(tmp_path / "hf"),
+    for needed in ("gd_vgg16.tv_in1k", "vgg16.tv_in1k (528 MiB)", "HF_HUB_OFFLINE=1", str(tmp_path / "hf"),
                    "timm/vgg16.tv_in1k", "pretrained_cfg_overlay=dict(file=", "gdzoo convert vgg16.tv_in1k"):
         assert needed in message, (needed, message)
     # huggingface_hub's own error stays chained, for --debug and tracebacks

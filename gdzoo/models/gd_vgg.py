@@ -42,8 +42,8 @@ _logger = logging.getLogger(__name__)
 GD_STEM_ARGS: dict[str, Any] = dict(num_bases=16, order=3)
 # gdzoo tag -> the timm weights it is derived from when the Hub has no copy.
 DERIVED_FROM: dict[str, str] = {"gd_vgg16.tv_in1k": "vgg16.tv_in1k", "gd_vgg16_bn.tv_in1k": "vgg16_bn.tv_in1k"}
-# Download sizes of the sources (timm's model.safetensors on the Hub), for the message when they are missing.
-SOURCE_SIZES: dict[str, str] = {"vgg16.tv_in1k": "528 MB", "vgg16_bn.tv_in1k": "528 MB"}
+# Download sizes of the sources, for the message when they are missing: 138.4 M float32 parameters each.
+SOURCE_SIZES: dict[str, str] = {"vgg16.tv_in1k": "528 MiB", "vgg16_bn.tv_in1k": "528 MiB"}
 # A derived stem whose output differs from the original first layer's by more than this is refused.
 STEM_OUTPUT_TOLERANCE = 0.01
 # Check images for the derivation: natural-like (1/f) images, as many and as large as keeps it fast.
