@@ -51,8 +51,8 @@ RULES: tuple[Rule, ...] = (
     Rule(r"^bash run\.sh test\b", "skip",
          "the whole test suite, this file included; CI (.ci/run) runs exactly this command"),
     Rule(r"^bash run\.sh$", "replace",
-         "run.sh sets up .venv (CI's job) and then runs its main job, `gdzoo train --overwrite` (26 s idle, up to "
-         "60 s busy): run here as that command with TINY_MAIN_JOB's sizes appended",
+         "run.sh sets up .venv (CI's job) and then runs its main job, `gdzoo train --overwrite` (26 s on an idle "
+         "2-core CPU, per the README): run here as that command with TINY_MAIN_JOB's sizes appended",
          argv=("gdzoo", "train", "--overwrite", *TINY_MAIN_JOB)),
     Rule(r"^torchrun ", "skip",
          "4 processes on 4 GPUs with bf16 AMP (the full Table-3 recipe); DDP runs with 2 gloo processes in "
@@ -71,9 +71,6 @@ RULES: tuple[Rule, ...] = (
 )
 # Rules kept for README sections another change adds: not every one must match a command today.
 OPTIONAL_RULES = {r"--data-dir\b|\bmy_images/|\bmy_slides/"}
-
-# The one input the README leaves to the reader (`gdzoo predict slide.png ...`): written here from real data.
-READER_FILES = ("slide.png",)
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,10 @@ def _copy_repo(target: Path) -> Path:
 
 
 def _write_reader_files(root: Path) -> None:
-    """``slide.png``: a 256×256 crop of a real MoNuSeg H&E image when the shared data is here, else a textured RGB."""
+    """The one input the README leaves to the reader (``gdzoo predict slide.png ...``).
+
+    ``slide.png``: a 256×256 crop of a real MoNuSeg H&E image when the shared data is here, else random RGB.
+    """
     from PIL import Image
 
     images = sorted((MONUSEG / "images").glob("*.png")) if (MONUSEG / "images").is_dir() else []
