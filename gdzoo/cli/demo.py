@@ -239,7 +239,7 @@ def _random_init_part(names: list[str], args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.registry import list_gdzoo_models
-    from ..training.inference import published_tag
+    from ..inference.loading import published_tag
 
     _check_args(args)
     all_names = list_gdzoo_models()
