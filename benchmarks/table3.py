@@ -297,7 +297,7 @@ def index_test_dice(model) -> float:
     from PIL import Image
 
     from gdzoo.data.seg_transforms import normalize
-    from gdzoo.inference.tiling import predict_tiled
+    from gdzoo.training.tiling import predict_tiled
 
     root = ROOT / "../shared/data/nuclei/monuseg2018"
     with open(root / "index.csv", newline="") as f:
@@ -455,7 +455,7 @@ def write_figure(results: dict[str, dict], log: Log | None = None, crop: int = 2
 
     import gdzoo  # noqa: F401
     from gdzoo.data.seg_transforms import normalize
-    from gdzoo.inference.tiling import predict_tiled
+    from gdzoo.training.tiling import predict_tiled
 
     if not all(m in results for m in MODELS):
         return None

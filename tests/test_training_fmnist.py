@@ -81,7 +81,7 @@ def test_eval_cli_scores_the_training_images_without_augmentation(run, tmp_path:
     """--split train: the run's 1200 training images as a validation split sees them, even with augmentation on in the
     recipe (random erasing on every image would change the score), against a plain loop over the same images."""
     from gdzoo.data.splits import split_indices
-    from gdzoo.training.inference import load_trained_model
+    from gdzoo.inference.loading import load_trained_model
 
     result, _ = run
     out = tmp_path / "train.json"

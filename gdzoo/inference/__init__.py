@@ -3,8 +3,8 @@
 
 Modules (each with one job):
 
-- :mod:`~gdzoo.inference.tiling`: tiled, overlapping prediction of images of any size (torch and numpy only; the
-  trainer's whole-image validation, :mod:`gdzoo.training.whole_image`, uses it too).
+- :mod:`~gdzoo.inference.tiling`: tiled, overlapping prediction of images of any size (the code stays in
+  :mod:`gdzoo.training.tiling`: the trainer's whole-image validation runs it, and training sits below inference).
 - :mod:`~gdzoo.inference.loading`: which weights (published by default), the run's recipe, class names, and
   :func:`load_trained_model`; built with :mod:`gdzoo.training`'s recipe, checkpoint and model factory.
 - :mod:`~gdzoo.inference.jobs`: the input files of a run, where their outputs go, and the :class:`PredictReport`.
@@ -13,7 +13,9 @@ Modules (each with one job):
 - :mod:`~gdzoo.inference.predictor`: :class:`Predictor` (memory limit, device, classification and segmentation).
 - :mod:`~gdzoo.inference.evaluation`: :func:`evaluate` a trained model on a recipe's split (``gdzoo eval``).
 
-Names are imported on first use, so ``import gdzoo.inference.tiling`` (from the trainer) pulls in nothing else.
+Imports flow one way: inference builds on models, data and training, and only the CLI imports it (nothing in
+training imports inference). Names are imported on first use, so the CLI imports :mod:`~gdzoo.inference.jobs` and
+:mod:`~gdzoo.inference.journal` without torch.
 """
 
 from __future__ import annotations

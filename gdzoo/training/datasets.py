@@ -1,4 +1,8 @@
-"""The recipe's train / validation / test datasets with transforms resolved from the model."""
+"""The recipe's train / validation / test datasets with transforms resolved from the model.
+
+Training, not :mod:`gdzoo.data`: it reads the recipe's data and augment sections (:mod:`gdzoo.training.config`),
+and data sits below training; the datasets themselves are :mod:`gdzoo.data`'s.
+"""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from .modeling import count_trainable, create_model, is_segmentation, stem_gd_la
 from .optim import create_optimizer, create_scheduler
 from .reporting import MetricsLog, format_summary, plot_curves, plot_segmentation_examples, scalar_metrics
 from .rundir import RunFolderError, claim_run_dir
-from .whole_image import whole_image_metrics
+from .tiling import whole_image_metrics
 
 __all__ = ["TrainResult", "train", "set_determinism", "seed_everything"]
 
