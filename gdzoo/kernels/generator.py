@@ -8,8 +8,8 @@
 - ``'torch'``: torch ops everywhere (today's code path on CPU, MPS, and without Triton).
 
 Both give the same values and gradients (tests/test_fused_generation.py); the choice is about speed.
-:func:`basis_code` makes the whole choice for each call, in one place: the fused op, one of the two
-``autograd.Function`` s of :mod:`.basis`, or plain torch ops.
+:func:`basis_code` makes the whole choice for each call, in one place: the fused op, one of the two autograd
+Functions of :mod:`.basis`, or plain torch ops.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def basis_code(device: torch.device, raw: bool = True) -> str:
     fused op and, under ``torch.jit.trace``, plain ops (a trace records a custom Function as an opaque Python call,
     not serialisable) are options; without it (:func:`~gdzoo.kernels.gaussian_derivative_basis`) only the two
     Functions are. The fused op steps aside for tracing, export and forward-mode AD / ``torch.func`` transforms
-    (outside ``torch.compile``); the forward-mode Function serves the latter, the plain one everything else.
+    (outside ``torch.compile``); ``'function_fwd'`` serves the latter, ``'function'`` everything else.
 
     Example:
         >>> with generator("torch"):

@@ -21,10 +21,10 @@ groups (``g`` a multiple of ``B``); :func:`group_bases` lists which basis every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,8 @@ __all__ = [
 # ``impl='auto'``. Depthwise kernels reuse far less data per load: on the 2-core CPU the ratio of
 # measured time to multiply-adds is ~25× that of a dense convolution (benchmarks/bench_gdconv.py).
 DEPTHWISE_COST = 25.0
+# The execution paths a layer or gd_conv2d may ask for ('auto': the cheapest by path_costs)
+IMPLS = ("auto", "dense", "basis", "factorized")
 
 
 @dataclass(frozen=True)
@@ -271,9 +273,6 @@ def path_costs(
     return costs
 
 
-IMPLS = ("auto", "dense", "basis", "factorized")
-
-
 def check_impl(impl: str, separated: bool) -> None:
     """A ValueError unless ``impl`` is one of :data:`IMPLS` that serves the combination (``separated``: eq. (4))."""
     if impl not in IMPLS:
@@ -284,28 +283,19 @@ def check_impl(impl: str, separated: bool) -> None:
         raise ValueError("impl='factorized' needs separated=True; use 'dense' or 'basis' with separated=False")
 
 
-def select_impl(
-    impl: str,
-    in_channels: int,
-    out_channels: int,
-    num_bases: int,
-    num_kernels: int,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    separated: bool,
-    groups: int = 1,
-) -> str:
-    """The execution path: ``impl``, or when ``'auto'`` the cheapest one by :func:`path_costs`.
+def select_impl(impl: str, *layer: Any) -> str:
+    """The execution path: ``impl``, or when ``'auto'`` the cheapest one for ``layer`` (:func:`path_costs`' arguments:
+    in and out channels, bases, kernels per basis, kernel size, stride, separated, groups).
 
     Example:
-        >>> select_impl("auto", 64, 64, 4, 10, (7, 7), (1, 1), separated=True)
+        >>> select_impl("auto", 64, 64, 4, 10, (7, 7), (1, 1), True)
         'factorized'
-        >>> select_impl("dense", 64, 64, 4, 10, (7, 7), (1, 1), separated=True)
+        >>> select_impl("dense", 64, 64, 4, 10, (7, 7), (1, 1), True)
         'dense'
     """
     if impl != "auto":
         return impl
-    costs = path_costs(in_channels, out_channels, num_bases, num_kernels, kernel_size, stride, separated, groups)
+    costs = path_costs(*layer)
     return min(costs, key=costs.__getitem__)
 
 
