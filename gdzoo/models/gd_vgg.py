@@ -107,7 +107,8 @@ def derive_gd_vgg(model_tag: str) -> tuple[dict[str, torch.Tensor], dict[str, An
     source_name = DERIVED_FROM[model_tag]
     source = _load_source(model_tag, source_name)
     images = natural_images(CHECK_IMAGES, 3, CHECK_SIZE, seed=0)
-    model, report = convert_model(source, model_tag.split(".")[0], images=images, refine_steps=0)
+    model, report = convert_model(source, model_tag.split(".")[0], images=images, refine_steps=0,
+                                  fit_options={"threads": 1})  # tiny tensors: one thread (gdzoo.threads)
     stem_error = report.fit.output_error
     seconds = time.perf_counter() - start
     summary = (f"{model_tag}: derived from timm {source_name} in {seconds:.1f} s: stem kernel rel. error "
