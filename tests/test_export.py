@@ -88,6 +88,22 @@ def test_safetensors_twin_loads_into_the_plain_architecture(tmp_path, gd_name, t
     assert_matches(eager_outputs(twin, x), eager_outputs(model, x))
 
 
+def test_checkpoint_weights_are_the_ones_exported(tmp_path) -> None:
+    """``--checkpoint FILE``: the exported file computes the checkpoint's model, not the published one."""
+    from safetensors.torch import save_file
+
+    trained = _model("gd_fmnist", seed=7)
+    save_file(trained.state_dict(), str(tmp_path / "best.safetensors"))
+    path = tmp_path / "ckpt.pt2"
+    result = gdzoo.export("gd_fmnist", path, checkpoint=tmp_path / "best.safetensors", num_images=2)
+    assert result.passed and result.architecture == "gd_fmnist"
+    x = _fmnist_batch(3)
+    got = torch.cat([pt2_outputs(path, x[i:i + 1]) for i in range(3)])
+    assert_matches(got, eager_outputs(trained, x))
+    published = timm.create_model("gd_fmnist.fmnist", pretrained=True).eval()
+    assert not torch.allclose(got, eager_outputs(published, x))
+
+
 def test_factorised_separated_layer_has_no_twin() -> None:
     from timm.utils.model import reparameterize_model
 

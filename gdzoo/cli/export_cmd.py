@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="onnx (onnxruntime), pt2 (torch.export), or safetensors (weights of the plain-conv twin, "
                         "e.g. gd_vgg16 -> timm vgg16); default: the output's suffix")
     p.add_argument("--checkpoint", default=None, help="a gdzoo run folder, best.safetensors / last.pth, or Hub folder")
+    p.add_argument("--pretrained", action="store_true",
+                   help="weights timm fetches or derives for a tag that is not shipped (e.g. gd_vgg16.tv_in1k)")
     p.add_argument("--random-init", action="store_true", help="untrained weights, on purpose (e.g. to try the export)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None and args.checkpoint is None:
         raise UserError("give a model (e.g. gd_unet.monuseg) or --checkpoint RUN")
     result = export(
-        args.model, args.output, args.format, checkpoint=args.checkpoint, random_init=args.random_init,
+        args.model, args.output, args.format, checkpoint=args.checkpoint, pretrained=args.pretrained,
+        random_init=args.random_init,
         opset=args.opset, input_size=tuple(args.input_size) if args.input_size else None,
         dynamic_batch=args.dynamic_batch, half=args.half, tolerance=args.tolerance, data_dir=args.data_dir,
         num_images=args.num_images,

@@ -58,8 +58,10 @@ def report_path_for(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".verification.json")
 
 
-def _load(model: str | nn.Module, checkpoint: str | os.PathLike | None, random_init: bool) -> tuple[nn.Module, str]:
-    """The eager model and its architecture name: a module as given, else published weights, a run, or random init."""
+def _load(model: str | nn.Module, checkpoint: str | os.PathLike | None, pretrained: bool,
+          random_init: bool) -> tuple[nn.Module, str]:
+    """The eager model and its architecture name: a module as given, else published (or, with ``pretrained``,
+    fetched / derived) weights, a run, or random init (only when asked: as ``gdzoo eval``)."""
     if isinstance(model, nn.Module):
         if checkpoint is not None:
             raise UserError("give either a model object or a checkpoint, not both")
@@ -67,7 +69,7 @@ def _load(model: str | nn.Module, checkpoint: str | os.PathLike | None, random_i
         return model, architecture
     from ..training.inference import choose_weights, load_trained_model
 
-    pretrained = choose_weights("export", model, checkpoint, False, random_init)
+    pretrained = choose_weights("export", model, checkpoint, pretrained, random_init)
     loaded, recipe = load_trained_model(model, checkpoint, pretrained)
     name = model or (recipe.model.name if recipe else "")
     return loaded, (loaded.pretrained_cfg or {}).get("architecture") or name.split(".")[0]
@@ -106,6 +108,7 @@ def export(
     format: str | None = None,  # noqa: A002 - the CLI's --format
     *,
     checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
     random_init: bool = False,
     opset: int | None = None,
     input_size: tuple[int, int, int] | None = None,
@@ -138,7 +141,7 @@ def export(
         raise UserError(f"num_images must be at least 1, got {num_images}")
     if opset is not None and fmt != "onnx":
         raise UserError(f"--opset applies to --format onnx, not {fmt}")
-    eager, architecture = _load(model, checkpoint, random_init)
+    eager, architecture = _load(model, checkpoint, pretrained, random_init)
     eager = eager.eval().float()
     size = _input_size(eager, input_size)
     dynamic_size = _dynamic_size(eager, size)
