@@ -100,7 +100,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import onnxruntime
 
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+    machine = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {machine}, "
           f"1 thread, median of {args.rounds} interleaved rounds\n")
     print("| model | variant | input | latency | ratio to the plain twin (onnxruntime) |")
     print("|---|---|---|---:|---:|")

@@ -130,6 +130,19 @@ def test_verification_fails_on_a_wrong_artefact(tmp_path, monkeypatch) -> None:
     assert json.loads(result.report_path.read_text())["passed"] is False
 
 
+def test_a_damaged_file_is_reported(tmp_path, monkeypatch) -> None:
+    """A written file that its runtime cannot load (truncated) is an error naming the file, not a pass."""
+    write = deploy_api.write_artefact
+
+    def truncated(fmt, model, spec, path, architecture):  # noqa: ANN001
+        write(fmt, model, spec, path, architecture)
+        path.write_bytes(path.read_bytes()[:200])
+
+    monkeypatch.setattr(deploy_api, "write_artefact", truncated)
+    with pytest.raises(UserError, match="bad.onnx was written but onnxruntime cannot run it"):
+        gdzoo.export(_model("gd_fmnist"), tmp_path / "bad.onnx", num_images=1)
+
+
 def test_tolerance_zero_fails_and_the_cli_exits_one(tmp_path, capsys) -> None:
     from gdzoo.cli.main import main
 

@@ -1,4 +1,4 @@
-"""``gdzoo export``: a trained GD model -> ONNX / torch.export / plain-twin safetensors, checked against the eager model."""
+"""``gdzoo export``: a trained GD model -> ONNX / torch.export / plain-twin safetensors, checked against eager."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ class ExportResult:
                 "inputs": self.inputs, "passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
 
     def summary(self) -> str:
-        lines = [f"wrote {self.path} ({self.format}, {self.dtype}, from {self.architecture}); checked on {self.inputs}:"]
+        lines = [f"wrote {self.path} ({self.format}, {self.dtype}, from {self.architecture}); "
+                 f"checked on {self.inputs}:"]
         lines += [f"  {c.summary()}" for c in self.checks]
         lines.append(f"verification {'passed' if self.passed else 'FAILED'} (report: {self.report_path})")
         return "\n".join(lines)
@@ -95,6 +96,26 @@ def _dynamic_size(model: nn.Module, size: tuple[int, int, int]) -> int | None:
     return multiple
 
 
+RUNTIMES = {"onnx": "onnxruntime", "pt2": "torch.export.load", "safetensors": "the plain twin"}
+
+
+def _does_not_run(fmt: str, path: Path, half: bool, error: BaseException) -> UserError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    hint = ("; float16 needs a kernel for every op in the runtime (onnxruntime's CPU provider lacks some): "
+            "export without --half" if half else "")
+    return UserError(f"{path} was written but {RUNTIMES[fmt]} cannot run it: {reason}{hint}")
+
+
+def _runnable(fmt: str, path: Path, eager: nn.Module, architecture: str, dtype: torch.dtype):  # noqa: ANN202
+    """The artefact's runner; a file its runtime cannot load raises a :class:`UserError` naming it."""
+    try:
+        return load_runner(fmt, path, eager, architecture, dtype)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a file its own runtime refuses does not deploy
+        raise _does_not_run(fmt, path, dtype == torch.float16, e) from e
+
+
 def _run_batched(runner, x: torch.Tensor, batch: int | None) -> torch.Tensor:  # noqa: ANN001
     """``runner`` over ``x`` in chunks of ``batch`` (the artefact's fixed batch), or all at once."""
     if batch is None:
@@ -124,6 +145,7 @@ def export(
     ``num_images`` real inputs and compared with the eager GD model in float32; ``tolerance`` bounds
     max |Δ| / max |output| (default 1e-5, or 1e-2 with ``half``), and every argmax (class or mask pixel) must agree.
     A U-net exports with dynamic height and width (multiples of its padding multiple, checked at a second size).
+    A module given as ``model`` is put in eval mode (float32); it is copied before being reparameterised.
 
     Example:
         >>> import tempfile, timm, gdzoo
@@ -156,7 +178,7 @@ def export(
     example = inputs.images[:1].repeat(2 if dynamic_batch else 1, 1, 1, 1).to(dtype)
     spec = ExportSpec(example, dynamic_batch, dynamic_size, opset)
     write_artefact(fmt, deployed, spec, path, architecture)
-    runner = load_runner(fmt, path, eager, architecture, dtype)
+    runner = _runnable(fmt, path, eager, architecture, dtype)
     fixed_batch = None if dynamic_batch or fmt == "safetensors" else 1
 
     batches = [(f"batch of {len(inputs.images)}" if fixed_batch is None else "one image at a time", inputs.images)]
@@ -164,11 +186,15 @@ def export(
         _, h, w = size
         other = check_inputs(eager, min(num_images, 2), (size[0], h + dynamic_size, w + 2 * dynamic_size), data_dir)
         batches.append((f"second size {h + dynamic_size}x{w + 2 * dynamic_size}", other.images))
-    result = ExportResult(path, report_path_for(path), fmt, architecture, inputs.source, str(dtype).removeprefix("torch."))
+    result = ExportResult(path, report_path_for(path), fmt, architecture, inputs.source,
+                          str(dtype).removeprefix("torch."))
     for name, x in batches:
         with torch.no_grad():
             want = eager(x)
-        got = _run_batched(lambda b: runner(b.to(dtype)).float(), x, fixed_batch)
+        try:
+            got = _run_batched(lambda b: runner(b.to(dtype)).float(), x, fixed_batch)
+        except Exception as e:  # noqa: BLE001 - any runtime failure: the file does not deploy as written
+            raise _does_not_run(fmt, path, half, e) from e
         result.checks.append(compare_outputs(name, x, got, want, tolerance, allow_near_ties=half))
     atomic_write_text(result.report_path, json.dumps(result.to_dict(), indent=2) + "\n")
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,15 @@ FORMATS = ("onnx", "pt2", "safetensors")
 Runner = Callable[[torch.Tensor], torch.Tensor]  # input batch -> output of the exported artefact
 
 
+@dataclass
 class ExportSpec:
-    """What the artefact accepts: an example batch, which dims vary, and (onnx) the opset."""
+    """What the artefact accepts: an example batch, whether the batch varies, the multiple H / W vary by (None:
+    fixed), and (onnx) the opset (None: the exporter's)."""
 
-    def __init__(self, example: torch.Tensor, dynamic_batch: bool, dynamic_size: int | None, opset: int | None) -> None:
-        self.example, self.dynamic_batch, self.dynamic_size, self.opset = example, dynamic_batch, dynamic_size, opset
+    example: torch.Tensor
+    dynamic_batch: bool
+    dynamic_size: int | None
+    opset: int | None
 
     def dynamic_shapes(self) -> tuple[dict[int, Any]] | None:
         """torch.export's ``dynamic_shapes`` for the one input: batch, and H / W as multiples of ``dynamic_size``."""
@@ -91,7 +96,8 @@ def _write_safetensors(model: nn.Module, architecture: str, path: Path) -> None:
 
     twin = PLAIN_TWINS[architecture][0] if architecture in PLAIN_TWINS else architecture
     state = twin_state_dict(model, twin)
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"architecture": twin, "exported_from": architecture}))
+    metadata = {"architecture": twin, "exported_from": architecture}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def write_artefact(fmt: str, model: nn.Module, spec: ExportSpec, path: Path, architecture: str) -> None:

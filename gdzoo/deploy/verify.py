@@ -55,7 +55,8 @@ def compare_outputs(name: str, x: torch.Tensor, got: torch.Tensor, want: torch.T
                     allow_near_ties: bool = False) -> Comparison:
     """How far the exported output ``got`` is from the eager ``want`` on input ``x``.
 
-    With ``allow_near_ties`` (float16 artefacts) labels may differ where ``want``'s top-2 margin ≤ 2 × tolerance × scale.
+    With ``allow_near_ties`` (float16 artefacts), labels may differ where ``want``'s top-2 margin is at most
+    2 × tolerance × scale.
 
     Example:
         >>> want = torch.tensor([[1.0, 3.0], [2.0, -1.0]])
