@@ -157,10 +157,12 @@ def test_tolerance_zero_fails_and_the_cli_exits_one(tmp_path, capsys) -> None:
     ({"format": "tflite"}, "tflite"),
     ({"opset": 18, "format": "pt2"}, "--opset"),
     ({"input_size": (3, 0, 32)}, "--input-size"),
+    ({"input_size": (1, 32, 32)}, "does not take --input-size 1 32 32"),  # the U-net takes 3 channels
 ])
 def test_bad_requests_are_refused(tmp_path, kwargs, message) -> None:
     with pytest.raises(UserError, match=message):
         gdzoo.export(_model("gd_unet"), tmp_path / "x.onnx", **kwargs)
+    assert not (tmp_path / "x.onnx").exists()  # refused before anything is written
 
 
 def test_unet_size_must_be_a_multiple_and_plain_models_have_no_twin(tmp_path) -> None:

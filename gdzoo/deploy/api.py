@@ -172,8 +172,14 @@ def export(
 
     from timm.utils.model import reparameterize_model
 
-    deployed = reparameterize_model(copy.deepcopy(eager)).eval().to(dtype)
     inputs = check_inputs(eager, num_images, size, data_dir)
+    try:
+        with torch.no_grad():
+            eager(inputs.images[:1])
+    except (RuntimeError, ValueError) as e:  # wrong channels, or too small for the network: say which flag to change
+        raise UserError(f"{architecture} does not take --input-size {' '.join(map(str, size))} "
+                        f"({str(e).strip().splitlines()[0][:200]}); give the size it was trained on") from e
+    deployed = reparameterize_model(copy.deepcopy(eager)).eval().to(dtype)
     # an example batch of 2 when the batch varies: torch.export would specialise a traced batch of 1 to a constant
     example = inputs.images[:1].repeat(2 if dynamic_batch else 1, 1, 1, 1).to(dtype)
     spec = ExportSpec(example, dynamic_batch, dynamic_size, opset)

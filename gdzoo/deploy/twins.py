@@ -44,8 +44,8 @@ def twin_state_dict(reparameterized: nn.Module, architecture: str) -> dict[str, 
         if _REPARAM in key:
             layer, param = key.split(_REPARAM, 1)
             if "." in param:  # reparam_conv.0.weight: a factorised sequence
-                raise UserError(f"{architecture}: layer {layer} is a factorised (1×1 → depthwise → 1×1) separated "
-                                "GD layer with no single-convolution twin; export it as onnx or pt2 instead")
+                raise UserError(f"{architecture}: layer {layer} is a factorised (1×1 → depthwise → 1×1) "
+                                "separated GD layer with no single-convolution twin; export it as onnx or pt2 instead")
             key = f"{layer}.{param}"
         state[key] = value.detach().contiguous()
     return state
