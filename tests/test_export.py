@@ -104,6 +104,27 @@ def test_checkpoint_weights_are_the_ones_exported(tmp_path) -> None:
     assert not torch.allclose(got, eager_outputs(published, x))
 
 
+def test_cli_exports_a_training_run(tmp_path, capsys) -> None:
+    """``gdzoo export --checkpoint RUN``: the run's model (named by its recipe) with its best weights."""
+    from safetensors.torch import load_file
+
+    from gdzoo.cli.main import main
+    from gdzoo.training import load_recipe, train
+
+    recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", [
+        "model.name=gd_fmnist", "data.train_subset=64", "data.val_size=32", "data.test_subset=32", "train.epochs=1",
+        f"output.dir={tmp_path / 'runs'}", "output.progress=false",
+    ])
+    run_dir = train(recipe).run_dir
+    out = tmp_path / "run.onnx"
+    assert main(["export", "--checkpoint", str(run_dir), "-o", str(out), "--dynamic-batch", "--num-images", "3"]) == 0
+    assert "verification passed" in capsys.readouterr().out
+    trained = timm.create_model("gd_fmnist").eval()
+    trained.load_state_dict(load_file(run_dir / "best.safetensors"))
+    x = _fmnist_batch(6)
+    assert_matches(ort_outputs(out, x), eager_outputs(trained, x))
+
+
 def test_factorised_separated_layer_has_no_twin() -> None:
     from timm.utils.model import reparameterize_model
 
