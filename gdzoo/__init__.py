@@ -14,7 +14,8 @@ import sys as _sys
 
 __version__ = "0.1.0"
 
-__all__ = ["GDConv2d", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify", "generator", "set_generator", "steer"]
+__all__ = ["GDConv2d", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify", "generator", "set_generator",
+           "steer"]
 
 # public name -> submodule that defines it (imported on first access when the package was imported lazily)
 _LAZY = {

@@ -125,6 +125,13 @@ def test_cli_exports_a_training_run(tmp_path, capsys) -> None:
     assert_matches(ort_outputs(out, x), eager_outputs(trained, x))
 
 
+def test_cli_offers_the_formats_of_the_library() -> None:
+    from gdzoo.cli import export_cmd
+    from gdzoo.deploy import FORMATS
+
+    assert export_cmd.FORMATS == FORMATS  # the CLI keeps its own copy so that --help imports no torch
+
+
 def test_factorised_separated_layer_has_no_twin() -> None:
     from timm.utils.model import reparameterize_model
 

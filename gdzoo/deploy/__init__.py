@@ -2,7 +2,7 @@
 twin), and check the written artefact against the eager model with its own runtime.
 
 Sits after :mod:`gdzoo.training` in gdzoo's import order (it loads runs through it and reads the datasets of
-:mod:`gdzoo.data` for its check inputs); only :mod:`gdzoo.cli` imports it.
+:mod:`gdzoo.data` for its check inputs); only :mod:`gdzoo.cli` and the lazy ``gdzoo.export`` import it.
 """
 
 from .api import ExportResult, export, report_path_for
