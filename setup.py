@@ -18,7 +18,8 @@ MANIFEST = ROOT / "gdzoo" / "models" / "published_weights.json"
 
 def _repo_files() -> tuple:
     """``REPO_FILES`` of ``gdzoo/models/weights_files.py`` (it imports nothing: no gdzoo or torch at build time)."""
-    spec = importlib.util.spec_from_file_location("_gdzoo_weights_files", ROOT / "gdzoo" / "models" / "weights_files.py")
+    path = ROOT / "gdzoo" / "models" / "weights_files.py"
+    spec = importlib.util.spec_from_file_location("_gdzoo_weights_files", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.REPO_FILES

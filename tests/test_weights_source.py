@@ -1,4 +1,4 @@
-"""One answer to "where do the weights of ``<model>.<tag>`` come from", checked before any tensor is read, once per load.
+"""One answer to "where do the weights of ``<model>.<tag>`` come from", checked before any tensor is read, once a load.
 
 Real timm, real huggingface_hub cache layout (seeded from an exported folder), real safetensors; hashes are
 compared with ``hashlib`` and the manifest, never with the resolver's own output.
@@ -66,7 +66,8 @@ def test_shipped_source_is_the_manifests_file() -> None:
     source = resolve("gd_fmnist")
     path = REPO / "weights" / "gd_fmnist.fmnist" / WEIGHTS_FILE
     assert (source.name, source.kind, source.path) == ("gd_fmnist.fmnist", "shipped", path)
-    assert source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == load_manifest()["gd_fmnist.fmnist"]["sha256"]
+    expected = load_manifest()["gd_fmnist.fmnist"]["sha256"]
+    assert source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == expected
     with pytest.raises(ValueError, match="'gd_fmnist'"):
         model_and_tag("gd_fmnist")
     assert model_and_tag("gd_vgg16.tv_in1k") == timm.models.split_model_name_tag("gd_vgg16.tv_in1k")

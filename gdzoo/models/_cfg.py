@@ -19,7 +19,8 @@ def gd_cfg(model_tag: str, derived: bool = False, **kwargs: Any) -> dict[str, An
     Only published tags (``PUBLISHED_WEIGHTS``, one per shipped ``weights/<model>.<tag>/`` folder) and
     tags whose weights are ``derived`` on first use get an ``hf_hub_id``, so ``timm.list_pretrained()``
     lists exactly the weights that can be had; the others are architectures-only until their weights land.
-    Where a load takes the file from (shipped copy, derived, Hub) is decided by :mod:`.weights_source`. ``<org>`` is ``$GDZOO_HF_ORG`` (default ``gdzoo``), read when the cfg is built (at ``import gdzoo``).
+    ``<org>`` is ``$GDZOO_HF_ORG`` (default ``gdzoo``), read when the cfg is built (at ``import gdzoo``). Where a
+    load takes the file from (shipped copy, derived, Hub) is decided by :mod:`.weights_source`.
 
     ``kwargs`` (input_size, mean, std, num_classes, first_conv, classifier, ...) override the generic
     defaults below; every model family passes its own data and head fields.

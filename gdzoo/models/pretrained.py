@@ -31,7 +31,7 @@ from .weights_source import (
     ORG_ENV,
     PUBLISHED_WEIGHTS,
     WEIGHTS_FILE,
-    _cached_hub_file,
+    cached_hub_file,
     actionable_hub_errors,
     check_cached_hub_file,
     default_org,
@@ -129,7 +129,7 @@ def verify_cached_weights(pretrained_cfg: dict[str, Any]) -> None:
     hub_id, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename")
     if not hub_id or not filename or pretrained_cfg.get("file"):
         return
-    cached = _cached_hub_file(hub_id, filename)
+    cached = cached_hub_file(hub_id, filename)
     if cached is not None:
         check_cached_hub_file(hub_id, filename, cached)
 
@@ -255,7 +255,7 @@ def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], D
     model_tag = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
     if derive is None or not hub_id or derive(model_tag) is None:
         return None
-    if _cached_hub_file(hub_id, pretrained_cfg.get("hf_hub_filename") or WEIGHTS_FILE) is not None:
+    if cached_hub_file(hub_id, pretrained_cfg.get("hf_hub_filename") or WEIGHTS_FILE) is not None:
         return None
     source = resolve_cfg(pretrained_cfg, derive)
     return str(source.path) if source is not None and source.kind == "derived" else None

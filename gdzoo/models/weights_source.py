@@ -56,6 +56,7 @@ __all__ = [
     "WeightsKind",
     "WeightsSource",
     "actionable_hub_errors",
+    "cached_hub_file",
     "check_cached_hub_file",
     "default_org",
     "hub_repo_id",
@@ -124,7 +125,7 @@ def _name(pretrained_cfg: dict[str, Any]) -> str:
     return f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
 
 
-def _cached_hub_file(hub_id: str, filename: str) -> str | None:
+def cached_hub_file(hub_id: str, filename: str) -> str | None:
     """The HF cache's copy of ``filename`` of ``hub_id``, or None."""
     repo_id, revision = hf_split(hub_id)
     hit = try_to_load_from_cache(repo_id, filename, revision=revision)
@@ -227,7 +228,7 @@ def _hub_or_cached(pretrained_cfg: dict[str, Any], download: bool) -> WeightsSou
         return None
     if download:
         return _hub_source(pretrained_cfg, hub_id, filename)
-    cached = _cached_hub_file(hub_id, filename)
+    cached = cached_hub_file(hub_id, filename)
     return None if cached is None else WeightsSource(_name(pretrained_cfg), "hub", Path(cached), None)
 
 
@@ -255,7 +256,7 @@ def resolve_cfg(
     if not download:  # what is on this machine: derived weights cached earlier, else the Hugging Face cache
         return _derived_source(name) or _hub_or_cached(pretrained_cfg, download=False)
     derive_fn = derive(name) if derive is not None and hub_id else None
-    if derive_fn is not None and _cached_hub_file(hub_id, filename) is None:
+    if derive_fn is not None and cached_hub_file(hub_id, filename) is None:
         derived = _derived_source(name)
         if derived is not None:
             return derived
