@@ -140,10 +140,11 @@ def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike, model: str, o
 def model_state_from_file(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Model weights from a ``.safetensors`` file, a training checkpoint (``model`` / ``ema``) or a plain state dict."""
     from ..models.pretrained import load_weights_file
+    from ..models.weights_files import WEIGHTS_FILE
 
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     state = load_weights_file(path)
