@@ -177,7 +177,8 @@ def _class_mapping(model: Any, checkpoint: str | Path | None, trained: bool, cla
         for i in range(num_classes if num_classes is not None else max(mapping.values()) + 1):
             named = [f for f, index in mapping.items() if index == i]
             names.append(named[0] if len(named) == 1 else str(i))
-    renamed = [f"{f!r} -> {names[i]!r} ({i})" for f, i in sorted(mapping.items(), key=lambda kv: kv[1]) if f != names[i]]
+    by_index = sorted(mapping.items(), key=lambda kv: kv[1])
+    renamed = [f"{f!r} -> {names[i]!r} ({i})" for f, i in by_index if f != names[i]]
     print(f"gdzoo eval: {len(mapping)} class folders labelled with the model's classes"
           + (f"; by another name: {', '.join(renamed)}" if renamed else " by name"), file=sys.stderr)
     return mapping, names

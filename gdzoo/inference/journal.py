@@ -159,7 +159,8 @@ def csv_line(row: list[str]) -> str:
 
 
 def _read_rows(text: str, errors: bool = False) -> dict[str, list[str]]:
-    """Complete rows (a torn last line is dropped) of prediction CSV text, by file, with no error (unless ``errors``)."""
+    """Complete rows (a torn last line is dropped) of prediction CSV text, by file, with no error (unless
+    ``errors``)."""
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
@@ -170,7 +171,8 @@ def _read_rows(text: str, errors: bool = False) -> dict[str, list[str]]:
     return rows
 
 
-def earlier_table(out_dir: Path, settings: dict[str, Any], overwrite: bool, quiet: bool = False) -> dict[str, list[str]]:
+def earlier_table(out_dir: Path, settings: dict[str, Any], overwrite: bool,
+                  quiet: bool = False) -> dict[str, list[str]]:
     """Every row (errors too) of the folder's predictions.csv, to merge this run's rows into; call it holding the lock.
 
     A table made with other settings (or of unknown settings) cannot be merged with: :class:`OutputConflict`, or with

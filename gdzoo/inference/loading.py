@@ -67,7 +67,8 @@ def choose_weights(command: str, name: str | None, checkpoint: str | Path | None
     if tag is None:
         import timm
 
-        fetch = "--pretrained (weights timm fetches or derives), " if timm.list_pretrained(name.split(".", 1)[0]) else ""
+        fetchable = timm.list_pretrained(name.split(".", 1)[0])
+        fetch = "--pretrained (weights timm fetches or derives), " if fetchable else ""
         raise UserError(f"{name} has no published weights; give --checkpoint (a gdzoo run folder or weights file), "
                         f"{fetch}or --random-init for untrained weights")
     print(f"gdzoo {command}: using the published weights {tag} ({RANDOM_INIT_HINT})", file=sys.stderr, flush=True)
@@ -91,7 +92,8 @@ def find_run_recipe(checkpoint: str | Path | None) -> Recipe | None:
 
 
 def trained_class_names(model: nn.Module, checkpoint: str | Path | None, num_classes: int) -> list[str] | None:
-    """Class names from the run folder's ``classes.json``, else ``pretrained_cfg['label_names']``; None if neither fits."""
+    """Class names from the run folder's ``classes.json``, else ``pretrained_cfg['label_names']``; None if neither
+    fits."""
     folder = _run_dir(checkpoint)
     if folder is not None and (folder / "classes.json").is_file():
         names = json.loads((folder / "classes.json").read_text())
@@ -119,14 +121,16 @@ def _head_classes(model: nn.Module, state: dict[str, Any]) -> int | None:
 
 
 def _check_folder_architecture(checkpoint: str | Path | None, name: str) -> None:
-    """A Hub folder (``weights/<model>.<tag>/``, with its ``config.json``) given for another model: say which it holds."""
+    """A Hub folder (``weights/<model>.<tag>/``, with its ``config.json``) given for another model: say which it
+    holds."""
     if checkpoint is None or not Path(checkpoint).is_dir() or not (Path(checkpoint) / "config.json").is_file():
         return
     config_file = Path(checkpoint) / "config.json"
     try:
         holds = json.loads(config_file.read_text(encoding="utf-8")).get("architecture")
     except (ValueError, AttributeError) as e:
-        raise UserError(f"{config_file} is not a valid timm config.json ({e}); fix it or export the folder again") from e
+        raise UserError(f"{config_file} is not a valid timm config.json ({e}); fix it or export the folder "
+                        "again") from e
     asked = name.removeprefix("timm/").split(".")[0]
     if isinstance(holds, str) and not asked.startswith(("local-dir:", "hf-hub:")) and holds != asked:
         raise UserError(f"{checkpoint} holds {holds} weights, but --model asks for {asked}; use --model {holds}")
@@ -135,7 +139,8 @@ def _check_folder_architecture(checkpoint: str | Path | None, name: str) -> None
 def load_trained_model(
     name: str | None, checkpoint: str | Path | None = None, pretrained: bool = False, num_classes: int | None = None
 ) -> tuple[nn.Module, Recipe | None]:
-    """Build ``name`` (or the run's model) and load ``checkpoint``: a run folder, best.safetensors, last.pth or a Hub folder.
+    """Build ``name`` (or the run's model) and load ``checkpoint``: a run folder, best.safetensors, last.pth or a Hub
+    folder.
 
     The number of classes comes from ``num_classes``, else the run's recipe, else the checkpoint's classifier.
     """
@@ -163,7 +168,8 @@ def load_trained_model(
         return model.eval(), recipe
     state = model_state_from_file(checkpoint)
     trained_classes = _head_classes(model, state)
-    if num_classes is None and trained_classes is not None and trained_classes != getattr(model, "num_classes", trained_classes):
+    built_classes = getattr(model, "num_classes", trained_classes)
+    if num_classes is None and trained_classes is not None and trained_classes != built_classes:
         cfg.num_classes = trained_classes
         model, _ = create_model(cfg, trained_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)

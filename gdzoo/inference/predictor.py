@@ -104,11 +104,12 @@ class Predictor:
     def __init__(self, model: nn.Module, output: str | os.PathLike = "predictions", *, model_name: str = "",
                  weights: str = "random init", task: str = "auto", classes: Sequence[str] | None = None,
                  tile: int | None = None, overlap: int = 32, batch_size: int = 16, topk: int = 5,
-                 device: str | torch.device = "cpu", overwrite: bool = False, memory_limit: float | None = None) -> None:
+                 device: str | torch.device = "cpu", overwrite: bool = False,
+                 memory_limit: float | None = None) -> None:
         """``weights`` and ``model_name`` describe the model in the settings that outputs are matched by (a changed
         setting means the outputs are redone); ``task`` is 'auto', 'classification' or 'segmentation'; ``classes``
-        names the classes (default: the model's ``label_names``, else indices); ``tile`` defaults to the model's input size; ``memory_limit`` is in
-        GiB (default: 80% of this machine's memory)."""
+        names the classes (default: the model's ``label_names``, else indices); ``tile`` defaults to the model's
+        input size; ``memory_limit`` is in GiB (default: 80% of this machine's memory)."""
         from ..data.transforms import resolve_data_config_for
         from ..training.distributed import resolve_device
         from ..training.modeling import is_segmentation
@@ -230,7 +231,8 @@ class Predictor:
         image = read_image(job.path, chans, self.max_bytes)
         tiles = ImageTiles(image.pixels, image.scale, self.data_config["mean"], self.data_config["std"], chans, tile)
         stride = tile - overlap
-        count = len(axis_origins(tiles.padded_size[0], tile, stride)) * len(axis_origins(tiles.padded_size[1], tile, stride))
+        tile_rows, tile_cols = (len(axis_origins(side, tile, stride)) for side in tiles.padded_size)
+        count = tile_rows * tile_cols
         height, width = image.height, image.width
 
         def write_both(mask_tmp: str, overlay_tmp: str) -> None:
@@ -272,7 +274,8 @@ class Predictor:
             earlier_table(out_dir, settings, self.overwrite)  # refuse before any work, not after
         done = {} if self.overwrite else previous_rows(out_dir, settings_line)
         journal = journal_path(out_dir)
-        atomic_write_text(journal, f"#{SETTINGS_KEY} {settings_line}\n" + "".join(csv_line(row) for row in done.values()))
+        done_lines = "".join(csv_line(row) for row in done.values())
+        atomic_write_text(journal, f"#{SETTINGS_KEY} {settings_line}\n" + done_lines)
         rows: dict[str, list[str]] = {}
         todo = []
         for job in jobs:
@@ -312,7 +315,8 @@ class Predictor:
                 log.flush()
                 os.fsync(log.fileno())
         out = out_dir / CSV_NAME
-        with locked(out_dir):  # merge by input path into the table as it is now (another run may have written meanwhile)
+        # merge by input path into the table as it is now (another run may have written meanwhile)
+        with locked(out_dir):
             earlier = earlier_table(out_dir, settings, self.overwrite, quiet=True)
             table = {**earlier, **{str(job.path): rows[str(job.path)] for job in jobs if str(job.path) in rows}}
             for path, row in done.items():  # rows of an interrupted run's other inputs (its journal is deleted below)
