@@ -52,8 +52,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gdzoo.layers import GDConv2d  # noqa: E402
-from gdzoo.layers.gd_functional import DEPTHWISE_COST  # noqa: E402
+from gdzoo.layers import GDConv2d
+from gdzoo.layers.gd_functional import DEPTHWISE_COST
 
 SHAPES = ((1, 32, 28), (32, 32, 28), (64, 64, 14), (64, 128, 56))
 VARIANTS = (  # (label, separated, impl)

@@ -36,11 +36,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gdzoo  # noqa: E402,F401  (registers the models)
-from bench_gdconv import SHAPES, Paired, Timer, interleaved  # noqa: E402
-from gdzoo import GDConv2d  # noqa: E402
-from gdzoo.kernels import generator  # noqa: E402
-from gdzoo.kernels.generator import triton_available, triton_interpreting  # noqa: E402
+import gdzoo  # noqa: F401  (registers the models)
+from gdzoo import GDConv2d
+from gdzoo.kernels import generator
+from gdzoo.kernels.generator import triton_available, triton_interpreting
+
+from bench_gdconv import SHAPES, Paired, Timer, interleaved
 
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 MODES = (("fp32", "train"), ("fp32", "inference"), ("bf16", "train"), ("bf16", "inference"))
@@ -93,7 +94,7 @@ def model_cases(small: bool) -> list[ModelCase]:
             ModelCase("gd_vgg16", "vgg16", 64, 224)]
 
 
-def autocast(device: torch.device, precision: str):  # noqa: ANN201 - a context manager
+def autocast(device: torch.device, precision: str):  # a context manager
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
@@ -188,7 +189,7 @@ class LaunchCounter(TorchDispatchMode):
         super().__init__()
         self.count = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         tensors = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
         if tensors and not func.is_view and str(func.overloadpacket) not in NO_LAUNCH:
@@ -210,7 +211,7 @@ def count_launches(fn: Callable[[], object], device: torch.device) -> int:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def cuda_path():  # noqa: ANN201 - a context manager
+def cuda_path():  # a context manager
     """The generator CUDA takes ('auto'); off CUDA, the fused kernels in Triton's interpreter when it is on, so that
     launch counts on CPU are those of the CUDA path (``gpu_check.sh --cpu`` sets ``TRITON_INTERPRET=1``)."""
     return generator("triton" if triton_available() and triton_interpreting() else "auto")
@@ -233,7 +234,7 @@ def gd_layer_launches(model: nn.Module, case: ModelCase, device: torch.device) -
     for h in hooks:
         h.remove()
 
-    def step(layer: nn.Module, x: torch.Tensor, path) -> Callable[[], None]:  # noqa: ANN001 - a context manager factory
+    def step(layer: nn.Module, x: torch.Tensor, path) -> Callable[[], None]:  # a context manager factory
         grad = None
 
         def run() -> None:

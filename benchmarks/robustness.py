@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-
-import timm
 
 import gdzoo
 from gdzoo._io import atomic_write_text

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 from _runs import ROOT, Log, cpu_name, device_segments, git_commit, run_queue, run_training
+
 RESULTS = ROOT / "results" / "table1"
 ZOO_FINAL = ROOT / "results" / "zoo_fmnist" / "final"  # benchmarks/zoo_fmnist.py --final: the zoo recipe at 60000
 RUNS = ROOT / "runs" / "table1"

@@ -24,8 +24,20 @@ import shlex
 import sys
 
 from _runs import ROOT, Log, run_queue, run_training
-from table1 import (FULL, GD_MODELS, MODELS, PAPER, PAPER_NAMES, cell_name, collect_result, load_results, margins, row_means, seeds_for,
-                    train_args)
+from table1 import (
+    FULL,
+    GD_MODELS,
+    MODELS,
+    PAPER,
+    PAPER_NAMES,
+    cell_name,
+    collect_result,
+    load_results,
+    margins,
+    row_means,
+    seeds_for,
+    train_args,
+)
 
 RESULTS = ROOT / "results" / "table1_variants"
 RUNS = ROOT / "runs" / "table1_variants"

@@ -54,7 +54,7 @@ def _grid(nrows: int, ncols: int, cell: float, header: float, title: str, hspace
     return fig, axes
 
 
-def _show(ax, kernel: torch.Tensor) -> None:  # noqa: ANN001 - matplotlib Axes
+def _show(ax, kernel: torch.Tensor) -> None:  # matplotlib Axes
     limit = float(kernel.abs().max()) or 1.0
     ax.imshow(kernel.numpy(), cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     ax.set_xticks([])

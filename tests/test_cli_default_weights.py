@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 import gdzoo  # noqa: F401  (registers the models with timm)
-from _paths import REPO
 from gdzoo.cli.main import main
 from gdzoo.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from gdzoo.training.inference import published_tag
+
+from _paths import REPO
 
 try:
     FMNIST: Path | None = find_fashion_mnist(splits=("test",))

@@ -25,10 +25,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _gd_reference import assert_close_norm, assert_close_scaled, reference_forward, reference_params
-from _paths import REPO
 from gdzoo import GDConv2d
 from gdzoo.models import list_gdzoo_models
+
+from _gd_reference import assert_close_norm, assert_close_scaled, reference_forward, reference_params
+from _paths import REPO
 
 DEVICE = os.environ.get("GDZOO_CHECK_DEVICE", "cuda")
 ON_CPU = DEVICE == "cpu"

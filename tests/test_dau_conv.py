@@ -16,7 +16,6 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import gdzoo  # noqa: F401  (registers the models)
 from gdzoo.layers import DAUConv2d, GDConv2d, no_weight_decay_names

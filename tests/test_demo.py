@@ -13,8 +13,9 @@ import timm
 import torch
 from PIL import Image
 
-from _paths import MONUSEG, SHARED_ENV, missing_data
 from gdzoo.cli.main import main
+
+from _paths import MONUSEG, SHARED_ENV, missing_data
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

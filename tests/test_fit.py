@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from gdzoo import GDConv2d
 from gdzoo.layers.fit import combination_lstsq, fit_gd_kernel, fit_gdconv_, natural_images, subspace_bound
 
-from _paths import IMAGENET_STEM as STEM, missing_data
+from _paths import IMAGENET_STEM as STEM
+from _paths import missing_data
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

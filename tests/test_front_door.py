@@ -15,14 +15,13 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from gdzoo.data.fashion_mnist import find_fashion_mnist
+from gdzoo.models.shipped import load_manifest
 
 from _newcomer import Newcomer, copy_repository, last_json, wheel_files
 from _paths import IMAGENET_STEM, MONUSEG, REPO, missing_data
-from gdzoo.data.fashion_mnist import find_fashion_mnist
-from gdzoo.models.shipped import load_manifest
 
 HUB_FILES = ("config.json", "model.safetensors", "README.md")
 

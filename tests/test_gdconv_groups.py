@@ -9,7 +9,6 @@ Gradients against ``torch.autograd.gradcheck``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest

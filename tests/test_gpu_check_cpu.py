@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +116,7 @@ def test_launch_counter_counts_kernel_launching_operators_only() -> None:
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
 
-    def count(fn) -> int:  # noqa: ANN001
+    def count(fn) -> int:
         with LaunchCounter() as counter:
             fn()
         return counter.count

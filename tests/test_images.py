@@ -208,7 +208,7 @@ def test_bands_arrive_while_tiles_still_run_so_memory_stays_bounded() -> None:
     done: list[int] = []
     seen_at_first_band = None
     largest = 0
-    for first, band in predict_tiled_rows(model, image, tile, overlap, batch, on_batch=done.append):
+    for _, band in predict_tiled_rows(model, image, tile, overlap, batch, on_batch=done.append):
         seen_at_first_band = seen_at_first_band if seen_at_first_band is not None else sum(done)
         largest = max(largest, band.shape[1])
     windows = len(axis_origins(1000, tile, stride)) * len(axis_origins(64, tile, stride))

@@ -133,7 +133,7 @@ def basis(sigma: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, order: int
     return gaussian_derivative_basis(sigma, mu, theta, torch.tensor(derivative_orders(order)), size)
 
 
-def single(p: int, q: int, sigma, mu, theta: float, size: tuple[int, int]) -> torch.Tensor:  # noqa: ANN001
+def single(p: int, q: int, sigma, mu, theta: float, size: tuple[int, int]) -> torch.Tensor:
     """gdzoo's kernel φ_{p,q} for one geometry, through ``gaussian_derivative_basis``."""
     return gaussian_derivative_basis(
         torch.tensor([[sigma]], dtype=F64), torch.tensor([[mu]], dtype=F64), torch.tensor([[theta]], dtype=F64),

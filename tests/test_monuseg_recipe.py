@@ -10,11 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from _paths import MONUSEG, missing_data
 from gdzoo.data.seg_transforms import PairedAugment, hed_jitter
-from gdzoo.data.segmentation import SegPair, SegmentationTiles, find_segmentation_pairs, fold_assignment, image_strata, split_pairs
+from gdzoo.data.segmentation import (
+    SegmentationTiles,
+    SegPair,
+    find_segmentation_pairs,
+    fold_assignment,
+    image_strata,
+    split_pairs,
+)
 from gdzoo.training.config import ConfigError, load_recipe, recipe_from_dict
 from gdzoo.training.engine import build_criterion, soft_dice_loss
+
+from _paths import MONUSEG, missing_data
 
 needs_monuseg = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
                                    reason=missing_data("MoNuSeg images", MONUSEG / "images"))

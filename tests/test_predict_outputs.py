@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import gdzoo  # noqa: F401  (registers the models with timm)
+import gdzoo  # registers the models with timm
 import gdzoo.data.images
 from gdzoo.cli.main import main
 

@@ -18,7 +18,7 @@ import timm
 import torch
 from PIL import Image
 
-import gdzoo  # noqa: F401  (registers the models with timm)
+import gdzoo  # registers the models with timm
 import gdzoo.data.images
 import gdzoo.training.tiling
 from gdzoo.cli.main import main

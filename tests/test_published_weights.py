@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _newcomer import last_json
-from _paths import MONUSEG, REPO, missing_data
 from gdzoo.data.fashion_mnist import find_fashion_mnist
 from gdzoo.hub import HubFolder
 from gdzoo.hub.card import card_metrics
 from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
+
+from _newcomer import last_json
+from _paths import MONUSEG, REPO, missing_data
 
 TOLERANCE = 0.05  # percentage points
 

@@ -12,10 +12,10 @@ import yaml
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import table1  # noqa: E402
-import table1_variants  # noqa: E402
+from gdzoo.cli.main import main as gdzoo_main
 
-from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+import table1
+import table1_variants
 
 
 def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:

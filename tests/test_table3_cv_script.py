@@ -10,9 +10,9 @@ import yaml
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import table3  # noqa: E402
+from gdzoo.cli.main import main as gdzoo_main
 
-from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+import table3
 
 
 def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:

@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from _paths import MONUSEG, REPO, missing_data
 from gdzoo.cli.main import main
 from gdzoo.layers import GDConv2d
 from gdzoo.training import load_recipe, train
 from gdzoo.training.tiling import axis_origins, predict_tiled, whole_image_metrics
+
+from _paths import MONUSEG, REPO, missing_data
 
 needs_monuseg = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
                                    reason=missing_data("MoNuSeg images", MONUSEG / "images"))

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from _paths import MONUSEG, missing_data
 from gdzoo.data.sampling import SeededDataset, sample_seed
 from gdzoo.data.seg_transforms import PairedAugment
 from gdzoo.data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs, tile_origins
+
+from _paths import MONUSEG, missing_data
 
 pytestmark = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
                                 reason=missing_data("MoNuSeg images", MONUSEG / "images"))

@@ -11,9 +11,9 @@ import yaml
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import zoo_fmnist  # noqa: E402
+from gdzoo.cli.main import main as gdzoo_main
 
-from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+import zoo_fmnist
 
 
 def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:

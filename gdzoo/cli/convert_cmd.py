@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_source(name: str, checkpoint: str | None = None, num_classes: int | None = None):  # noqa: ANN201
+def load_source(name: str, checkpoint: str | None = None, num_classes: int | None = None):
     """The pretrained source model: from the Hub / HF cache, or from a local checkpoint."""
     import timm
 

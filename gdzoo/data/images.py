@@ -145,7 +145,7 @@ def describe_read_error(error: BaseException, path: str | os.PathLike) -> str:
 def _orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # a broken EXIF block is not worth losing the image for
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
         return 1
 
 

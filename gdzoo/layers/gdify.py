@@ -148,7 +148,7 @@ def _layer_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> d
     """The input every named layer sees when the (original) model runs on ``images`` (eval mode)."""
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str):
         def grab(_module: nn.Module, args: tuple) -> None:
             captured.setdefault(name, args[0].detach())
         return grab

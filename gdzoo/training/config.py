@@ -74,7 +74,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
 
 
 @dataclass
@@ -82,7 +82,7 @@ class ModelConfig:
     """Which timm model to build and from which weights."""
 
     name: str = "gd_fmnist"  # any timm model name, optionally with a pretrained tag ('gd_fmnist.fmnist')
-    pretrained: Union[bool, Literal["auto"]] = "auto"  # auto: use weights if cached or in weights/, else scratch
+    pretrained: bool | Literal["auto"] = "auto"  # auto: use weights if cached or in weights/, else scratch
     initial_checkpoint: str | None = None  # weights file (.safetensors / .pth) loaded after creation
     num_classes: int | None = None  # None: the dataset's number of classes
     in_chans: int | None = None  # None: the model's default
@@ -97,11 +97,11 @@ class DataConfig:
 
     dataset: Literal["fashion_mnist", "image_folder", "segmentation"] = "fashion_mnist"
     root: str | None = None  # data folder (Fashion-MNIST: the idx .gz files; default Debian's location)
-    train_subset: Union[int, float, None] = None  # seeded subset of the training pool (samples or tiles); None: all
-    val_size: Union[int, float, None] = None  # held out from train: count or fraction (images for segmentation);
+    train_subset: int | float | None = None  # seeded subset of the training pool (samples or tiles); None: all
+    val_size: int | float | None = None  # held out from train: count or fraction (images for segmentation);
     # None: 5000 (Fashion-MNIST), 0.1 (image_folder without val/), 0.15 (segmentation); 0: no validation
-    test_size: Union[int, float, None] = None  # segmentation only: test images (None: index.csv or 0.2)
-    test_subset: Union[int, float, None] = None  # seeded subset of the test split (samples or tiles) for quick runs
+    test_size: int | float | None = None  # segmentation only: test images (None: index.csv or 0.2)
+    test_subset: int | float | None = None  # seeded subset of the test split (samples or tiles) for quick runs
     evaluate_test: bool = True  # false: the test split is never scored (recipe search: the run ends on validation)
     split_seed: int = 0
     split_by: Literal["image", "group", "class"] = "image"  # segmentation: by image or slide/patient group;

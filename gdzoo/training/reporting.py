@@ -150,7 +150,6 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, metr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] + 1 for r in rows]

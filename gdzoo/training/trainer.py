@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
             ckpt.best = {"value": float(current), "epoch": epoch}
             best_state = _weights(eval_model)
             if info.is_primary:
-                atomic_write(best_file, lambda tmp: save_file(best_state, tmp, metadata={"epoch": str(epoch), metric: f"{current:.4f}"}))
+                meta = {"epoch": str(epoch), metric: f"{current:.4f}"}
+                atomic_write(best_file, partial(save_file, best_state, metadata=meta))
         if info.is_primary:
             log.append(row)
             if recipe.output.plots:
