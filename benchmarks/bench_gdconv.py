@@ -361,7 +361,8 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
         shape = shape_name(res["shape"])
         tr, inf = next(iter(res["train"].values())), next(iter(res["infer"].values()))
         lines.append(
-            f"| {shape} | nn.Conv2d | — | {fmt_ms(tr.ref_seconds)} | {fmt_ms(inf.ref_seconds)} | — | {tr.reps}/{inf.reps} |"
+            f"| {shape} | nn.Conv2d | — | {fmt_ms(tr.ref_seconds)} | {fmt_ms(inf.ref_seconds)} | — | "
+            f"{tr.reps}/{inf.reps} |"
         )
         for label, _, impl in VARIANTS:
             name = variant_name(label, impl)
@@ -392,7 +393,8 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
         "picks the depthwise path when `DEPTHWISE_COST` is below the break-even factor, so it chooses right "
         "when `DEPTHWISE_COST` and the fitted factor are on the same side of the break-even.",
         "",
-        "| shape | layer | auto picks | fastest train | fastest inference | fitted factor train / inference | break-even factor |",
+        "| shape | layer | auto picks | fastest train | fastest inference | fitted factor train / inference | "
+        "break-even factor |",
         "|---|---|---|---|---|---|---:|",
     ]
     for res in results:
@@ -412,8 +414,9 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
             break_even = fitted_depthwise_cost(1.0, cin, cout, args.bases, n, k2, separated)
             marks = "".join("✓" if res["auto"][label] == fastest[m] else "✗" for m in ("train", "infer"))
             lines.append(
-                f"| {shape_name(res['shape'])} | {label} | {res['auto'][label]} (train {marks[0]}, inference {marks[1]}) "
-                f"| {fastest['train']} | {fastest['infer']} | {fits[0]:.3g} / {fits[1]:.3g} | {break_even:.3g} |"
+                f"| {shape_name(res['shape'])} | {label} | {res['auto'][label]} (train {marks[0]}, inference "
+                f"{marks[1]}) | {fastest['train']} | {fastest['infer']} | {fits[0]:.3g} / {fits[1]:.3g} | "
+                f"{break_even:.3g} |"
             )
     lines += ["", "### Targets (issue 2)", "", "| target | measured (worst case) | met |", "|---|---|---|"]
     lines += target_rows(results)

@@ -308,8 +308,8 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         "- Method: each cell is the median over interleaved repetitions of (candidate time / reference time), "
         "the device synchronised around every call; below 1 = faster than the reference. GDConv2d runs "
         "`impl='auto'` (its path is shown). train = zero_grad + forward + backward + SGD step; inference = "
-        "eval + no_grad (kernels cached on CPU; on CUDA the fused generator regenerates them, which costs less than the "
-        "cache's host sync); bf16 = `torch.autocast` bfloat16.",
+        "eval + no_grad (kernels cached on CPU; on CUDA the fused generator regenerates them, which costs less than "
+        "the cache's host sync); bf16 = `torch.autocast` bfloat16.",
         "",
         "### GDConv2d / nn.Conv2d (same kernel size)",
         "",
@@ -327,27 +327,28 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         "",
         "### Training throughput (AMP bf16, channels_last, AdamW)",
         "",
-        "generation = every GDConv2d's kernel generation (forward + backward) alone, in % of the GD model's eager step; "
-        "compiled = both models under `torch.compile` (backend in brackets), GD over reference, and the GD model's "
-        "eager step over its compiled one; launches = kernels per call, "
+        "generation = every GDConv2d's kernel generation (forward + backward) alone, in % of the GD model's eager "
+        "step; compiled = both models under `torch.compile` (backend in brackets), GD over reference, and the GD "
+        "model's eager step over its compiled one; launches = kernels per call, "
         + ("CUDA kernel events" if device.type == "cuda" else
            "counted on CPU as the dispatched operators that launch ≥ 1 kernel on CUDA (views and allocations do not), "
-           f"with the generator CUDA takes ({'the fused Triton kernels, interpreted' if triton_interpreting() and triton_available() else 'torch ops: TRITON_INTERPRET=1 was not set'})")
+           "with the generator CUDA takes "
+           f"({'the fused Triton kernels, interpreted' if triton_interpreting() and triton_available() else 'torch ops: TRITON_INTERPRET=1 was not set'})")
         + "; per GD layer = one GD layer's forward + backward in the step (bf16, its input as the model feeds it), "
         "mean over the model's GD layers: with that generator, with the torch ops (`GDZOO_GENERATOR=torch`), and "
         "as the same layer made a plain `nn.Conv2d` (`reparameterize()`).",
         "",
-        "| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / compiled "
-        "| generation | launches step / generation | launches per GD layer / torch ops / plain conv |",
+        "| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / "
+        "compiled | generation | launches step / generation | launches per GD layer / torch ops / plain conv |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, res in models:
         p, g, c = res["paired"], res["generation"], res["compiled"]
         note = "".join(f", {k}={v:.3g}" for k, v in case.kwargs)
         lines.append(
-            f"| {case.name}{note} | {case.size}×{case.size} | {case.batch} | {case.batch / p.seconds:.4g} | {case.reference} "
-            f"| {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {c.ratio:.3g}× ({res['compile_backend']}) "
-            f"| {res['eager_over_compiled']:.3g}× | {100 * g.ratio:.3g}% "
+            f"| {case.name}{note} | {case.size}×{case.size} | {case.batch} | {case.batch / p.seconds:.4g} | "
+            f"{case.reference} | {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {c.ratio:.3g}× "
+            f"({res['compile_backend']}) | {res['eager_over_compiled']:.3g}× | {100 * g.ratio:.3g}% "
             f"| {res['launches_step']} / {res['launches_generation']} "
             f"| {res['launches_per_gd_layer']:.3g} / {res['launches_per_gd_layer_torch']:.3g} / "
             f"{res['launches_per_plain_layer']:.3g} |")

@@ -149,7 +149,8 @@ def write_doc(done: dict) -> None:
         "# Robustness to rotation and rescaling: steering trained GD models",
         "",
         "Top-1 (%) on the whole Fashion-MNIST test set (10,000 images) with the published weights of Table 1's",
-        f"60000-image runs (the paper's protocol; `<model>.{WEIGHTS_TAG}`, e.g. `timm.create_model('gd_fmnist.{WEIGHTS_TAG}',",
+        f"60000-image runs (the paper's protocol; `<model>.{WEIGHTS_TAG}`, e.g. "
+        f"`timm.create_model('gd_fmnist.{WEIGHTS_TAG}',",
         "pretrained=True)`; a default tag holds the best published run, the zoo recipe's where it has run:",
         "docs/zoo_fmnist.md). *plain*: the",
         "model as published; *steered*: `gdzoo.steer(model, scale=s, angle=a)` with the true transform (no",
@@ -183,7 +184,8 @@ def write_doc(done: dict) -> None:
         lines.append(f"| {s}× | " + " | ".join(row) + " |")
     lines += ["", f"## Label-free test-time steering (`{TTS_MODEL}`)", "",
               f"Each batch of {BATCH} test images is classified by the steered model of lowest mean prediction",
-              f"entropy among a grid (rotation: every {TTS_ANGLE_GRID[1]}°; scale: {', '.join(map(str, TTS_SCALE_GRID))});",
+              f"entropy among a grid (rotation: every {TTS_ANGLE_GRID[1]}°; scale: "
+              f"{', '.join(map(str, TTS_SCALE_GRID))});",
               "no label is used. *recovered*: the share of the gap between plain and true-transform steering that",
               "the label-free choice closes.", "",
               "| transform | plain | steered (true transform) | label-free | recovered |", "|---|---:|---:|---:|---:|"]

@@ -66,8 +66,8 @@ def rfnn_note(cells: dict) -> str:
     rerun = [n for n in SIZES if cells.get(("rfnn_fmnist", n))]
     missing = [n for n in SIZES if n not in rerun]
     return ("**RFNN correction:** RFNN fixes its Gaussian geometry; the first RFNN column here (and its 60000 run's weights, "
-            "`rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the frozen σ, μ, θ back on "
-            "(fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
+            "`rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the frozen σ, μ, θ "
+            "back on (fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
             + ("The column was rerun with the geometry fixed at every size (2026-12-07), and "
                "`rfnn_fmnist.fmnist_table1` is its 60000 run" if not missing else
                "The column is being rerun with the geometry fixed: "
@@ -348,7 +348,8 @@ def best_baseline(means: dict[str, float]) -> str:
 
 
 def target_misses(cells: dict) -> list[str]:
-    """Issue 6's targets the finished cells miss: a GD column not ahead of the best baseline, gd_fmnist < 93.1 at 60000."""
+    """Issue 6's targets the finished cells miss: a GD column not ahead of the best baseline,
+    gd_fmnist < 93.1 at 60000."""
     misses = []
     for n in SIZES:
         means = row_means(cells, n)
@@ -367,12 +368,13 @@ def shortfalls(cells: dict) -> list[str]:
     lines = ["### Where we fall short", ""]
     lines += [f"- {m}" for m in target_misses(cells)] or ["- Nowhere among the finished cells."]
     lines += ["",
-              "What was tried: first the paper's protocol (below), identical for every column, with no per-model tuning, "
-              "no augmentation and no weight decay, so that the columns stay comparable. The 1000-sample misses are "
-              "within one standard deviation of the three subsets (0.2–0.8 points). At 60000 samples every model ends "
-              f"with training accuracy far above its test accuracy ({overfit_at_full(cells)}): they overfit, and there "
-              "is no validation split to stop early. So two regularisers were then tried on every column at once, at "
-              "10000 samples where a run costs minutes rather than an hour, and augmentation also on `gd_fmnist` at "
+              "What was tried: first the paper's protocol (below), identical for every column, with no per-model "
+              "tuning, no augmentation and no weight decay, so that the columns stay comparable. The 1000-sample "
+              "misses are within one standard deviation of the three subsets (0.2–0.8 points). At 60000 samples every "
+              f"model ends with training accuracy far above its test accuracy ({overfit_at_full(cells)}): they "
+              "overfit, and there is no validation split to stop early. So two regularisers were then tried on every "
+              "column at once, at 10000 samples where a run costs minutes rather than an hour, and augmentation also "
+              "on `gd_fmnist` at "
               "60000 (`python benchmarks/table1_variants.py`, [table1_variants.md](table1_variants.md)):", ""]
     lines += variant_summary(cells)
     return lines
@@ -391,8 +393,9 @@ def variant_summary(cells: dict) -> list[str]:
 
     total_h = sum(r["wall_s"] for v in cells.values() for r in v) / 3600
     return summary_lines(cells) + ["", "Numbers in brackets: change against the protocol's run of the same cell. Not tried yet, because "
-                              "adopting any of these for the table means rerunning the whole grid for every column (the "
-                              f"{sum(len(v) for v in cells.values())} runs above took {total_h:.1f} h of one core here): a variant as the protocol at every "
+                              "adopting any of these for the table means rerunning the whole grid for every column "
+                              f"(the {sum(len(v) for v in cells.values())} runs above took {total_h:.1f} h of one core "
+                              "here): a variant as the protocol at every "
                               "size, longer schedules with augmentation, dropout.", ""]
 
 
@@ -404,7 +407,8 @@ def published_weights_sentence() -> str:
     text = f"For {names(table1)} this run is exported to `weights/<model>.fmnist/` (the published weights)." if table1 else ""
     if zoo:
         text += (" " if text else "") + (f"The published weights of {names(zoo)} come from the zoo recipe "
-                                         f"([zoo_fmnist.md](zoo_fmnist.md), the \"{ZOO_ROW}\" row above), not from this table's runs.")
+                                         f"([zoo_fmnist.md](zoo_fmnist.md), the \"{ZOO_ROW}\" row above), not from "
+                                         "this table's runs.")
     return text
 
 
@@ -453,7 +457,8 @@ def rfnn_ablation(cells: dict) -> list[str]:
     if not learned:
         return []
     lines = ["### RFNN, geometry learned (ablation)", "",
-             "The first RFNN column, whose σ, μ, θ trained (see the correction above), beside the rerun with them fixed. "
+             "The first RFNN column, whose σ, μ, θ trained (see the correction above), beside the rerun with them "
+             "fixed. "
              "Same protocol, commands and seeds; `results/table1/rfnn_learned_geometry/`.", "",
              "| train samples | RFNN, geometry fixed (the column) | RFNN, geometry learned | learned − fixed |", "|---|---:|---:|---:|"]
     for n in SIZES:
@@ -474,7 +479,8 @@ def write_table(log: Log | None = None) -> None:
     lines = [
         "# Table 1 on Fashion-MNIST: our runs beside the paper",
         "",
-        "<!-- Generated by `python benchmarks/table1.py --table-only` from results/table1/*.json; edit the script, not this file. -->",
+        "<!-- Generated by `python benchmarks/table1.py --table-only` from results/table1/*.json; edit the script, not "
+        "this file. -->",
         "",
         f"Test top-1 accuracy (%) on the full 10,000-image Fashion-MNIST test set. Generated "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {len(all_runs)} finished runs "
@@ -515,7 +521,8 @@ def write_table(log: Log | None = None) -> None:
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## GD variants vs the baselines", "",
               "Target (issue 6): every GD column ahead of every baseline (Free-Form, RFNN, DAU-ConvNet) at every size; "
-              "gd_fmnist ≥ 93.1 at 60000. A margin is the GD column minus the best baseline of its row; where DAU-ConvNet "
+              "gd_fmnist ≥ 93.1 at 60000. A margin is the GD column minus the best baseline of its row; where "
+              "DAU-ConvNet "
               "has not run, the best of Free-Form and RFNN (marked \"no DAU run\").", "",
               "| train samples | best baseline | " + " | ".join(f"`{m}` margin" for m in GD_MODELS) + " |",
               "|---|---:|" + "---:|" * len(GD_MODELS)]
@@ -562,14 +569,14 @@ def write_table(log: Log | None = None) -> None:
 
     # Protocol and commands.
     lines += ["", "## Protocol", "",
-              "- Recipes: `configs/table1/<model>.yaml`, one per column, identical except `model.name`. Paper protocol: "
-              "Adam, batch 32, cosine learning-rate decay in Keras' `CosineDecay` form with floor α = 0.01 "
+              "- Recipes: `configs/table1/<model>.yaml`, one per column, identical except `model.name`. Paper "
+              "protocol: Adam, batch 32, cosine learning-rate decay in Keras' `CosineDecay` form with floor α = 0.01 "
               "(see docs/training.md for the paper's misprinted formula), lr 0.01, `norm='fixed'` (BatchNorm with γ, "
               "running mean and variance fixed to 1, 0, 1; only β trains), no augmentation, no weight decay.",
               f"- Epochs: every cell gets at least {MIN_STEPS:,} optimizer steps and at least {MIN_EPOCHS} epochs: "
-              f"`epochs = max({MIN_EPOCHS}, ceil({MIN_STEPS} / ceil(n / {BATCH})))`. Small subsets need many passes to converge, "
-              f"large ones are bounded by {MIN_EPOCHS} epochs. Linear warmup over the first {WARMUP_STEPS} steps, then cosine "
-              f"decay to α·lr at the last step.",
+              f"`epochs = max({MIN_EPOCHS}, ceil({MIN_STEPS} / ceil(n / {BATCH})))`. Small subsets need many passes to "
+              f"converge, large ones are bounded by {MIN_EPOCHS} epochs. Linear warmup over the first {WARMUP_STEPS} "
+              "steps, then cosine decay to α·lr at the last step.",
               "",
               "  | train samples | steps / epoch | epochs | optimizer steps | validate every (epochs) |",
               "  |---|---:|---:|---:|---:|"]
@@ -577,12 +584,13 @@ def write_table(log: Log | None = None) -> None:
         s = schedule(n)
         lines.append(f"  | {n} | {s['steps_per_epoch']} | {s['epochs']} | {s['steps']:,} | {s['eval_every'] if n < FULL else '— (no validation)'} |")
     lines += ["",
-              f"- Model selection: below 60000 samples, {VAL_SIZE} images are held out of the 60000-image training pool "
-              f"as a validation split (`data.val_size={VAL_SIZE}`, drawn with `data.split_seed`), the training subset is "
-              f"drawn from the remaining 55000, validation runs about every {VAL_EVERY_STEPS} steps and after the last epoch, "
-              "and the weights with the best validation top-1 are evaluated once on the test set. The test set plays "
-              "no part in any choice. At 60000 samples the model trains on the whole training set (the paper's column), "
-              "so there is no validation split: the last epoch's weights are evaluated (nothing is selected). "
+              f"- Model selection: below 60000 samples, {VAL_SIZE} images are held out of the 60000-image training "
+              f"pool as a validation split (`data.val_size={VAL_SIZE}`, drawn with `data.split_seed`), the training "
+              f"subset is drawn from the remaining 55000, validation runs about every {VAL_EVERY_STEPS} steps and "
+              "after the last epoch, and the weights with the best validation top-1 are evaluated once on the test "
+              "set. The test set plays no part in any choice. At 60000 samples the model trains on the whole training "
+              "set (the paper's column), so there is no validation split: the last epoch's weights are evaluated "
+              "(nothing is selected). "
               + published_weights_sentence(),
               "- Seeds: seed s sets both the training subset / validation split (`data.split_seed=s`) and the "
               "initialisation and data order (`train.seed=s`), so the three runs at 1000 and 5000 samples are three "
@@ -605,7 +613,8 @@ def write_table(log: Log | None = None) -> None:
         for m in MODELS:
             for r in cells.get((m, n), []):
                 lines.append(f"| `{cell_name(m, n, r['seed'])}` | {r['test_top1']:.2f} | {format(r['val_top1'], '.2f') if r['val_top1'] is not None else '—'} | "
-                             f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} | {r['wall_s']:.0f} | {r.get('device')} |")
+                             f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} | {r['wall_s']:.0f} | "
+                             f"{r.get('device')} |")
     if not all_runs:
         lines.append("| (none yet) | | | | | | |")
     DOC.write_text("\n".join(lines) + "\n")

@@ -134,8 +134,8 @@ def write_doc(log: Log | None = None) -> None:
         "(recipe, training subset, validation split, seed, epochs, and the selection: best validation top-1 below "
         "60000 samples, the last epoch at 60000; see [table1.md](table1.md), \"Protocol\"). A variant's run never "
         "replaces the published weights. Test top-1 (%) on the 10,000 test images; a cell's value is the mean "
-        "of its runs. \"margin\" is the GD column minus the best baseline in the same row (Free-Form, RFNN and, where it ran, "
-        "DAU-ConvNet).",
+        "of its runs. \"margin\" is the GD column minus the best baseline in the same row (Free-Form, RFNN and, where "
+        "it ran, DAU-ConvNet).",
         "",
         "Variants:",
         "",
@@ -156,7 +156,8 @@ def write_doc(log: Log | None = None) -> None:
     if not sizes_of(variants):
         lines += ["", "No variant run has finished yet."]
     lines += ["", "## Commands", "", "```bash",
-              "python benchmarks/table1_variants.py               # every variant, every column, at 10000 samples (resumable)",
+              "python benchmarks/table1_variants.py               # every variant, every column, at 10000 samples "
+              "(resumable)",
               "python benchmarks/table1_variants.py --table-only  # regenerate this file", "```", "", "One cell, e.g.:", "", "```bash"]
     lines += [shlex.join(["gdzoo", *variant_args(v, "gd_fmnist", DEFAULT_SIZES[0], 0)]) for v in VARIANTS]
     lines += ["```", ""]

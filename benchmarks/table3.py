@@ -155,10 +155,11 @@ def cv_lines() -> list[str]:
     lines = ["", "## Cross-validated: the zoo recipe on unseen images (issue 14)", "",
              f"One 8-image split cannot tell the two models apart, so both U-nets are judged by {FOLDS}-fold "
              "cross-validation by image over all 30 MoNuSeg images: organ-stratified folds of 10 images "
-             "(`data.folds`/`data.fold`, each organ dealt round-robin over the folds), the same folds and the same recipe "
-             "for both models, trained on 20 images and scored on the 10 held-out whole images by tiled inference with "
-             "32 px overlap (what `gdzoo predict` does). Dice / IoU / pixel accuracy of the nucleus class, pixels pooled "
-             "over each fold's 10 images; mean ± std over the folds. No model selection inside a fold (the last "
+             "(`data.folds`/`data.fold`, each organ dealt round-robin over the folds), the same folds and the same "
+             "recipe for both models, trained on 20 images and scored on the 10 held-out whole images by tiled "
+             "inference with 32 px overlap (what `gdzoo predict` does). Dice / IoU / pixel accuracy of the nucleus "
+             "class, pixels pooled over each fold's 10 images; mean ± std over the folds. No model selection inside a "
+             "fold (the last "
              "epoch's weights are scored), so the held-out images are never looked at before scoring.", ""]
     header = "| fold | held-out organs |" + "".join(f" {NAMES[m]}: Dice | IoU | pixel acc |" for m in MODELS) + " Dice gap (GD − classical) |"
     lines += [header, "|---|---|" + "---:|" * (3 * len(MODELS) + 1)]
@@ -195,21 +196,25 @@ def cv_lines() -> list[str]:
         ratio = params["gd_unet"] / params["unet5"]
         verdict = "meets" if gap >= -1.0 and ratio <= 0.30 else "misses"
         lines += ["", f"**Against the target** (Gaussian U-net within 1 Dice point of the classical one, mean over folds, at ≤ 30 % of "
-                  f"its parameters): parameters {params['gd_unet']:,} / {params['unet5']:,} = {100 * ratio:.1f} %; Dice gap "
-                  f"{gap:+.2f} points (std of the per-fold gap {statistics.stdev(_fold_gaps(results)):.2f}): the recipe {verdict} the target. "
-                  f"Pooled over all 30 held-out predictions: {summaries['unet5']['pooled_dice']:.2f} (classical) vs "
-                  f"{summaries['gd_unet']['pooled_dice']:.2f} (Gaussian)."]
+                  f"its parameters): parameters {params['gd_unet']:,} / {params['unet5']:,} = {100 * ratio:.1f} %; "
+                  f"Dice gap {gap:+.2f} points (std of the per-fold gap {statistics.stdev(_fold_gaps(results)):.2f}): "
+                  f"the recipe {verdict} the target. Pooled over all 30 held-out predictions: "
+                  f"{summaries['unet5']['pooled_dice']:.2f} (classical) vs {summaries['gd_unet']['pooled_dice']:.2f} "
+                  "(Gaussian)."]
     lines += recipe_lines(results)
     lines += variant_lines(results)
     lines += ["", "Recipe (`configs/monuseg/unet5.yaml` and `configs/monuseg/gd_unet.yaml`, identical except `model.name`; fixed "
-              "before any run, not tuned on these folds): Adam lr 0.005, batch 16, 30 epochs of 600 random 128×128 tiles, "
-              "1 warmup epoch then cosine decay to 1 %, loss cross-entropy + soft Dice (`train.loss: dice_ce`), flips and 90° "
-              "rotations, colour jitter 0.1, H&E stain jitter 0.05 in HED space (`augment.stain_jitter`), scale jitter "
+              "before any run, not tuned on these folds): Adam lr 0.005, batch 16, 30 epochs of 600 random 128×128 "
+              "tiles, 1 warmup epoch then cosine decay to 1 %, loss cross-entropy + soft Dice (`train.loss: dice_ce`), "
+              "flips and 90° rotations, colour jitter 0.1, H&E stain jitter 0.05 in HED space "
+              "(`augment.stain_jitter`), scale jitter "
               "0.8–1.25× (`augment.scale_jitter`); weights of the last epoch.", "",
               "```bash",
-              "nohup python benchmarks/table3.py --cv > runs/table3_cv/nohup.out 2>&1 &   # 3 folds x 2 models, then all 30 images; resumable",
+              "nohup python benchmarks/table3.py --cv > runs/table3_cv/nohup.out 2>&1 &   # 3 folds x 2 models, then "
+              "all 30 images; resumable",
               *[f"gdzoo {' '.join(cv_train_args(m, 0))}   # fold 0 (1, 2 likewise)" for m in MODELS],
-              "python benchmarks/table3.py --cv --publish   # weights/<model>.monuseg from the all-images runs, cards with these numbers",
+              "python benchmarks/table3.py --cv --publish   # weights/<model>.monuseg from the all-images runs, cards "
+              "with these numbers",
               "```"]
     return lines
 
@@ -226,9 +231,10 @@ def recipe_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         return ["", "The earlier recipe (configs/table3) is not run on these folds yet: `python benchmarks/table3.py --cv --models "
                 + " ".join(PAPER_RECIPE) + " --folds 0 1 2`."]
     lines = ["", "**How the recipe was chosen.** The zoo recipe is kept only because cross-validation prefers it to the earlier "
-             "recipe (`configs/table3/<model>.yaml`: 40 epochs, cross-entropy, flips / 90° rotations / colour jitter, the "
-             "best-validation-Dice weights on 3 of the 20 training images), run on the same folds with `data.folds=3` "
-             f"(`python benchmarks/table3.py --cv --models {' '.join(PAPER_RECIPE)} --folds 0 1 2`). Held-out whole-image "
+             "recipe (`configs/table3/<model>.yaml`: 40 epochs, cross-entropy, flips / 90° rotations / colour jitter, "
+             "the best-validation-Dice weights on 3 of the 20 training images), run on the same folds with "
+             f"`data.folds=3` (`python benchmarks/table3.py --cv --models {' '.join(PAPER_RECIPE)} --folds 0 1 2`). "
+             "Held-out whole-image "
              "Dice of the nucleus class:", "",
              "| model | recipe | " + " | ".join(f"fold {k}" for k in range(FOLDS)) + " | mean ± std | mean on the folds both recipes ran |",
              "|---|---|" + "---:|" * (FOLDS + 2)]
@@ -274,8 +280,9 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
                   f"{refs['gd_unet']['dice_std']:.2f} | {refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
                   f"`{v}` against the target: Dice gap to the classical U-net {gap:+.2f} points (per fold "
                   + " / ".join(f"{g:+.2f}" for g in gaps) + f"; `gd_unet`'s: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
-                  f"IoU {sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± {sm['pixel_acc_std']:.2f}, at "
-                  f"{100 * ratio:.1f} % of the classical U-net's parameters: it {verdict} the target."
+                  f"IoU {sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± "
+                  f"{sm['pixel_acc_std']:.2f}, at {100 * ratio:.1f} % of the classical U-net's parameters: it "
+                  f"{verdict} the target."
                   + (f" Registered as `{v}` and published as `{v}.monuseg` (trained on all 30 images with the same recipe)." if published else "")]
     return lines
 
@@ -502,7 +509,8 @@ def write_table(log: Log | None = None) -> None:
     lines = [
         "# Table 3 on MoNuSeg 2018: Gaussian vs classical U-net",
         "",
-        "<!-- Generated by `python benchmarks/table3.py --table-only` from results/table3/*.json; edit the script, not this file. -->",
+        "<!-- Generated by `python benchmarks/table3.py --table-only` from results/table3/*.json; edit the script, not "
+        "this file. -->",
         "",
         "Nucleus segmentation of H&E images. The paper used TNBC (50 images of 512×512, 600 train / 200 test "
         "tiles of 128×128), which is not reachable here; these runs use MoNuSeg 2018 (30 images of 1000×1000 "
@@ -512,7 +520,8 @@ def write_table(log: Log | None = None) -> None:
         "392 non-overlapping 128×128 tiles of the test images (the paper's unit). *Test images*: the 8 whole "
         "images predicted by tiled inference with 32 px overlap (`gdzoo predict`).",
         "",
-        "| model | trainable params | test tiles: pixel acc | Dice | IoU | test images: pixel acc | Dice | IoU | val Dice | best epoch / epochs | s / epoch |",
+        "| model | trainable params | test tiles: pixel acc | Dice | IoU | test images: pixel acc | Dice | IoU | val "
+        "Dice | best epoch / epochs | s / epoch |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in MODELS:
@@ -522,40 +531,44 @@ def write_table(log: Log | None = None) -> None:
             continue
         t, f = r["test_tiles"], r["test_images"]
         lines.append(f"| {NAMES[m]} (`{m}`) | {r['trainable_params']:,} | {t['pixel_acc']:.2f} | {t['dice']:.2f} | {t['iou']:.2f} | "
-                     f"{f['pixel_acc']:.2f} | {f['dice']:.2f} | {f['iou']:.2f} | {r['val_dice']:.2f} | {r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} |")
+                     f"{f['pixel_acc']:.2f} | {f['dice']:.2f} | {f['iou']:.2f} | {r['val_dice']:.2f} | "
+                     f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} |")
     lines += ["", "Paper (Table 3, TNBC test tiles):", "", "| model | trainable params | pixel accuracy |", "|---|---:|---:|"]
     lines += [f"| {NAMES[m]} | {PAPER[m][0]:,} | {PAPER[m][1]:.1f} |" for m in MODELS]
     if len(results) == len(MODELS):
         g, c = results["gd_unet"], results["unet5"]
         ratio = g["trainable_params"] / c["trainable_params"]
         lines += ["", "## Against the target", "",
-                  f"Target (issue 7): the Gaussian U-net with ≤ 30% of the classical U-net's parameters and Dice within 1 point "
-                  f"of it or better. Parameters: {g['trainable_params']:,} / {c['trainable_params']:,} = {100 * ratio:.1f}%. "
-                  f"Dice, Gaussian − classical: {g['test_tiles']['dice'] - c['test_tiles']['dice']:+.2f} points on the test tiles, "
+                  "Target (issue 7): the Gaussian U-net with ≤ 30% of the classical U-net's parameters and Dice "
+                  f"within 1 point of it or better. Parameters: {g['trainable_params']:,} / {c['trainable_params']:,} "
+                  f"= {100 * ratio:.1f}%. Dice, Gaussian − classical: "
+                  f"{g['test_tiles']['dice'] - c['test_tiles']['dice']:+.2f} points on the test tiles, "
                   f"{g['test_images']['dice'] - c['test_images']['dice']:+.2f} on the whole test images."]
     lines += cv_lines()
     published_cv = (CV_RESULTS / "published.json").is_file()
     if write_figure(results, log) is not None:
         lines += ["", "## Fig. 2", "",
-                  "Centre crops (256×256) of the first three test images: input, ground truth, classical U-net, Gaussian U-net "
+                  "Centre crops (256×256) of the first three test images: input, ground truth, classical U-net, "
+                  "Gaussian U-net "
                   "(whole-image tiled predictions with the best-validation weights).", "",
                   "![Fig. 2: input, ground truth, classical and Gaussian U-net predictions](table3_fig2.png)"]
     any_run = next(iter(results.values()), None)
     lines += ["", "## Protocol and commands (paper protocol, first table)", "",
-              "- Recipes `configs/table3/unet5.yaml` and `configs/table3/gd_unet.yaml`, identical except `model.name`: Adam lr "
-              "0.005, batch 16, 40 epochs of 600 tiles, 1 warmup epoch then cosine decay (floor α = 0.01), cross-entropy, "
-              "flips / 90° rotations / colour jitter 0.1 / random tile positions; model selection on validation Dice "
-              "(3 held-out training images); the test split is scored once with the selected weights.",
-              f"- Hardware: {any_run['cpu'] if any_run else '—'}, {any_run['threads'] if any_run else '—'} PyTorch thread per run "
-              "(other work shared the machine, so times are indicative).",
+              "- Recipes `configs/table3/unet5.yaml` and `configs/table3/gd_unet.yaml`, identical except `model.name`: "
+              "Adam lr 0.005, batch 16, 40 epochs of 600 tiles, 1 warmup epoch then cosine decay (floor α = 0.01), "
+              "cross-entropy, flips / 90° rotations / colour jitter 0.1 / random tile positions; model selection on "
+              "validation Dice (3 held-out training images); the test split is scored once with the selected weights.",
+              f"- Hardware: {any_run['cpu'] if any_run else '—'}, {any_run['threads'] if any_run else '—'} PyTorch "
+              "thread per run (other work shared the machine, so times are indicative).",
               ("- These runs' weights were published as `unet5.monuseg` / `gd_unet.monuseg` until the zoo recipe's "
                "weights (trained on all 30 images, section above) replaced them; `benchmarks/table3.py --cv --publish` "
                "wrote the current ones, whose cards give the cross-validated numbers." if published_cv else
                "- The selected weights are published as `weights/unet5.monuseg` and `weights/gd_unet.monuseg` "
-               "(`timm.create_model('gd_unet', pretrained=True)`); `tests/test_published_weights.py` recomputes the cards' "
-               "whole-image Dice from the wheel, offline."),
+               "(`timm.create_model('gd_unet', pretrained=True)`); `tests/test_published_weights.py` recomputes the "
+               "cards' whole-image Dice from the wheel, offline."),
               "", "```bash",
-              "nohup python benchmarks/table3.py > runs/table3/nohup.out 2>&1 &   # both runs (resumable), then this file",
+              "nohup python benchmarks/table3.py > runs/table3/nohup.out 2>&1 &   # both runs (resumable), then this "
+              "file",
               *[f"gdzoo {' '.join(train_args(m))}" for m in MODELS],
               "gdzoo predict --model gd_unet --pretrained slide.png -o masks/   # masks + overlays, any image size",
               "```"]

@@ -1,4 +1,5 @@
-"""gdzoo convert end to end offline (a locally saved VGG16 at 32x32) and the Table-2 cats/dogs recipes for a few steps."""
+"""gdzoo convert end to end offline (a locally saved VGG16 at 32x32) and the Table-2 cats/dogs recipes for a few
+steps."""
 
 from __future__ import annotations
 

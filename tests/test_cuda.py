@@ -1,4 +1,5 @@
-"""The GPU path, proven on CUDA: the layer against a float64 CPU reference, AMP, the kernel cache, compile, models, train, DDP.
+"""The GPU path, proven on CUDA: the layer against a float64 CPU reference, AMP, the kernel cache, compile, models,
+train, DDP.
 
 Every test here carries the ``cuda`` marker and is skipped when ``torch.cuda.is_available()`` is false.
 ``GDZOO_CHECK_DEVICE=cpu`` runs the same bodies on CPU (``bash benchmarks/gpu_check.sh --cpu`` does, so CI
@@ -283,9 +284,11 @@ def test_eval_forward_of_a_gd_model_never_syncs_the_host(device: torch.device) -
 # ---------------------------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("model_name", ["gd_fmnist", "gd_fmnist_sep"])
 def test_compile_fullgraph_matches_eager(device: torch.device, model_name: str) -> None:
-    """``torch.compile(fullgraph=True)`` (a graph break raises): train forward/backward and cached eval agree with eager.
+    """``torch.compile(fullgraph=True)`` (a graph break raises): train forward/backward and cached eval agree with
+    eager.
 
-    Inductor on CUDA; the ``eager`` backend on CPU (the same Dynamo capture, so graph breaks still fail, without a build).
+    Inductor on CUDA; the ``eager`` backend on CPU
+    (the same Dynamo capture, so graph breaks still fail, without a build).
     """
     if ON_CPU and model_name != "gd_fmnist":
         pytest.skip("one model is enough for the CPU plumbing run")
@@ -385,7 +388,8 @@ def _data_overrides(tmp_path: Path) -> list[str]:
 
 def test_gdzoo_train_tiny_recipe_with_bf16_amp(device: torch.device, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """``gdzoo train -c configs/tiny_fmnist.yaml --amp bf16 --channels-last`` for one short epoch of gd_fmnist (in-process)."""
+    """``gdzoo train -c configs/tiny_fmnist.yaml --amp bf16 --channels-last`` for one short epoch of gd_fmnist
+    (in-process)."""
     from gdzoo.cli.main import main
 
     args = ["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"),

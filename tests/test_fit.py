@@ -1,4 +1,5 @@
-"""Fitting a GDConv2d to free-form filters: exact recovery of GD-generated kernels, real ImageNet filters, output refinement."""
+"""Fitting a GDConv2d to free-form filters: exact recovery of GD-generated kernels, real ImageNet filters,
+output refinement."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``bash benchmarks/gpu_check.sh --cpu``: the GPU check's tests and timings, run on CPU with tiny sizes (CI keeps it working)."""
+"""``bash benchmarks/gpu_check.sh --cpu``: the GPU check's tests and timings, run on CPU with tiny sizes
+(CI keeps it working)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def load_in_subprocess(load_expr: str, env: dict[str, str]) -> dict:
-    """Evaluate ``load_expr`` (a model) in a fresh process; return its output on a fixed input and its stem weight sum."""
+    """Evaluate ``load_expr`` (a model) in a fresh process; return its output on a fixed input and its stem weight
+    sum."""
     code = f"""
 import json, torch, timm, gdzoo
 torch.manual_seed(0)
@@ -150,7 +151,8 @@ def test_local_endpoint_download_then_offline_reuse(exported: dict[str, HubFolde
     assert blobs == downloaded, "timm fetched config + weights; blobs are named by the server's sha256 ETags"
     # The server is gone: the same load must now come from the cache alone.
     offline = load_in_subprocess(
-        f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
+        "timm.create_model('gd_fmnist', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
         {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
     )
     assert "error" not in offline, offline.get("error")
@@ -159,7 +161,8 @@ def test_local_endpoint_download_then_offline_reuse(exported: dict[str, HubFolde
 
 def test_offline_and_not_cached_names_repo_and_seed_command(tmp_path: Path) -> None:
     got = load_in_subprocess(
-        f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.absent'))",
+        "timm.create_model('gd_fmnist', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.absent'))",
         {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"},
     )
     assert f"{ORG}/gd_fmnist.absent" in got["error"]
@@ -177,7 +180,8 @@ def test_missing_repo_and_missing_file_404(exported: dict[str, HubFolder], tmp_p
             f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/nope.x'))", env
         )
         no_file = load_in_subprocess(
-            f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.partial'))",
+            "timm.create_model('gd_fmnist', pretrained=True, "
+            f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.partial'))",
             env,
         )
     assert f"{ORG}/nope.x" in no_repo["error"] and "does not exist" in no_repo["error"]
@@ -199,7 +203,8 @@ def test_corrupted_cached_weights_are_detected(exported: dict[str, HubFolder], t
     blob.write_bytes(bytes(data))
     assert verify_cached_repo(folder.repo_id(ORG), cache), "gdzoo hub verify must flag it"
     got = load_in_subprocess(
-        f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
+        "timm.create_model('gd_fmnist', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
         {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
     )
     assert "corrupted" in got["error"] and f"{ORG}/gd_fmnist.test" in got["error"]

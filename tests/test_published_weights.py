@@ -76,7 +76,8 @@ EVALUATIONS = {
 
 
 def test_the_paper_reproductions_weights_are_published() -> None:
-    """Fashion-MNIST weights (trained on all 60000 images; the paper protocol's too) and Table 3's, promised to users."""
+    """Fashion-MNIST weights (trained on all 60000 images; the paper protocol's too) and Table 3's,
+    promised to users."""
     fmnist = ("gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "ff_fmnist", "rfnn_fmnist")
     required = {f"{m}.{tag}" for m in fmnist for tag in ("fmnist", "fmnist_table1")}
     required |= {"gd_unet.monuseg", "unet5.monuseg", "gd_unet_k7b2.monuseg"}

@@ -82,7 +82,8 @@ def test_a_partial_run_without_checkpoint_is_refused_too(finished: Path, tmp_pat
 
 
 def test_a_run_killed_before_any_progress_starts_over(tmp_path: Path, single_thread: None) -> None:
-    """config.yaml, classes.json and an empty metrics.jsonl: nothing to lose, so the folder is reused (the benchmarks)."""
+    """config.yaml, classes.json and an empty metrics.jsonl: nothing to lose, so the folder is reused
+    (the benchmarks)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("name: other\n")

@@ -1,4 +1,5 @@
-"""The Table-1 scripts' commands resolve to the recipes docs/table1.md describes (checked through `gdzoo train --print-config`)."""
+"""The Table-1 scripts' commands resolve to the recipes docs/table1.md describes
+(checked through `gdzoo train --print-config`)."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def test_full_size_variant_never_exports(capsys, monkeypatch) -> None:
 
 
 def test_readme_table_matches_the_committed_results() -> None:
-    """README.md's Table-1 block is what benchmarks/table1.py writes from results/table1/ (regenerate with --table-only)."""
+    """README.md's Table-1 block is what benchmarks/table1.py writes from results/table1/
+    (regenerate with --table-only)."""
     readme = (REPO / "README.md").read_text()
     start, end = table1.README_MARKERS
     block = start + readme.split(start, 1)[1].split(end, 1)[0] + end

@@ -1,4 +1,5 @@
-"""benchmarks/table3.py --cv: its commands resolve to the documented recipes, and its pooled scores are the textbook ones."""
+"""benchmarks/table3.py --cv: its commands resolve to the documented recipes, and its pooled scores are the textbook
+ones."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_pooled_scores_and_fold_summary() -> None:
 
 @pytest.mark.parametrize("model", [*table3.MODELS, *table3.VARIANTS])
 def test_published_cards_state_the_committed_cross_validation(model: str) -> None:
-    """The shipped <model>.monuseg is the file publish_cv wrote, and its card's cv/* numbers are the committed folds'."""
+    """The shipped <model>.monuseg is the file publish_cv wrote, and its card's cv/* numbers are the committed
+    folds'."""
     import hashlib
 
     from gdzoo.hub.card import card_metrics

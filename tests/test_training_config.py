@@ -129,7 +129,8 @@ def test_bad_base_is_named(tmp_path: Path, files: dict[str, str], expected: str)
 ])
 def test_duplicate_yaml_keys_are_refused_with_file_and_line(tmp_path: Path, text: str, key: str, line: int, first: int,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """YAML keeps the last of two equal keys without a word; a recipe refuses them, naming the key, the file and the line."""
+    """YAML keeps the last of two equal keys without a word; a recipe refuses them, naming the key,
+    the file and the line."""
     path = tmp_path / "dup.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -152,7 +153,8 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0, -1])
 def test_num_classes_zero_is_refused(value: int, capsys: pytest.CaptureFixture[str]) -> None:
-    """``model.num_classes=0`` used to fall back silently to the dataset's classes; timm's 0 (no head) cannot be trained."""
+    """``model.num_classes=0`` used to fall back silently to the dataset's classes;
+    timm's 0 (no head) cannot be trained."""
     with pytest.raises(ConfigError) as err:
         load_recipe(None, [f"model.num_classes={value}"])
     message = str(err.value)

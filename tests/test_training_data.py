@@ -1,4 +1,5 @@
-"""Datasets: seeded Fashion-MNIST subsets and validation split, ImageFolder transfer learning, timm transforms, clear errors."""
+"""Datasets: seeded Fashion-MNIST subsets and validation split, ImageFolder transfer learning, timm transforms,
+clear errors."""
 
 from __future__ import annotations
 

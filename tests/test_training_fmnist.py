@@ -131,7 +131,8 @@ def test_pretrained_auto_uses_the_weights_on_this_machine(tmp_path: Path, monkey
 
 
 def test_recipe_search_run_never_reads_the_test_set(tmp_path: Path) -> None:
-    """``data.evaluate_test=false``: the test files are never opened (here they do not exist); the run ends on validation."""
+    """``data.evaluate_test=false``: the test files are never opened (here they do not exist);
+    the run ends on validation."""
     root = tmp_path / "fmnist"
     root.mkdir()
     source = Path(load_recipe(REPO / "configs" / "tiny_fmnist.yaml").data.root or "/usr/share/datasets/fashion-mnist")

@@ -1,4 +1,5 @@
-"""Tiled segmentation inference equals a whole-image forward for small receptive fields; predict/train on real MoNuSeg."""
+"""Tiled segmentation inference equals a whole-image forward for small receptive fields;
+predict/train on real MoNuSeg."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Exact resume: a run SIGKILLed mid-epoch (after a step checkpoint) and resumed ends with the weights of an uninterrupted run."""
+"""Exact resume: a run SIGKILLed mid-epoch (after a step checkpoint) and resumed ends with the weights of an
+uninterrupted run."""
 
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
                                            "stage `search_long` (30, 60 and 100 epochs) has 1 of 6 cells.")
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 94.0
     assert zoo_fmnist.search_verdict().startswith("The search at 55000 images kept `augment_ls_ema_re` (mean validation "
-                                                  "top-1 92.75; `augment_ema` 92.50), so a lighter recipe does not help")
+                                                  "top-1 92.75; `augment_ema` 92.50), so a lighter recipe does not "
+                                                  "help")
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ls_ema_re")  # the schedule stage is not complete yet
     results["search_long"] = {"augment_ls_ema_re": {"ff_fmnist": 91.5, "gd_fmnist": 94.0},
                               "augment_ls_ema_re_e60": {"ff_fmnist": 92.0, "gd_fmnist": 94.5},

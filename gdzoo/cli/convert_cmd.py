@@ -1,4 +1,5 @@
-"""``gdzoo convert``: a pretrained free-form timm model -> its GD twin (stem fitted), logits checked, Hub folder written."""
+"""``gdzoo convert``: a pretrained free-form timm model -> its GD twin (stem fitted), logits checked,
+Hub folder written."""
 
 from __future__ import annotations
 

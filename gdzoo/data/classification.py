@@ -127,12 +127,14 @@ class ClassMatchError(ValueError):
 
 
 def class_key(name: str) -> str:
-    """A class name without case, spaces or punctuation: 'T-shirt/top', 'T-shirt_top' and 't shirt top' -> 'tshirttop'."""
+    """A class name without case, spaces or punctuation: 'T-shirt/top', 'T-shirt_top' and 't shirt top' ->
+    'tshirttop'."""
     return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
 def _numbered(folders: Sequence[str]) -> dict[str, int] | None:
-    """``{folder: number}`` when every folder is numbered with one shared prefix ('0_T-shirt', '7', 'c3', 'class_12')."""
+    """``{folder: number}`` when every folder is numbered with one shared prefix
+    ('0_T-shirt', '7', 'c3', 'class_12')."""
     numbers, prefixes = {}, set()
     for folder in folders:
         m = re.match(r"^(\D*)(\d+)", folder)

@@ -86,7 +86,8 @@ def decode_bytes_per_pixel(mode: str, channels: int, transposed: bool = False) -
     """Peak bytes per pixel while :func:`read_image` decodes a ``mode`` file for a ``channels``-input model.
 
     PIL's own copy (4 bytes for colour modes), extra copies for EXIF rotation and alpha compositing, the
-    kept array (copied out of PIL a band of rows at a time), and a byte of slack. Used to refuse a file before decoding it when it would not fit the memory limit.
+    kept array (copied out of PIL a band of rows at a time), and a byte of slack. Used to refuse a file before decoding
+    it when it would not fit the memory limit.
     """
     pil = _PIL_BYTES.get(mode, 4)
     copies = 1 + int(transposed) + (3 if mode in _ALPHA or mode == "P" else 0)

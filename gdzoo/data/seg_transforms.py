@@ -37,7 +37,8 @@ def hed_jitter(image: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> 
 
 
 class PairedAugment:
-    """Random dihedral transform applied identically to ``image (C, H, W)`` and ``mask (H, W)``; jitter on the image only.
+    """Random dihedral transform applied identically to ``image (C, H, W)`` and ``mask (H, W)``;
+    jitter on the image only.
 
     Draws from torch's global RNG, so :class:`gdzoo.data.sampling.SeededDataset` makes it reproducible.
     """

@@ -1,4 +1,5 @@
-"""Segmentation folders (``images/`` + ``masks/``, or TNBC's ``Slide_XX/`` + ``GT_XX/``), split by image, cut into tiles."""
+"""Segmentation folders (``images/`` + ``masks/``, or TNBC's ``Slide_XX/`` + ``GT_XX/``), split by image,
+cut into tiles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Image transforms resolved from a model's pretrained cfg with timm (``resolve_model_data_config``, ``create_transform``)."""
+"""Image transforms resolved from a model's pretrained cfg with timm
+(``resolve_model_data_config``, ``create_transform``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The GD convolution layer, its functional form (gd_conv2d) and execution paths, fitting to pretrained filters and model surgery; the DAU baseline layer."""
+"""The GD convolution layer, its functional form (gd_conv2d) and execution paths,
+fitting to pretrained filters and model surgery; the DAU baseline layer."""
 
 from .dau_conv import DAUConv2d
 from .fit import FitReport, fit_gd_kernel, fit_gdconv_

@@ -150,9 +150,10 @@ def _subspace_start(
     """A starting geometry ``(B, N, ·)`` from the targets' best ``N``-dim subspace (top eigenvectors of ``M_b``).
 
     The ``N`` kernels of an exact fit each lie in that subspace, so every kernel is searched on its
-    own: ``candidates`` random geometries per kernel (σ up to half the kernel size, |μ| up to a quarter), Adam on the relative distance of the kernel to
-    the subspace, best candidate kept. Decoupled, this finds the geometry of GD-generated targets
-    that the joint, non-convex problem often misses (a kernel stuck on a direction another covers).
+    own: ``candidates`` random geometries per kernel (σ up to half the kernel size, |μ| up to a quarter),
+    Adam on the relative distance of the kernel to the subspace, best candidate kept. Decoupled,
+    this finds the geometry of GD-generated targets that the joint, non-convex problem often misses
+    (a kernel stuck on a direction another covers).
     """
     num_bases, n = fixed[2].shape
     p = moment.shape[-1]

@@ -51,7 +51,8 @@ class ConvertReport:
         rows = [
             ("stem kernel rel. error ‖W_gd − W‖/‖W‖", f"{f.kernel_error:.4f}"),
             ("stem kernel rel. error, per channel (median / max)",
-             f"{sorted(f.kernel_error_per_channel)[len(f.kernel_error_per_channel) // 2]:.4f} / {max(f.kernel_error_per_channel):.4f}"),
+             f"{sorted(f.kernel_error_per_channel)[len(f.kernel_error_per_channel) // 2]:.4f} / "
+             f"{max(f.kernel_error_per_channel):.4f}"),
             ("best possible with this basis size (SVD bound)", f"{f.subspace_bound:.4f}"),
         ]
         if f.output_error is not None:

@@ -299,10 +299,12 @@ def _validate(recipe: Recipe) -> None:
     num_classes = recipe.model.num_classes
     checks = [
         (num_classes is None or num_classes >= 1,
-         f"model.num_classes must be a positive int (the classifier's classes) or null (the dataset's number of classes), "
-         f"got {num_classes}; timm's num_classes=0 (no classifier head, pooled features) cannot be trained as a classifier"),
+         "model.num_classes must be a positive int (the classifier's classes) or null (the dataset's number of "
+         f"classes), got {num_classes}; timm's num_classes=0 (no classifier head, pooled features) cannot be trained "
+         "as a classifier"),
         (recipe.model.in_chans is None or recipe.model.in_chans >= 1,
-         f"model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got {recipe.model.in_chans}"),
+         "model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got "
+         f"{recipe.model.in_chans}"),
         (recipe.optim.lr > 0, "optim.lr must be > 0"),
         (recipe.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (recipe.train.epochs >= 1, "train.epochs must be >= 1"),
@@ -445,7 +447,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             continue
         if len(keys) != 2 or keys[0] not in _SECTIONS:
             raise ConfigError(
-                f"override {text!r}: keys are section.key with section one of {', '.join(sorted(_SECTIONS))} (or 'name')"
+                f"override {text!r}: keys are section.key with section one of {', '.join(sorted(_SECTIONS))} (or "
+                "'name')"
             )
         section, key = keys
         valid = _hints(hints[section])

@@ -1,4 +1,5 @@
-"""torchrun / ``torch.distributed`` plumbing: process-group setup (nccl on GPU, gloo on CPU), rank helpers, reductions."""
+"""torchrun / ``torch.distributed`` plumbing: process-group setup (nccl on GPU, gloo on CPU), rank helpers,
+reductions."""
 
 from __future__ import annotations
 

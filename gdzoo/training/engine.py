@@ -151,9 +151,10 @@ class Engine:
             if not _finite_everywhere(loss_value, self.info):
                 raise NonFiniteLossError(
                     f"the training loss is {loss_value} (not finite) at epoch {state.epoch + 1}, batch "
-                    f"{state.step_in_epoch + 1} (step {state.global_step + 1}, lr {self.optimizer.param_groups[0]['lr']:.3g}); "
-                    "the run stops before updating the weights, so its last checkpoint (last.pth, if one was written) is "
-                    "the last good state. Lower optim.lr, set train.clip_grad or use train.amp=none, then --resume")
+                    f"{state.step_in_epoch + 1} (step {state.global_step + 1}, lr "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}); the run stops before updating the weights, so its "
+                    "last checkpoint (last.pth, if one was written) is the last good state. Lower optim.lr, set "
+                    "train.clip_grad or use train.amp=none, then --resume")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()

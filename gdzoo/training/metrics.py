@@ -1,4 +1,5 @@
-"""Metrics from accumulated counts (summable across ranks): top-1/top-5 and per-class accuracy; pixel accuracy, Dice/F1, IoU."""
+"""Metrics from accumulated counts (summable across ranks): top-1/top-5 and per-class accuracy; pixel accuracy, Dice/F1,
+IoU."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class ClassificationMeter:
         return [self.counts, self.confusion]
 
     def compute(self) -> dict[str, float | dict[str, float]]:
-        """``top1``, ``top5`` (when there are more than 5 classes), ``mean_class_acc`` and ``per_class`` accuracy, in %."""
+        """``top1``, ``top5`` (when there are more than 5 classes), ``mean_class_acc`` and ``per_class`` accuracy,
+        in %."""
         total = self.confusion.sum().item()
         correct = self.confusion.diag().sum().item()
         support = self.confusion.sum(1).double()

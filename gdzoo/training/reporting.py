@@ -1,4 +1,5 @@
-"""What a person reads: tqdm bars, ``metrics.jsonl`` + CSV, loss/accuracy curves, a summary table, segmentation figures."""
+"""What a person reads: tqdm bars, ``metrics.jsonl`` + CSV, loss/accuracy curves, a summary table,
+segmentation figures."""
 
 from __future__ import annotations
 

@@ -345,8 +345,9 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
 
     _say(info, f"{recipe.name}: {recipe.model.name} ({task}, {model_info['weights']}), {model_info['params']:,} params, "
                f"{count_trainable(model):,} trainable ({len(trainable)} tensors); train {len(bundle.train)}, "
-               f"val {len(bundle.val) if bundle.val is not None else 0}, test {len(bundle.test) if bundle.test is not None else 0}; "
-               f"{info.world_size} x {info.device}, batch {batch_size}, {steps_per_epoch} steps/epoch -> {run_dir}")
+               f"val {len(bundle.val) if bundle.val is not None else 0}, test "
+               f"{len(bundle.test) if bundle.test is not None else 0}; {info.world_size} x {info.device}, batch "
+               f"{batch_size}, {steps_per_epoch} steps/epoch -> {run_dir}")
 
     def on_step(s: LoopState) -> None:
         every = cfg.checkpoint_every_steps
