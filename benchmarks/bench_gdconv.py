@@ -402,7 +402,8 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
         for label, separated, other in (("GD", False, "basis"), ("GD-sep", True, "factorized")):
             impls = ("dense", other)
             fastest = {
-                mode: min(impls, key=lambda i, m=mode: res[m][variant_name(label, i)].ratio) for mode in ("train", "infer")
+                mode: min(impls, key=lambda i, m=mode: res[m][variant_name(label, i)].ratio)
+                for mode in ("train", "infer")
             }
             fits = [
                 fitted_depthwise_cost(
@@ -452,7 +453,8 @@ def target_rows(results: list[dict]) -> list[str]:
         row(f"separated inference ≤ {TARGETS['sep_infer']}× at {shape_name(TARGET_SHAPE)}", TARGETS["sep_infer"],
             [(r["infer"][variant_name("GD-sep", "auto")], where)])
     gen = [(r["gen"][lbl], f"{lbl}, {shape_name(r['shape'])}") for r in results for lbl in ("GD", "GD-sep")]
-    row(f"kernel generation ≤ {TARGETS['generation_pct']}% of a dense train step", TARGETS["generation_pct"], gen, pct=True)
+    row(f"kernel generation ≤ {TARGETS['generation_pct']}% of a dense train step", TARGETS["generation_pct"], gen,
+        pct=True)
     cached = [(r["infer"][variant_name(lbl, "dense")], f"{lbl} dense, {shape_name(r['shape'])}")
               for r in results for lbl in ("GD", "GD-sep")]
     row(f"cached inference ≤ {TARGETS['cached_infer']}×", TARGETS["cached_infer"], cached)
@@ -460,9 +462,11 @@ def target_rows(results: list[dict]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 3 repetitions, 1 warm-up")
-    p.add_argument("--out", type=Path, default=None, help="also write the markdown report here (e.g. docs/benchmarks.md)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the markdown report here (e.g. docs/benchmarks.md)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--kernel", type=int, default=7)

@@ -123,7 +123,8 @@ def layer_step(module: nn.Module, x: torch.Tensor, precision: str, mode: str) ->
     return train
 
 
-def bench_layer(case: LayerCase, device: torch.device, timer: Timer, opts: dict) -> dict[tuple[str, str], dict[str, Paired]]:
+def bench_layer(case: LayerCase, device: torch.device, timer: Timer,
+                opts: dict) -> dict[tuple[str, str], dict[str, Paired]]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(case.batch, case.cin, case.hw, case.hw, generator=gen).to(device)
     torch.manual_seed(0)

@@ -162,8 +162,8 @@ def write_doc(done: dict) -> None:
         "",
         "## Rotation",
         "",
-        "| angle | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS) + " |",
-        "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE)),
+        "| angle | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS)
+        + " |", "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE)),
     ]
     for a in ANGLES:
         row = []
@@ -173,8 +173,8 @@ def write_doc(done: dict) -> None:
                 row.append(_fmt(_get(done, m, "steered", 1.0, a)))
         lines.append(f"| {a}° | " + " | ".join(row) + " |")
     lines += ["", "## Scale", "",
-              "| scale | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS) + " |",
-              "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE))]
+              "| scale | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS)
+              + " |", "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE))]
     for s in SCALES:
         row = []
         for m in MODELS:

@@ -79,11 +79,16 @@ def rfnn_note(cells: dict) -> str:
 
 # Paper Table 1 (test accuracy %), columns Free-Form, RFNN, DAU-ConvNet, Ours, Ours-few, Ours-separated.
 PAPER = {
-    1000: {"ff_fmnist": 78.8, "rfnn_fmnist": 79.4, "dau_fmnist": 79.9, "gd_fmnist": 80.5, "gd_fmnist_few": 79.7, "gd_fmnist_sep": 78.9},
-    5000: {"ff_fmnist": 84.3, "rfnn_fmnist": 86.2, "dau_fmnist": 86.4, "gd_fmnist": 88.3, "gd_fmnist_few": 88.4, "gd_fmnist_sep": 88.7},
-    10000: {"ff_fmnist": 86.4, "rfnn_fmnist": 88.4, "dau_fmnist": 89.1, "gd_fmnist": 90.5, "gd_fmnist_few": 90.1, "gd_fmnist_sep": 89.3},
-    30000: {"ff_fmnist": 87.7, "rfnn_fmnist": 90.4, "dau_fmnist": 90.9, "gd_fmnist": 92.2, "gd_fmnist_few": 92.4, "gd_fmnist_sep": 91.4},
-    60000: {"ff_fmnist": 89.3, "rfnn_fmnist": 91.2, "dau_fmnist": 92.1, "gd_fmnist": 93.1, "gd_fmnist_few": 92.8, "gd_fmnist_sep": 91.4},
+    1000: {"ff_fmnist": 78.8, "rfnn_fmnist": 79.4, "dau_fmnist": 79.9, "gd_fmnist": 80.5, "gd_fmnist_few": 79.7,
+           "gd_fmnist_sep": 78.9},
+    5000: {"ff_fmnist": 84.3, "rfnn_fmnist": 86.2, "dau_fmnist": 86.4, "gd_fmnist": 88.3, "gd_fmnist_few": 88.4,
+           "gd_fmnist_sep": 88.7},
+    10000: {"ff_fmnist": 86.4, "rfnn_fmnist": 88.4, "dau_fmnist": 89.1, "gd_fmnist": 90.5, "gd_fmnist_few": 90.1,
+            "gd_fmnist_sep": 89.3},
+    30000: {"ff_fmnist": 87.7, "rfnn_fmnist": 90.4, "dau_fmnist": 90.9, "gd_fmnist": 92.2, "gd_fmnist_few": 92.4,
+            "gd_fmnist_sep": 91.4},
+    60000: {"ff_fmnist": 89.3, "rfnn_fmnist": 91.2, "dau_fmnist": 92.1, "gd_fmnist": 93.1, "gd_fmnist_few": 92.8,
+            "gd_fmnist_sep": 91.4},
 }
 # Models whose 60000-sample run was exported as the published Hub folder weights/<model>.fmnist, until the zoo
 # recipe's final run of the model (docs/zoo_fmnist.md) replaced it; see exports_weights.
@@ -392,7 +397,9 @@ def variant_summary(cells: dict) -> list[str]:
     from table1_variants import summary_lines  # imported here: table1_variants builds on this module
 
     total_h = sum(r["wall_s"] for v in cells.values() for r in v) / 3600
-    return summary_lines(cells) + ["", "Numbers in brackets: change against the protocol's run of the same cell. Not tried yet, because "
+    return summary_lines(cells) + ["",
+                                   "Numbers in brackets: change against the protocol's run of the same cell. Not tried "
+                                   "yet, because "
                               "adopting any of these for the table means rerunning the whole grid for every column "
                               f"(the {sum(len(v) for v in cells.values())} runs above took {total_h:.1f} h of one core "
                               "here): a variant as the protocol at every "
@@ -420,11 +427,14 @@ def readme_block(cells: dict) -> list[str]:
         row = []
         for m in MODELS:
             values = [r["test_top1"] for r in cells.get((m, n), [])]
-            row.append(f"{statistics.mean(values):.2f}{partial(values, n)} ({PAPER[n][m]:.1f})" if values else f"— ({PAPER[n][m]:.1f})")
+            row.append(f"{statistics.mean(values):.2f}{partial(values, n)} ({PAPER[n][m]:.1f})" if values
+                       else f"— ({PAPER[n][m]:.1f})")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     zoo = load_zoo_finals()
     if zoo:
-        lines.append(f"| {ZOO_ROW} | " + " | ".join(f"{zoo[m]['test_top1']:.2f} ({PAPER[FULL][m]:.1f})" if m in zoo else f"— ({PAPER[FULL][m]:.1f})"
+        lines.append(f"| {ZOO_ROW} | "
+                     + " | ".join(f"{zoo[m]['test_top1']:.2f} ({PAPER[FULL][m]:.1f})" if m in zoo
+                                  else f"— ({PAPER[FULL][m]:.1f})"
                                                   for m in MODELS) + " |")
     misses = target_misses(cells)
     not_run = any(not cells.get((m, n)) for m in MODELS for n in SIZES)
@@ -432,7 +442,8 @@ def readme_block(cells: dict) -> list[str]:
               + ("; `*`: not all subsets run yet" if any_partial(cells) else "")
               + ("; —: not run yet" if not_run or (zoo and zoo.keys() != set(MODELS)) else "")
               + ". Targets of the paper's protocol (a GD column ahead of every baseline in its row, `gd_fmnist` ≥ 93.1 at 60000): "
-              + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses else "met in every finished cell.")
+              + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses
+                 else "met in every finished cell.")
               + (f" \"{ZOO_ROW}\": one recipe for every column, trained on all 60000 images (paper's 60000 in brackets; "
                  "docs/zoo_fmnist.md); such a run became the published `.fmnist` weights where it did not score below them." if zoo else ""),
               "", rfnn_note(cells), README_MARKERS[1]]
@@ -460,7 +471,8 @@ def rfnn_ablation(cells: dict) -> list[str]:
              "The first RFNN column, whose σ, μ, θ trained (see the correction above), beside the rerun with them "
              "fixed. "
              "Same protocol, commands and seeds; `results/table1/rfnn_learned_geometry/`.", "",
-             "| train samples | RFNN, geometry fixed (the column) | RFNN, geometry learned | learned − fixed |", "|---|---:|---:|---:|"]
+             "| train samples | RFNN, geometry fixed (the column) | RFNN, geometry learned | learned − fixed |",
+             "|---|---:|---:|---:|"]
     for n in SIZES:
         fixed, free = cells.get(("rfnn_fmnist", n), []), learned.get(("rfnn_fmnist", n), [])
         gap = "—"
@@ -536,7 +548,8 @@ def write_table(log: Log | None = None) -> None:
         partial_base = "*" if any(partial(cells[(m, n)], n) for m in BASELINES if m in means) else ""
         no_dau = "" if "dau_fmnist" in means else "; no DAU run"
         row = [f"{gaps[m]:+.2f}{partial(cells[(m, n)], n)}" if m in gaps else "—" for m in GD_MODELS]
-        lines.append(f"| {n} | {means[best]:.2f}{partial_base} ({PAPER_NAMES[best]}{no_dau}) | " + " | ".join(row) + " |")
+        lines.append(f"| {n} | {means[best]:.2f}{partial_base} ({PAPER_NAMES[best]}{no_dau}) | " + " | ".join(row)
+                     + " |")
     if all(b in zoo for b in REQUIRED_BASELINES):
         best, gaps = best_baseline(zoo), margins(zoo)
         no_dau = "" if "dau_fmnist" in zoo else "; no DAU run"
@@ -552,14 +565,16 @@ def write_table(log: Log | None = None) -> None:
     lines += ["", "## Wall-clock on this machine", "",
               "Training seconds per epoch (mean over a cell's runs and epochs; validation and test excluded), and "
               "the time of a 60000-image epoch extrapolated from the median training rate (img/s) over all of a "
-              "column's runs. Runs were one at a time, each with one PyTorch thread, on: " + ("; ".join(cpus) if cpus else "—") + ". "
+              "column's runs. Runs were one at a time, each with one PyTorch thread, on: "
+              + ("; ".join(cpus) if cpus else "—") + ". "
               "Other work on the machine during a run slows it, so these are indicative.", "",
               "| | " + " | ".join(f"`{m}`" for m in MODELS) + " |", "|---|" + "---:|" * len(MODELS)]
     for n in SIZES:
         lines.append(f"| s / epoch at {n} | " + " | ".join(_cell_means(cells, n, "sec_per_epoch", "{:.1f} s")) + " |")
     row = []
     for m in MODELS:
-        rates = [r["train_img_per_s"] for v in (cells.get((m, n), []) for n in SIZES) for r in v if r.get("train_img_per_s")]
+        rates = [r["train_img_per_s"] for v in (cells.get((m, n), []) for n in SIZES) for r in v
+                 if r.get("train_img_per_s")]
         row.append(f"{FULL / statistics.median(rates):.0f} s ({statistics.median(rates):.0f} img/s)" if rates else "—")
     lines.append("| 60000-image epoch (extrapolated) | " + " | ".join(row) + " |")
     lines += ["", "Wall time of a whole run (training, validation, test, start-up; mean over a cell's runs, seconds):",
@@ -651,8 +666,8 @@ def main(argv: list[str] | None = None) -> int:
             print(human_command(*c) + ("  --resume" if (RUNS / cell_name(*c) / "last.pth").is_file() else ""))
         return 0
     log(f"grid: sizes {sorted(args.sizes)}, models {args.models}")
-    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_table(log), log,
-                     args.stop_at, args.kill_at, args.max_cells)
+    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_table(log),
+                     log, args.stop_at, args.kill_at, args.max_cells)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -60,7 +60,8 @@ def cv_train_args(model: str, cell: int | str) -> list[str]:
     if model in PAPER_RECIPE:
         return ["train", "-c", f"configs/table3/{base}.yaml", "--no-progress", "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}",
                 "--set", f"data.folds={FOLDS}", "--set", f"data.fold={cell}", "--set", "output.export=false"]
-    args = ["train", "-c", f"configs/monuseg/{base}.yaml", "--no-progress", "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}"]
+    args = ["train", "-c", f"configs/monuseg/{base}.yaml", "--no-progress", "--set",
+            f"output.name=table3_cv/{model}_{_cell_name(cell)}"]
     if kwargs:
         args += ["--set", "model.kwargs={" + ", ".join(f"{k}: {v}" for k, v in kwargs.items()) + "}"]
     if cell == FINAL:
@@ -101,7 +102,8 @@ def collect_cv_result(model: str, cell: int | str, run_dir: Path, wall_s: float,
     }
     if cell != FINAL:
         result["held_out_tiles"] = {k: round(final[k], 2) for k in METRICS}
-        result["held_out_images"] = {k: round(final[f"full_{k}"], 2) for k in METRICS} | {"pixels": final.get("full_pixels")}
+        result["held_out_images"] = ({k: round(final[f"full_{k}"], 2) for k in METRICS}
+                                     | {"pixels": final.get("full_pixels")})
         result["per_image_confusion"] = final["full_per_image"]
     return result
 
@@ -183,30 +185,36 @@ def cv_lines() -> list[str]:
         params = {m: next(iter(results[m].values()))["trainable_params"] for m in MODELS}
         columns = [*MODELS, *(v for v in VARIANTS if cv_summary(results.get(v, {})))]
         gd_columns = [m for m in columns if m != "unet5"]
-        lines += ["", "Per organ (held-out images of all folds pooled; Dice of the nucleus class; gap: GD − classical):", "",
-                  "| organ | images |" + "".join(f" {NAMES.get(m, f'`{m}`')} |" for m in columns)
-                  + "".join(f" gap `{m}` |" for m in gd_columns), "|---|---:|" + "---:|" * (len(columns) + len(gd_columns))]
+        lines += ["",
+                  "Per organ (held-out images of all folds pooled; Dice of the nucleus class; gap: GD − classical):",
+                  "", "| organ | images |" + "".join(f" {NAMES.get(m, f'`{m}`')} |" for m in columns)
+                  + "".join(f" gap `{m}` |" for m in gd_columns),
+                  "|---|---:|" + "---:|" * (len(columns) + len(gd_columns))]
         for o in sorted(set(organ.values())):
             dice = {}
             for m in columns:
-                conf = [c for k in range(FOLDS) for i, c in results[m][f"f{k}"]["per_image_confusion"].items() if organ[i] == o]
+                conf = [c for k in range(FOLDS) for i, c in results[m][f"f{k}"]["per_image_confusion"].items()
+                        if organ[i] == o]
                 dice[m] = _dice(conf)[1]
             n = sum(organ[i] == o for i in organ)
-            lines.append(f"| {o} | {n} |" + "".join(f" {dice[m]:.2f} |" for m in columns) + "".join(f" {dice[m] - dice['unet5']:+.2f} |" for m in gd_columns))
+            lines.append(f"| {o} | {n} |" + "".join(f" {dice[m]:.2f} |" for m in columns)
+                         + "".join(f" {dice[m] - dice['unet5']:+.2f} |" for m in gd_columns))
         ratio = params["gd_unet"] / params["unet5"]
         verdict = "meets" if gap >= -1.0 and ratio <= 0.30 else "misses"
-        lines += ["", f"**Against the target** (Gaussian U-net within 1 Dice point of the classical one, mean over folds, at ≤ 30 % of "
-                  f"its parameters): parameters {params['gd_unet']:,} / {params['unet5']:,} = {100 * ratio:.1f} %; "
-                  f"Dice gap {gap:+.2f} points (std of the per-fold gap {statistics.stdev(_fold_gaps(results)):.2f}): "
-                  f"the recipe {verdict} the target. Pooled over all 30 held-out predictions: "
-                  f"{summaries['unet5']['pooled_dice']:.2f} (classical) vs {summaries['gd_unet']['pooled_dice']:.2f} "
-                  "(Gaussian)."]
+        lines += ["",
+                  "**Against the target** (Gaussian U-net within 1 Dice point of the classical one, mean over folds, "
+                  f"at ≤ 30 % of its parameters): parameters {params['gd_unet']:,} / {params['unet5']:,} = "
+                  f"{100 * ratio:.1f} %; Dice gap {gap:+.2f} points (std of the per-fold gap "
+                  f"{statistics.stdev(_fold_gaps(results)):.2f}): the recipe {verdict} the target. Pooled over all 30 "
+                  f"held-out predictions: {summaries['unet5']['pooled_dice']:.2f} (classical) vs "
+                  f"{summaries['gd_unet']['pooled_dice']:.2f} (Gaussian)."]
     lines += recipe_lines(results)
     lines += variant_lines(results)
-    lines += ["", "Recipe (`configs/monuseg/unet5.yaml` and `configs/monuseg/gd_unet.yaml`, identical except `model.name`; fixed "
-              "before any run, not tuned on these folds): Adam lr 0.005, batch 16, 30 epochs of 600 random 128×128 "
-              "tiles, 1 warmup epoch then cosine decay to 1 %, loss cross-entropy + soft Dice (`train.loss: dice_ce`), "
-              "flips and 90° rotations, colour jitter 0.1, H&E stain jitter 0.05 in HED space "
+    lines += ["",
+              "Recipe (`configs/monuseg/unet5.yaml` and `configs/monuseg/gd_unet.yaml`, identical except `model.name`; "
+              "fixed before any run, not tuned on these folds): Adam lr 0.005, batch 16, 30 epochs of 600 random "
+              "128×128 tiles, 1 warmup epoch then cosine decay to 1 %, loss cross-entropy + soft Dice (`train.loss: "
+              "dice_ce`), flips and 90° rotations, colour jitter 0.1, H&E stain jitter 0.05 in HED space "
               "(`augment.stain_jitter`), scale jitter "
               "0.8–1.25× (`augment.scale_jitter`); weights of the last epoch.", "",
               "```bash",
@@ -230,23 +238,26 @@ def recipe_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     if not any(earlier.values()):
         return ["", "The earlier recipe (configs/table3) is not run on these folds yet: `python benchmarks/table3.py --cv --models "
                 + " ".join(PAPER_RECIPE) + " --folds 0 1 2`."]
-    lines = ["", "**How the recipe was chosen.** The zoo recipe is kept only because cross-validation prefers it to the earlier "
-             "recipe (`configs/table3/<model>.yaml`: 40 epochs, cross-entropy, flips / 90° rotations / colour jitter, "
-             "the best-validation-Dice weights on 3 of the 20 training images), run on the same folds with "
+    lines = ["",
+             "**How the recipe was chosen.** The zoo recipe is kept only because cross-validation prefers it to the "
+             "earlier recipe (`configs/table3/<model>.yaml`: 40 epochs, cross-entropy, flips / 90° rotations / colour "
+             "jitter, the best-validation-Dice weights on 3 of the 20 training images), run on the same folds with "
              f"`data.folds=3` (`python benchmarks/table3.py --cv --models {' '.join(PAPER_RECIPE)} --folds 0 1 2`). "
              "Held-out whole-image "
              "Dice of the nucleus class:", "",
-             "| model | recipe | " + " | ".join(f"fold {k}" for k in range(FOLDS)) + " | mean ± std | mean on the folds both recipes ran |",
-             "|---|---|" + "---:|" * (FOLDS + 2)]
+             "| model | recipe | " + " | ".join(f"fold {k}" for k in range(FOLDS))
+             + " | mean ± std | mean on the folds both recipes ran |", "|---|---|" + "---:|" * (FOLDS + 2)]
     for m in MODELS:
         recipes = {"earlier (configs/table3)": earlier[m], "zoo (configs/monuseg)": results.get(m, {})}
-        dice = {r: [cells.get(f"f{k}", {}).get("held_out_images", {}).get("dice") for k in range(FOLDS)] for r, cells in recipes.items()}
+        dice = {r: [cells.get(f"f{k}", {}).get("held_out_images",
+                                               {}).get("dice") for k in range(FOLDS)] for r, cells in recipes.items()}
         both = [k for k in range(FOLDS) if all(d[k] is not None for d in dice.values())]
         for recipe, values in dice.items():
             done = [d for d in values if d is not None]
             summary = f"{statistics.mean(done):.2f} ± {statistics.stdev(done):.2f}" if len(done) == FOLDS else f"{len(done)}/{FOLDS} folds"
             common = f"{statistics.mean(values[k] for k in both):.2f} (folds {', '.join(map(str, both))})" if both else "—"
-            lines.append(f"| {NAMES[m]} | {recipe} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in values) + f" | {summary} | {common} |")
+            lines.append(f"| {NAMES[m]} | {recipe} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in values)
+                         + f" | {summary} | {common} |")
     return lines
 
 
@@ -258,15 +269,18 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
                 + "; ".join(f"`{v}` = `{m}` with {', '.join(f'{k}={x}' for k, x in kw.items())}" for v, (m, kw) in VARIANTS.items())
                 + ", same recipe) is not run yet: `python benchmarks/table3.py --cv --models "
                 + " ".join(VARIANTS) + " --folds 0 1 2`."]
-    lines = ["", "GD-specific capacity within the budget (same recipe; `model.kwargs` of `gd_unet`), on the folds it ran:", "",
-             "| variant | trainable params (% of unet5) | fold | Dice | Gaussian U-net Dice | classical Dice |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["",
+             "GD-specific capacity within the budget (same recipe; `model.kwargs` of `gd_unet`), on the folds it ran:",
+             "", "| variant | trainable params (% of unet5) | fold | Dice | Gaussian U-net Dice | classical Dice |",
+             "|---|---:|---:|---:|---:|---:|"]
     unet5_params = next(iter(results.get("unet5", {}).values()), {}).get("trainable_params")
     for v, cells in ran.items():
         for c, r in sorted(cells.items()):
             base = [results.get(m, {}).get(c, {}).get("held_out_images", {}).get("dice") for m in ("gd_unet", "unet5")]
             share = f" ({100 * r['trainable_params'] / unet5_params:.1f} %)" if unet5_params else ""
             lines.append(f"| `{v}` ({', '.join(f'{k}={x}' for k, x in r['model_kwargs'].items())}) | {r['trainable_params']:,}{share} | "
-                         f"{c[1:]} | {r['held_out_images']['dice']:.2f} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in base) + " |")
+                         f"{c[1:]} | {r['held_out_images']['dice']:.2f} | "
+                         + " | ".join("—" if d is None else f"{d:.2f}" for d in base) + " |")
     for v in ran:
         sm, refs = cv_summary(results.get(v, {})), {m: cv_summary(results.get(m, {})) for m in ("gd_unet", "unet5")}
         if sm is None or None in refs.values():
@@ -279,7 +293,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         lines += [f"| `{v}` | | **mean ± std** | **{sm['dice']:.2f} ± {sm['dice_std']:.2f}** | {refs['gd_unet']['dice']:.2f} ± "
                   f"{refs['gd_unet']['dice_std']:.2f} | {refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
                   f"`{v}` against the target: Dice gap to the classical U-net {gap:+.2f} points (per fold "
-                  + " / ".join(f"{g:+.2f}" for g in gaps) + f"; `gd_unet`'s: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
+                  + " / ".join(f"{g:+.2f}" for g in gaps)
+                  + f"; `gd_unet`'s: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
                   f"IoU {sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± "
                   f"{sm['pixel_acc_std']:.2f}, at {100 * ratio:.1f} % of the classical U-net's parameters: it "
                   f"{verdict} the target."
@@ -289,7 +304,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
 
 def _fold_gaps(results: dict[str, dict[str, dict]], model: str = "gd_unet") -> list[float]:
     """Per-fold held-out Dice of ``model`` minus the classical U-net's."""
-    return [results[model][f"f{k}"]["held_out_images"]["dice"] - results["unet5"][f"f{k}"]["held_out_images"]["dice"] for k in range(FOLDS)]
+    return [results[model][f"f{k}"]["held_out_images"]["dice"]
+            - results["unet5"][f"f{k}"]["held_out_images"]["dice"] for k in range(FOLDS)]
 
 
 CHECK_METRIC = "check/full_dice"  # recomputed by tests/test_published_weights.py from the shipped file
@@ -317,7 +333,8 @@ def index_test_dice(model) -> float:
         with Image.open(root / "masks" / f"{image_id}.png") as img:
             truth = np.array(img) > 127
         pred = predict_tiled(model, normalize(rgb, cfg["mean"], cfg["std"]), 128, 32, 16).argmax(0).numpy() > 0
-        confusions.append([[int((~truth & ~pred).sum()), int((~truth & pred).sum())], [int((truth & ~pred).sum()), int((truth & pred).sum())]])
+        confusions.append([[int((~truth & ~pred).sum()), int((~truth & pred).sum())],
+                           [int((truth & ~pred).sum()), int((truth & pred).sum())]])
     return _dice(confusions)[1]
 
 
@@ -339,7 +356,8 @@ def publish_cv(log: Log) -> int:
     if missing:
         log(f"publish: not yet: missing cells {', '.join(missing)}")
         return 1
-    variants = [v for v in VARIANTS if all(c in results.get(v, {}) for c in cells)]  # a registered model of the same name
+    # a registered model of the same name
+    variants = [v for v in VARIANTS if all(c in results.get(v, {}) for c in cells)]
     summaries = {m: cv_summary(results[m]) for m in [*MODELS, *variants]}
     record = CV_RESULTS / "published.json"
     published = json.loads(record.read_text()) if record.is_file() else {}
@@ -369,7 +387,9 @@ def publish_cv(log: Log) -> int:
             f"(organ-stratified folds of 10 images, trained on 20, scored on the 10 unseen whole images by tiled "
             f"inference with 32 px overlap): Dice {sm['dice']:.2f} ± {sm['dice_std']:.2f} (folds: {folds}), IoU "
             f"{sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± {sm['pixel_acc_std']:.2f} "
-            f"(nucleus class, mean ± std over folds). " + (f"Dice gap to the classical U-net (`unet5`) on the same folds: {gap:+.2f} points. " if m != "unet5" else "")
+            f"(nucleus class, mean ± std over folds). "
+            + (f"Dice gap to the classical U-net (`unet5`) on the same folds: {gap:+.2f} points. " if m != "unet5"
+               else "")
             + "Per fold and per organ: docs/table3.md.\n\n"
             f"`{CHECK_METRIC}` = {check:.2f} is the pooled Dice on index.csv's 8 suggested-test images, which these "
             f"weights were trained on: it checks the file, it does not measure generalisation.\n\n"
@@ -377,8 +397,8 @@ def publish_cv(log: Log) -> int:
             + f"Recipe:\n\n```yaml\n{recipe_to_yaml(recipe)}```"
         )
         folder = export_hub_folder(net, "monuseg", ROOT / "weights", metrics=metrics, command="gdzoo " + " ".join(args),
-                                   config_sha256=recipe_sha256(recipe), datasets=["monuseg2018"], license=recipe.output.license,
-                                   description=description)
+                                   config_sha256=recipe_sha256(recipe), datasets=["monuseg2018"],
+                                   license=recipe.output.license, description=description)
         digest = hashlib.sha256((folder.path / "model.safetensors").read_bytes()).hexdigest()
         published[folder.path.name] = {"sha256": digest, "cv_dice": round(sm["dice"], 2), CHECK_METRIC: round(check, 2)}
         log(f"published {folder.path.name}: cv Dice {sm['dice']:.2f} ± {sm['dice_std']:.2f}, {CHECK_METRIC} {check:.2f}")
@@ -393,10 +413,12 @@ def _same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None, folds: list[int] | None = None) -> int:
+def run_cv(models: list[str], threads: int, log: Log, stop_at: str | None, kill_at: str | None,
+           folds: list[int] | None = None) -> int:
     """Every missing (model, fold) cell, then each model's final all-images run (earlier recipe: folds only); resumable,
     one process at a time."""
-    wanted = lambda m: [*(folds if folds is not None else range(FOLDS)), *([] if m in PAPER_RECIPE or folds is not None else [FINAL])]  # noqa: E731
+    wanted = lambda m: [*(folds if folds is not None else range(FOLDS)),  # noqa: E731
+                        *([] if m in PAPER_RECIPE or folds is not None else [FINAL])]
     cells = [(m, c) for m in models for c in wanted(m) if not (CV_RESULTS / f"{m}_{_cell_name(c)}.json").is_file()]
 
     def run_cell(cell: tuple[str, int | str], kill: dt.datetime | None) -> str:
@@ -533,7 +555,8 @@ def write_table(log: Log | None = None) -> None:
         lines.append(f"| {NAMES[m]} (`{m}`) | {r['trainable_params']:,} | {t['pixel_acc']:.2f} | {t['dice']:.2f} | {t['iou']:.2f} | "
                      f"{f['pixel_acc']:.2f} | {f['dice']:.2f} | {f['iou']:.2f} | {r['val_dice']:.2f} | "
                      f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} |")
-    lines += ["", "Paper (Table 3, TNBC test tiles):", "", "| model | trainable params | pixel accuracy |", "|---|---:|---:|"]
+    lines += ["", "Paper (Table 3, TNBC test tiles):", "", "| model | trainable params | pixel accuracy |",
+              "|---|---:|---:|"]
     lines += [f"| {NAMES[m]} | {PAPER[m][0]:,} | {PAPER[m][1]:.1f} |" for m in MODELS]
     if len(results) == len(MODELS):
         g, c = results["gd_unet"], results["unet5"]
@@ -584,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running training at this time (it resumes next time)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of the training process (default 1)")
     p.add_argument("--table-only", action="store_true", help="only regenerate docs/table3.md and the figure")
-    p.add_argument("--cv", action="store_true", help="the cross-validated zoo recipe (configs/monuseg): folds, then all 30 images")
+    p.add_argument("--cv", action="store_true",
+                   help="the cross-validated zoo recipe (configs/monuseg): folds, then all 30 images")
     p.add_argument("--stop-at", help="HH:MM UTC (--cv): launch no new run after this time")
     p.add_argument("--publish", action="store_true", help="(--cv) publish the all-images weights as <model>.monuseg")
     args = p.parse_args(argv)
@@ -593,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         write_table(Log(CV_RUNS / "grid.log"))
         return status
     if args.cv:
-        status = 0 if args.table_only else run_cv(args.models, args.threads, Log(CV_RUNS / "grid.log"), args.stop_at, args.kill_at, args.folds)
+        status = 0 if args.table_only else run_cv(args.models, args.threads, Log(CV_RUNS / "grid.log"), args.stop_at,
+                                                  args.kill_at, args.folds)
         write_table(Log(CV_RUNS / "grid.log"))
         return status
     log = Log(RUNS / "grid.log")

@@ -55,7 +55,8 @@ STRETCH = 93.5  # issue 15's stretch target for gd_fmnist
 # paper-protocol gd_fmnist, which overfits, scores 99.22 on its 60000 training images against 92.56 on the test set:
 #   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 --set data.train_subset=null --split train
 UNDERFIT_GAP = 2.0
-AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"  # tried before the zoo recipe
+# tried before the zoo recipe
+AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"
 # name -> (what it is, the settings that tell the candidates apart, set on configs/zoo/<model>.yaml). Every candidate
 # sets all of them, so its meaning does not depend on what base.yaml holds; base.yaml is the chosen one
 # (BASE_CANDIDATE). A 60-epoch run of gd_fmnist on 55000 images takes about 3 h on one core of this machine (300 img/s):
@@ -69,9 +70,11 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment_ls_ema_re": (_LS_EMA_RE + ", 30 epochs",
                           ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true", "train.epochs=30"]),
     "augment_ls_ema_re_e60": (_LS_EMA_RE + ", 60 epochs",
-                              ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true", "train.epochs=60"]),
+                              ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true",
+                               "train.epochs=60"]),
     "augment_ls_ema_re_e100": (_LS_EMA_RE + ", 100 epochs",
-                               ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true", "train.epochs=100"]),
+                               ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true",
+                                "train.epochs=100"]),
 }
 BASE_CANDIDATE = "augment_ls_ema_re"  # the candidate configs/zoo/base.yaml is (test_zoo_fmnist_script checks it)
 EXPORT_ROOT = "runs/zoo_fmnist/export"  # final runs export here; publish() copies the folder into weights/
@@ -124,7 +127,8 @@ SEARCH_STAGES = (
                 "a third of the data, for CPU; its choice underfits at 60000 images (see the final runs)"),
     SearchStage("search_full", FULL - SEARCH_VAL, ("augment_ema", "augment_ls_ema_re"),
                 "the final size, because the regularisers chosen at 20000 images held the final runs back"),
-    SearchStage("search_long", FULL - SEARCH_VAL, ("augment_ls_ema_re", "augment_ls_ema_re_e60", "augment_ls_ema_re_e100"),
+    SearchStage("search_long", FULL - SEARCH_VAL,
+                ("augment_ls_ema_re", "augment_ls_ema_re_e60", "augment_ls_ema_re_e100"),
                 "the schedule: every final run underfits at 30 epochs (clean train top-1 less than 2 points above "
                 "test)"),
 )
@@ -203,7 +207,8 @@ def clean_train_top1(run_dir: Path, threads: int = 1) -> float:
     train``): next to the test top-1 it tells a recipe that holds the model back from one that lets it overfit."""
     out = run_dir / "train_split_metrics.json"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    subprocess.run([sys.executable, "-m", "gdzoo", "eval", "--checkpoint", str(run_dir), "--split", "train", "--output", str(out)],
+    subprocess.run([sys.executable, "-m", "gdzoo", "eval", "--checkpoint", str(run_dir), "--split", "train", "--output",
+                    str(out)],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return round(json.loads(out.read_text())["top1"], 2)
 
@@ -251,7 +256,8 @@ def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetim
             record = publish(model, record, log)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
-        log(f"done   {name}: " + ", ".join(f"{k} {record[k]}" for k in ("val_top1_last", "test_top1", "last_train_top1") if k in record))
+        log(f"done   {name}: "
+            + ", ".join(f"{k} {record[k]}" for k in ("val_top1_last", "test_top1", "last_train_top1") if k in record))
     return status
 
 
@@ -369,14 +375,15 @@ def search_table(stage: SearchStage, choice: tuple[str, str] | None) -> list[str
     """One stage's section of the doc: its validation top-1 per candidate and column, and its mean."""
     search = load_search(stage.name)
     means, chosen = search_means(search), chosen_candidate(search, stage.candidates)
-    lines = [f"### Stage `{stage.name}`: {stage.train} training images", "", f"Why: {stage.why}. Validation top-1 (%):", "",
-             "| candidate | recipe | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
+    lines = [f"### Stage `{stage.name}`: {stage.train} training images", "", f"Why: {stage.why}. Validation top-1 (%):",
+             "", "| candidate | recipe | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
              "|---|---|" + "---:|" * (len(SEARCH_MODELS) + 1)]
     for c in stage.candidates:
         cells, best = search.get(c, {}), c == chosen
         vals = [f"{cells[m]['val_top1_last']:.2f}" if m in cells else "not run yet" for m in SEARCH_MODELS]
         mean = f"{means[c]:.2f}" if c in means else "—"
-        lines.append(f"| `{c}`{' (best)' if best else ''} | {CANDIDATES[c][0]} | " + " | ".join(vals) + f" | {'**' + mean + '**' if best else mean} |")
+        lines.append(f"| `{c}`{' (best)' if best else ''} | {CANDIDATES[c][0]} | " + " | ".join(vals)
+                     + f" | {'**' + mean + '**' if best else mean} |")
     decided = "decides the zoo recipe" if choice and choice[0] == stage.name else "does not decide the recipe"
     status = f"Best: `{chosen}`; this stage {decided}." if chosen else "Not every candidate has run on every column yet."
     return lines + ["", status, ""]
@@ -385,8 +392,8 @@ def search_table(stage: SearchStage, choice: tuple[str, str] | None) -> list[str
 def write_doc(log: Log | None = None) -> None:
     final, choice = load_zoo_finals(), zoo_choice()
     lines = ["# Fashion-MNIST zoo recipe", "",
-             "<!-- Generated by `python benchmarks/zoo_fmnist.py --table-only`; edit the script, not this file. -->", "",
-             "docs/table1.md reproduces the paper's protocol; the published `*.fmnist` weights are a different "
+             "<!-- Generated by `python benchmarks/zoo_fmnist.py --table-only`; edit the script, not this file. -->",
+             "", "docs/table1.md reproduces the paper's protocol; the published `*.fmnist` weights are a different "
              "product: the best these architectures can be, trained by one recipe that is the same for every column "
              "(`configs/zoo/base.yaml`; `configs/zoo/<model>.yaml` only names the model).", "",
              "## Choosing the recipe on validation data", "",
@@ -397,38 +404,47 @@ def write_doc(log: Log | None = None) -> None:
              "epoch. The recipe is the choice of the latest stage that has run every candidate on every column.", ""]
     for stage in SEARCH_STAGES:
         lines += search_table(stage, choice)
-    lines += [f"The zoo recipe: `{choice[1]}` (stage `{choice[0]}`)." if choice else "No stage has run every candidate on every column yet.",
+    lines += [f"The zoo recipe: `{choice[1]}` (stage `{choice[0]}`)." if choice
+              else "No stage has run every candidate on every column yet.",
               "", "## Final runs: all 60000 training images, test top-1 on the 10,000 test images", ""]
     if final:
         clean = lambda r: f"{r['train_top1_clean']:.2f}" if "train_top1_clean" in r else "—"  # noqa: E731
         lines += ["| column | test top-1 | train top-1, no augmentation | last-epoch train top-1, augmented | epochs | "
                   "s / epoch | `weights/<model>.fmnist` |", "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| `{m}` | {final[m]['test_top1']:.2f} | {clean(final[m])} | {final[m]['last_train_top1']:.2f} | "
-                  f"{final[m]['epochs']} | {final[m]['sec_per_epoch']} | {publication(final[m])} |" for m in MODELS if m in final]
-        lines += ["", "The train top-1 without augmentation is the last epoch's weights scored on all 60000 training images "
-                  "as the test set is scored (`gdzoo eval --checkpoint runs/zoo_fmnist/final/<model> --split train`); "
-                  "the augmented one is the running mean over the last epoch's batches."]
-        lines += ["", "A final run replaces the published `<model>.fmnist` only when it does not score below the weights it "
-                  "would replace, so the default weights never get worse, or when the published file is not the model "
-                  "its name promises (`NOT_WHAT_THE_NAME_PROMISES`: Table 1's RFNN file had learned its geometry); "
-                  "Table 1's paper-protocol runs stay published as `<model>.fmnist_table1` either way."]
+                  f"{final[m]['epochs']} | {final[m]['sec_per_epoch']} | {publication(final[m])} |" for m in MODELS
+                  if m in final]
+        lines += ["",
+                  "The train top-1 without augmentation is the last epoch's weights scored on all 60000 training "
+                  "images as the test set is scored (`gdzoo eval --checkpoint runs/zoo_fmnist/final/<model> --split "
+                  "train`); the augmented one is the running mean over the last epoch's batches."]
+        lines += ["",
+                  "A final run replaces the published `<model>.fmnist` only when it does not score below the weights "
+                  "it would replace, so the default weights never get worse, or when the published file is not the "
+                  "model its name promises (`NOT_WHAT_THE_NAME_PROMISES`: Table 1's RFNN file had learned its "
+                  "geometry); Table 1's paper-protocol runs stay published as `<model>.fmnist_table1` either way."]
         margins = final_margins(final)
         if margins:
-            lines += ["", "GD margin over the best baseline that ran: " + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
+            lines += ["",
+                      "GD margin over the best baseline that ran: "
+                      + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
         if "gd_fmnist" in final:
             lines += ["", target_verdict(final)]
     else:
         lines.append("No final run has finished yet.")
     for recipe, records in load_superseded().items():
-        lines += ["", f"Final runs of an earlier recipe, `{recipe}` (not comparable with the table above; their published "
+        lines += ["",
+                  f"Final runs of an earlier recipe, `{recipe}` (not comparable with the table above; their published "
                   "files stay until a final of the current recipe replaces them): " + ", ".join(
                       f"`{m}` {r['test_top1']:.2f} ({publication(r)})" for m, r in records.items()) + "."]
     lines += ["", "## Commands", "", "```bash",
-              "python benchmarks/zoo_fmnist.py --search    # every stage's candidates on " + ", ".join(SEARCH_MODELS) + " (resumable)",
+              "python benchmarks/zoo_fmnist.py --search    # every stage's candidates on " + ", ".join(SEARCH_MODELS)
+              + " (resumable)",
               "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images; weights/<model>.fmnist "
               "when not worse",
               "python benchmarks/zoo_fmnist.py --table-only",
-              shlex.join(["gdzoo", *search_args(BASE_CANDIDATE, "gd_fmnist", SEARCH_STAGES[-1].name)]) + "   # one search cell",
+              shlex.join(["gdzoo", *search_args(BASE_CANDIDATE, "gd_fmnist", SEARCH_STAGES[-1].name)])
+              + "   # one search cell",
               shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", ""]
     DOC.write_text("\n".join(lines))
     if log:
@@ -438,12 +454,14 @@ def write_doc(log: Log | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     stage = p.add_mutually_exclusive_group(required=True)
-    stage.add_argument("--search", action="store_true", help="the candidates on a validation split (never the test set)")
+    stage.add_argument("--search", action="store_true",
+                       help="the candidates on a validation split (never the test set)")
     stage.add_argument("--final", action="store_true", help="configs/zoo/<model>.yaml on all 60000 images, exported")
     stage.add_argument("--table-only", action="store_true", help="only regenerate docs/zoo_fmnist.md")
     p.add_argument("--models", nargs="+", choices=MODELS, help="columns to run (default: SEARCH_MODELS / all)")
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
-    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES), help="search stages to run (default: all)")
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
+                   help="search stages to run (default: all)")
     p.add_argument("--stop-at", help="HH:MM UTC: launch no new cell after this time")
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running cell at this time (it resumes next time)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per training process (default 1)")
@@ -466,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "final":  # record the exported files' hashes, so pretrained=True accepts them
             subprocess.run([sys.executable, "-m", "gdzoo", "hub", "manifest"], cwd=ROOT, check=True)
 
-    return run_queue(cells, lambda cell, kill: run_cell(kind, cell, log, args.threads, kill), refresh, log, args.stop_at, args.kill_at)
+    return run_queue(cells, lambda cell, kill: run_cell(kind, cell, log, args.threads, kill), refresh, log,
+                     args.stop_at, args.kill_at)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def _grid(nrows: int, ncols: int, cell: float, header: float, title: str, hspace
     left = min(0.3 / width, 0.2)  # room for the row labels
     axes = fig.subplots(
         nrows, ncols, squeeze=False,
-        gridspec_kw={"top": top, "bottom": 0.1 * cell / height, "left": left, "right": 0.99, "hspace": hspace, "wspace": 0.15},
+        gridspec_kw={"top": top, "bottom": 0.1 * cell / height, "left": left, "right": 0.99, "hspace": hspace,
+                     "wspace": 0.15},
     )
     fig.suptitle(title, fontsize=8, y=1.0 - 0.05 / height, va="top", linespacing=1.2)
     return fig, axes

@@ -101,7 +101,8 @@ def test_missing_monuseg_is_one_line_and_the_rest_runs(capsys, tmp_path: Path, m
     (["--models", "nope*"], "--models 'nope*' matches no gdzoo model"),
     (["--images", "0"], "--images must be between 1 and 10000"),
     (["--crop", "4"], "--crop must be at least 16"),
-    (["--models", "gd_unet", "--monuseg", "/nonexistent/monuseg"], "--monuseg /nonexistent/monuseg does not hold images/"),
+    (["--models", "gd_unet", "--monuseg", "/nonexistent/monuseg"],
+     "--monuseg /nonexistent/monuseg does not hold images/"),
 ])
 def test_bad_arguments_are_one_line_errors(capsys, args: list[str], message: str) -> None:
     assert main(["demo", *args]) == 2

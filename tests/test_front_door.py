@@ -54,7 +54,8 @@ def test_sdist_carries_the_weights_and_builds_a_wheel_with_them(newcomer: Newcom
     subprocess.run([sys.executable, "-m", "pip", "-q", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
                     str(tmp_path / "dist"), str(sdist)], check=True, capture_output=True, timeout=600)
     files = wheel_files(next((tmp_path / "dist").glob("gdzoo-*.whl")))
-    assert {n for n in files if n.startswith("gdzoo/_weights/")} == {n for n in wheel_files(newcomer.wheel) if n.startswith("gdzoo/_weights/")}
+    assert {n for n in files if n.startswith("gdzoo/_weights/")} == {n for n in wheel_files(newcomer.wheel)
+                                                                     if n.startswith("gdzoo/_weights/")}
 
 
 def _flip_middle_byte(path: Path) -> None:
@@ -72,7 +73,8 @@ def test_damaged_shipped_weights_are_named_not_loaded(newcomer: Newcomer, tmp_pa
         path.write_bytes(path.read_bytes()[:-100])
     else:
         _flip_middle_byte(path)
-    proc = newcomer.run(["-c", "import timm, gdzoo; print(gdzoo.__file__); timm.create_model('gd_fmnist', pretrained=True)"],
+    proc = newcomer.run(["-c",
+                         "import timm, gdzoo; print(gdzoo.__file__); timm.create_model('gd_fmnist', pretrained=True)"],
                         cwd=tree)
     assert proc.returncode != 0
     assert str(path) in proc.stderr and "damaged" in proc.stderr and "manifest" in proc.stderr, proc.stderr[-2000:]
@@ -81,7 +83,8 @@ def test_damaged_shipped_weights_are_named_not_loaded(newcomer: Newcomer, tmp_pa
 
 def test_explicit_hf_hub_name_means_the_hub(newcomer: Newcomer) -> None:
     """``hf-hub:gdzoo/gd_fmnist.fmnist`` is not served from the shipped copy: offline and uncached, it fails."""
-    proc = newcomer.run(["-c", "import timm, gdzoo; timm.create_model('hf-hub:gdzoo/gd_fmnist.fmnist', pretrained=True)"])
+    proc = newcomer.run(["-c",
+                         "import timm, gdzoo; timm.create_model('hf-hub:gdzoo/gd_fmnist.fmnist', pretrained=True)"])
     assert proc.returncode != 0
     assert "gdzoo/gd_fmnist.fmnist" in proc.stderr
 
@@ -157,7 +160,8 @@ def vgg_caches(newcomer: Newcomer, tmp_path_factory: pytest.TempPathFactory) -> 
         pytest.skip(missing_data("real ImageNet filters", IMAGENET_STEM))
     root = tmp_path_factory.mktemp("vgg")
     env = dict(HF_HOME=str(root / "hf-home"), GDZOO_CACHE=str(root / "gdzoo-cache"))
-    proc = newcomer.run(["-c", MAKE_TIMM_VGG16, str(root / "vgg16.tv_in1k"), str(IMAGENET_STEM), str(root / "hf-home" / "hub")],
+    proc = newcomer.run(["-c", MAKE_TIMM_VGG16, str(root / "vgg16.tv_in1k"), str(IMAGENET_STEM),
+                         str(root / "hf-home" / "hub")],
                         **env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return env

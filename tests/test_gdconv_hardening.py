@@ -302,7 +302,8 @@ def test_hessian_vector_product_vs_finite_differences(separated: bool, impl: str
         assert fd.abs().max() > 1e-6, name  # the direction really moves every gradient
 
 
-@pytest.mark.parametrize("which", [(True, True, True), (True, False, False), (False, True, False), (False, False, True)])
+@pytest.mark.parametrize("which",
+                         [(True, True, True), (True, False, False), (False, True, False), (False, False, True)])
 def test_basis_gradgradcheck_and_forward_ad(which: tuple[bool, bool, bool]) -> None:
     """The basis function alone: second order and forward mode, for every subset of σ, μ, θ."""
     orders = torch.tensor(derivative_orders(2))
@@ -490,7 +491,8 @@ def test_rfnn_published_weights_load_strict() -> None:
     assert all(p.requires_grad for p in model.parameters())
     # an RFNN: the published geometry is the fixed one the architecture defines, not a learned one
     fresh = timm.create_model("rfnn_fmnist").state_dict()
-    assert all(torch.equal(state[k], fresh[k]) for k in state if k.endswith("_raw")), "published rfnn_fmnist learned its geometry"
+    assert all(torch.equal(state[k], fresh[k]) for k in state
+               if k.endswith("_raw")), "published rfnn_fmnist learned its geometry"
 
 
 def _snapshot_compare(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:

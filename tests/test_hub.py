@@ -90,7 +90,8 @@ def test_export_writes_timm_hub_format(exported: dict[str, HubFolder]) -> None:
     assert meta["model"] == "gd_fmnist" and meta["tag"] == "test" and "gdzoo_version" in meta and "config_sha256" in meta
     card = (folder.path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: timm\n")
-    for needle in ("license:", "datasets:", "fashion_mnist", "metrics:", "top1", "12.50", "gdzoo train", "@inproceedings"):
+    for needle in ("license:", "datasets:", "fashion_mnist", "metrics:", "top1", "12.50", "gdzoo train",
+                   "@inproceedings"):
         assert needle in card
     assert verify_folder(folder, org=ORG) == []
     assert not list(folder.path.parent.glob(".*")), "no temporary files left beside the folder"
@@ -177,7 +178,8 @@ def test_missing_repo_and_missing_file_404(exported: dict[str, HubFolder], tmp_p
     with serve_hub([HubFolder(partial)], org=ORG) as url:
         env = {"HF_HUB_CACHE": str(tmp_path / "c"), "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1"}
         no_repo = load_in_subprocess(
-            f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/nope.x'))", env
+            f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/nope.x'))",
+            env
         )
         no_file = load_in_subprocess(
             "timm.create_model('gd_fmnist', pretrained=True, "
@@ -246,7 +248,8 @@ def test_num_classes_change_reinitialises_only_the_classifier(exported: dict[str
     folder = exported["gd_fmnist"]
     state = load_file(folder.path / "model.safetensors")
     model = timm.create_model(
-        "gd_fmnist", pretrained=True, num_classes=3, pretrained_cfg_overlay={"file": str(folder.path / "model.safetensors")}
+        "gd_fmnist", pretrained=True, num_classes=3,
+        pretrained_cfg_overlay={"file": str(folder.path / "model.safetensors")}
     )
     classifier = model.pretrained_cfg["classifier"]
     assert model.get_classifier().out_features == 3
@@ -258,7 +261,8 @@ def test_num_classes_change_reinitialises_only_the_classifier(exported: dict[str
 def test_features_only_pretrained_loads_the_backbone(exported: dict[str, HubFolder]) -> None:
     file = exported["gd_fmnist"].path / "model.safetensors"
     state = load_file(file)
-    feats = timm.create_model("gd_fmnist", pretrained=True, features_only=True, pretrained_cfg_overlay={"file": str(file)})
+    feats = timm.create_model("gd_fmnist", pretrained=True, features_only=True,
+                              pretrained_cfg_overlay={"file": str(file)})
     loaded = feats.state_dict()
     shared = [k for k in loaded if k in state]
     assert shared, "feature model shares parameter names with the classifier model"
@@ -297,7 +301,8 @@ def test_cli_seed_verify_push_dry_run(exported: dict[str, HubFolder], tmp_path: 
 
     def gdzoo(*args: str) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "GDZOO_HF_ORG": ORG, **env}
-        return subprocess.run([sys.executable, "-c", cli, *args], env=full_env, capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-c", cli, *args], env=full_env, capture_output=True, text=True,
+                              timeout=300)
 
     seeded = gdzoo("hub", "seed", folder)
     assert seeded.returncode == 0, seeded.stderr

@@ -56,12 +56,14 @@ def test_16bit_png_and_tiff_are_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
     got = normalised(read_image(tmp_path / "ramp.png"), 1)[0].numpy()
     np.testing.assert_allclose(got, (ramp / 65535.0 - MEAN[0]) / STD[0], atol=1e-5)
-    np.testing.assert_array_equal(read_image(tmp_path / "ramp.png").as_uint8()[..., 0], np.rint(ramp / 257).astype(np.uint8))
+    np.testing.assert_array_equal(read_image(tmp_path / "ramp.png").as_uint8()[..., 0],
+                                  np.rint(ramp / 257).astype(np.uint8))
 
 
 def test_exif_orientation_6_equals_the_image_rotated_by_hand(tmp_path: Path) -> None:
     upright = smooth_rgb(48, 80)
-    stored = np.rot90(upright, 1)  # a camera held sideways stores the scene rotated; Orientation 6 says "turn 90° clockwise"
+    stored = np.rot90(upright,
+                      1)  # a camera held sideways stores the scene rotated; Orientation 6 says "turn 90° clockwise"
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "exif6.jpg", quality=95, exif=exif.tobytes())
@@ -98,7 +100,8 @@ def test_gray_and_colour_meet_the_models_channels(tmp_path: Path) -> None:
     Image.fromarray(rgb[..., 2]).save(tmp_path / "gray.png")
     one = read_image(tmp_path / "rgb.png", channels=1).pixels[..., 0].astype(float)
     rgb = rgb.astype(np.int64)
-    luma = rgb[..., 0] * 299 / 1000 + rgb[..., 1] * 587 / 1000 + rgb[..., 2] * 114 / 1000  # ITU-R 601-2, as PIL documents
+    # ITU-R 601-2, as PIL documents
+    luma = rgb[..., 0] * 299 / 1000 + rgb[..., 1] * 587 / 1000 + rgb[..., 2] * 114 / 1000
     assert np.abs(one - luma).max() <= 1
     gray = read_image(tmp_path / "gray.png", channels=3)
     window = normalised(gray)
@@ -136,7 +139,8 @@ def test_pils_decompression_bomb_limit_is_kept_unless_ours_replaces_it(tmp_path:
         read_image(tmp_path / "big.png")
     assert read_image(tmp_path / "big.png", max_bytes=10**6).pixels.shape == (64, 64, 3)  # our limit instead
     with ThreadPoolExecutor(4) as pool:
-        assert all(d.height == 64 for d in pool.map(lambda p: read_image(p, max_bytes=10**6), [tmp_path / "big.png"] * 16))
+        assert all(d.height == 64 for d in pool.map(lambda p: read_image(p, max_bytes=10**6),
+                                                    [tmp_path / "big.png"] * 16))
     assert Image.MAX_IMAGE_PIXELS == 1000  # restored after reads from several threads
 
 
@@ -191,7 +195,8 @@ def conv_model() -> nn.Module:
 
 
 @pytest.mark.parametrize(("height", "width", "tile", "overlap", "batch"),
-                         [(300, 70, 32, 8, 1), (300, 70, 32, 8, 7), (97, 41, 32, 10, 64), (20, 50, 32, 8, 2), (90, 20, 32, 6, 3)])
+                         [(300, 70, 32, 8, 1), (300, 70, 32, 8, 7), (97, 41, 32, 10, 64), (20, 50, 32, 8, 2),
+                          (90, 20, 32, 6, 3)])
 def test_streamed_bands_equal_the_naive_tiling(height: int, width: int, tile: int, overlap: int, batch: int) -> None:
     model, image = conv_model(), torch.randn(3, height, width)
     expected = naive_tiled(model, image, tile, overlap)
@@ -221,7 +226,8 @@ def test_image_tiles_match_the_float_tensor_path_including_padding() -> None:
     model = conv_model()
     for height, width in [(50, 90), (20, 50), (100, 10)]:  # needs no pad / reflect pad / replicate pad
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        tensor = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        tensor = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+                  - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
         from_pixels = predict_tiled(model, ImageTiles(pixels, 255.0, MEAN, STD, 3, 32), 32, 8, 5)
         torch.testing.assert_close(from_pixels, predict_tiled(model, tensor, 32, 8, 5), atol=1e-5, rtol=1e-5)
 
@@ -237,4 +243,5 @@ def test_banded_copy_out_of_pil_equals_numpys_whole_copy(mode: str) -> None:
         img = Image.fromarray(rng.integers(0, 256, (37, 23, len(mode)), dtype=np.uint8).squeeze(-1) if mode == "L"
                               else rng.integers(0, 256, (37, 23, len(mode)), dtype=np.uint8), mode)
     assert img.mode == mode
-    np.testing.assert_array_equal(_as_array(img, band_pixels=23 * 5), np.asarray(img))  # bands of 5 rows, a short last one
+    # bands of 5 rows, a short last one
+    np.testing.assert_array_equal(_as_array(img, band_pixels=23 * 5), np.asarray(img))

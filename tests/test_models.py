@@ -579,7 +579,8 @@ def test_unet_convs(model_name: str) -> None:
     assert len(spatial) == 14 and all(m.kernel_size == (size, size) for m in spatial)
     assert _param_count(model) == UNET_PARAMS[model_name]
     if per_basis is not None:
-        assert all(isinstance(m, GDConv2d) and m.order == 2 and m.out_channels // m.num_bases == per_basis for m in spatial)
+        assert all(isinstance(m, GDConv2d) and m.order == 2 and m.out_channels
+                   // m.num_bases == per_basis for m in spatial)
     else:
         assert all(type(m) is nn.Conv2d for m in spatial)
     assert model.head.kernel_size == (1, 1)

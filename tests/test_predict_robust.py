@@ -89,7 +89,9 @@ def stamps(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*.png"))}
 
 
-def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(folders, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(folders, tmp_path: Path,
+                                                                                # type: ignore[no-untyped-def]
+                                                                                capsys) -> None:
     inputs, twins = folders
     out = tmp_path / "out"
     assert main(["predict", *SEG, str(inputs), str(tmp_path / "missing.png"), "-o", str(out)]) == 1
@@ -113,7 +115,8 @@ def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(
 
     # the good image against tiled inference done here on the numpy-normalised pixels
     model = timm.create_model("gd_unet", pretrained=True).eval()
-    mean, std = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1, 1), torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
+    mean, std = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1,
+                                                                1), torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
     x = (torch.from_numpy(np.array(Image.open(inputs / "good.png"))).permute(2, 0, 1).float() / 255 - mean) / std
     expected = (predict_tiled(model, x, 128, 32, 4).argmax(0).numpy() > 0).astype(np.uint8) * 255
     np.testing.assert_array_equal(got["good"], expected)
@@ -162,7 +165,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(folders, tmp_path: Path, ca
     assert main(["predict", *SEG, "--batch-size", "1", *map(str, good), "-o", str(out)]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     monkeypatch.undo()
-    assert sorted(p.name for p in out.iterdir() if p.name != ".gdzoo.lock") == ["good_mask.png", "good_overlay.png", "gray_mask.png", "gray_overlay.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".gdzoo.lock") == ["good_mask.png", "good_overlay.png",
+                                                                                "gray_mask.png", "gray_overlay.png"]
     assert main(["predict", *SEG, *map(str, good), "-o", str(out)]) == 0  # no half-written rgba file above, and now:
     assert "1 written, 2 already done" in capsys.readouterr().out
     for name, mask in masks_of(full).items():
@@ -256,7 +260,8 @@ def test_eval_skips_and_counts_corrupt_files_or_stops_when_strict(tmp_path: Path
             good += [(path, int(labels[i]))] if split == "test" else []
     (root / "test" / "c0" / "bad.png").write_text("nope")
     (root / "test" / "c3" / "cut.png").write_bytes(good[0][0].read_bytes()[:50])
-    args = ["eval", "--model", "gd_fmnist", "--pretrained", "--data-dir", str(root), "--set", "data.dataset=image_folder",
+    args = ["eval", "--model", "gd_fmnist", "--pretrained", "--data-dir", str(root), "--set",
+            "data.dataset=image_folder",
             "--set", "data.val_size=0", "--set", "data.train_subset=null", "--batch-size", "8"]
 
     assert main([*args, "--strict", "--output", str(tmp_path / "strict.json")]) == 2

@@ -103,8 +103,10 @@ def test_published_weights_reproduce_their_card(name: str, newcomer) -> None:
                     else f"evaluation data for '{folder.tag}' is not installed (set GDZOO_FMNIST_DIR for Fashion-MNIST)")
     stated = card_metrics((folder.path / "README.md").read_text())[metric]
     got = last_json(newcomer.run(["-c", program, name, str(root)]))
-    assert got["file"].startswith(str(newcomer.root / "venv")) and got["file"].endswith(f"gdzoo/_weights/{name}/model.safetensors")
-    assert got["value"] == pytest.approx(stated, abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
+    assert got["file"].startswith(str(newcomer.root
+                                      / "venv")) and got["file"].endswith(f"gdzoo/_weights/{name}/model.safetensors")
+    assert got["value"] == pytest.approx(stated,
+                                         abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in PUBLISHED_WEIGHTS if n.endswith(".monuseg")))

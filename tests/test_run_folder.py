@@ -26,7 +26,8 @@ NOT_OURS = ("notes.tmp", ".x.tmp", ".last.pth.short.tmp", "last.pth.abcdefgh.tmp
 
 
 def _train(output: Path, name: str, *extra: str) -> int:
-    return main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--output", str(output), "--name", name, *TINY, *extra])
+    return main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--output", str(output), "--name", name,
+                 *TINY, *extra])
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -59,7 +60,8 @@ def _holder(folder: Path) -> subprocess.Popen:
 def test_a_finished_run_is_refused_without_resume_and_left_byte_identical(finished: Path, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     run = _copy(finished, tmp_path)
-    (run / LOCK_NAME).unlink(missing_ok=True)  # a run folder written before the lock existed: refusing must not even add one
+    # a run folder written before the lock existed: refusing must not even add one
+    (run / LOCK_NAME).unlink(missing_ok=True)
     before = _snapshot(run)
     capsys.readouterr()
     assert _train(tmp_path, "run") == 2
@@ -119,7 +121,8 @@ def test_a_folder_held_by_a_live_process_is_refused(tmp_path: Path, capsys: pyte
         assert _train(tmp_path, "run") == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"in use by another gdzoo process (pid {holder.pid})" in err and str(run) in err
-        assert sorted(p.name for p in run.iterdir()) == sorted([LOCK_NAME, STALE[0]])  # nothing written, nothing removed
+        # nothing written, nothing removed
+        assert sorted(p.name for p in run.iterdir()) == sorted([LOCK_NAME, STALE[0]])
         assert _train(tmp_path, "run", "--resume") == 2
     finally:
         holder.kill()
@@ -162,7 +165,8 @@ def test_predict_removes_its_stale_temp_files(finished: Path, tmp_path: Path) ->
     (out / "other" / ".b_mask.png.abcdefgh.tmp").write_bytes(b"x")
     (out / "notes.tmp").write_text("kept")
     assert main(["predict", str(images), "--checkpoint", str(finished / "best.safetensors"), "-o", str(out)]) == 0
-    assert not (out / ".predictions.csv.abcdefgh.tmp").exists() and not (out / "sub" / ".a_mask.png.abcdefgh.tmp").exists()
+    assert not (out / ".predictions.csv.abcdefgh.tmp").exists() and not (out / "sub"
+                                                                         / ".a_mask.png.abcdefgh.tmp").exists()
     assert (out / "other" / ".b_mask.png.abcdefgh.tmp").exists() and (out / "notes.tmp").exists()
     assert (out / "predictions.csv").is_file()
 

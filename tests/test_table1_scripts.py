@@ -25,7 +25,8 @@ def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: p
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize(("n", "steps_per_epoch", "epochs"), [(1000, 32, 188), (5000, 157, 39), (10000, 313, 30), (30000, 938, 30), (60000, 1875, 30)])
+@pytest.mark.parametrize(("n", "steps_per_epoch", "epochs"),
+                         [(1000, 32, 188), (5000, 157, 39), (10000, 313, 30), (30000, 938, 30), (60000, 1875, 30)])
 def test_schedule_rule(n: int, steps_per_epoch: int, epochs: int) -> None:
     """epochs = max(30, ceil(6000 / ceil(n / 32))), warmup = 200 steps, as the doc says."""
     s = table1.schedule(n)
@@ -61,7 +62,8 @@ def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_i
     assert cfg["output"]["export"] and cfg["output"]["export_tag"] == "fmnist"
     assert not resolved(table1.train_args("gd_fmnist_few", 60000, 0), capsys, monkeypatch)["output"]["export"]
     (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0, "published": False}))
-    assert resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]  # kept: still Table 1's
+    assert resolved(table1.train_args("gd_fmnist", 60000, 0), capsys,
+                    monkeypatch)["output"]["export"]  # kept: still Table 1's
     (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0, "published": True}))
     assert not resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
     assert resolved(table1.train_args("ff_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
@@ -191,8 +193,10 @@ def test_run_training_restarts_a_cell_without_last_pth_and_resumes_one_with_it(t
     cell.mkdir()
     (cell / "best.safetensors").write_bytes(b"partial")
     (cell / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    args = ["train", "-c", "configs/tiny_fmnist.yaml", "--output", str(tmp_path), "--name", "cell", "--epochs", "1", "--no-progress",
-            "--set", "data.train_subset=64", "--set", "data.val_size=32", "--set", "data.test_subset=32", "--set", "output.plots=false"]
+    args = ["train", "-c", "configs/tiny_fmnist.yaml", "--output", str(tmp_path), "--name", "cell", "--epochs", "1",
+            "--no-progress",
+            "--set", "data.train_subset=64", "--set", "data.val_size=32", "--set", "data.test_subset=32", "--set",
+            "output.plots=false"]
     log = Log(tmp_path / "grid.log")
     assert run_training(args, cell, "cell", log, 1, None)[0] == "done", (cell / "train.log").read_text()[-2000:]
     (aside,) = tmp_path.glob("cell.old-*")
@@ -206,7 +210,8 @@ def test_an_exporting_cell_records_the_new_weights_in_the_manifest(monkeypatch, 
     the one ``pretrained=True`` accepts; other cells do not."""
     calls = []
     monkeypatch.setattr(table1, "run_training", lambda *a, **k: ("done", 1.0))
-    monkeypatch.setattr(table1, "collect_result", lambda *a, **k: {"test_top1": 90.0, "val_top1": None, "best_epoch": 30,
+    monkeypatch.setattr(table1, "collect_result", lambda *a,
+                        **k: {"test_top1": 90.0, "val_top1": None, "best_epoch": 30,
                                                                      "epochs": 30})
     monkeypatch.setattr(table1, "RESULTS", tmp_path)
     monkeypatch.setattr(table1.subprocess, "run", lambda args, **k: calls.append(args[-2:]))

@@ -43,7 +43,8 @@ def test_earlier_recipe_runs_on_the_same_folds(column: str, capsys, monkeypatch)
         cell = resolved(table3.cv_train_args(column, k), capsys, monkeypatch)
         zoo = resolved(table3.cv_train_args(model, k), capsys, monkeypatch)
         assert (cell["data"]["folds"], cell["data"]["fold"]) == (zoo["data"]["folds"], zoo["data"]["fold"]) == (3, k)
-        assert cell["output"] == earlier["output"] | {"name": f"table3_cv/{column}_f{k}", "export": False, "progress": False}
+        assert cell["output"] == earlier["output"] | {"name": f"table3_cv/{column}_f{k}", "export": False,
+                                                      "progress": False}
         for section in ("model", "augment", "optim", "sched", "train"):
             assert cell[section] == earlier[section]
         assert {**cell["data"], "folds": 0, "fold": 0} == earlier["data"]
@@ -56,7 +57,8 @@ def test_pooled_scores_and_fold_summary() -> None:
     tp, fp, fn = 45, 10, 15
     assert acc == pytest.approx(100 * (45 + 130) / 200) and dice == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn))
     assert iou == pytest.approx(100 * tp / (tp + fp + fn))
-    folds = {f"f{k}": {"held_out_images": {"dice": d, "iou": d - 10, "pixel_acc": 90.0}, "per_image_confusion": {f"i{k}": a}}
+    folds = {f"f{k}": {"held_out_images": {"dice": d, "iou": d - 10, "pixel_acc": 90.0},
+                       "per_image_confusion": {f"i{k}": a}}
              for k, d in enumerate((70.0, 74.0, 78.0))}
     summary = table3.cv_summary(folds)
     assert summary["dice"] == pytest.approx(74.0) and summary["dice_std"] == pytest.approx(4.0)  # sample std

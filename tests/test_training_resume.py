@@ -23,8 +23,8 @@ RECIPE = {
     "augment": {"enabled": True, "scale": [0.7, 1.0], "ratio": [0.9, 1.1], "hflip": 0.5},
     "optim": {"opt": "adamw", "lr": 0.01, "weight_decay": 0.01},
     "sched": {"name": "cosine", "alpha": 0.1, "warmup_epochs": 0.3},
-    "train": {"epochs": 2, "seed": 3, "deterministic": True, "checkpoint_every_steps": 3, "clip_grad": 5.0, "label_smoothing": 0.1,
-              "ema": True, "ema_decay": 0.9},
+    "train": {"epochs": 2, "seed": 3, "deterministic": True, "checkpoint_every_steps": 3, "clip_grad": 5.0,
+              "label_smoothing": 0.1, "ema": True, "ema_decay": 0.9},
     "output": {"plots": False, "progress": False},
 }
 STEPS_PER_EPOCH = 320 // 16
@@ -32,7 +32,8 @@ STEPS_PER_EPOCH = 320 // 16
 
 def _gdzoo(config: Path, output: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "gdzoo", "train", "-c", str(config), "--output", str(output), *extra],
+    return subprocess.Popen([sys.executable, "-m", "gdzoo", "train", "-c", str(config), "--output", str(output),
+                             *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

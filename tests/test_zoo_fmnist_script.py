@@ -29,14 +29,17 @@ def test_every_column_has_the_same_recipe(capsys, monkeypatch) -> None:
         assert cfg["output"]["export"] is True and cfg["output"]["export_tag"] == "fmnist"
         # all 60000 training images, no validation split, scored once on the test set
         assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (None, 0, True)
-    strip = lambda c: {**c, "name": None, "model": {**c["model"], "name": None}, "output": {**c["output"], "name": None}}  # noqa: E731
+    strip = lambda c: {**c, "name": None, "model": {**c["model"], "name": None},  # noqa: E731
+                       "output": {**c["output"], "name": None}}
     assert all(strip(cfg) == strip(finals["gd_fmnist"]) for cfg in finals.values())
     recipe = finals["gd_fmnist"]
-    assert recipe["model"]["kwargs"] == {"norm": "fixed"}  # the registered architectures, so the weights load into create_model(name)
+    # the registered architectures, so the weights load into create_model(name)
+    assert recipe["model"]["kwargs"] == {"norm": "fixed"}
     assert recipe["augment"]["enabled"] and recipe["train"]["ema"] and recipe["train"]["label_smoothing"] == 0.1
 
 
-@pytest.mark.parametrize(("stage", "candidate"), [(st.name, c) for st in zoo_fmnist.SEARCH_STAGES for c in st.candidates])
+@pytest.mark.parametrize(("stage", "candidate"),
+                         [(st.name, c) for st in zoo_fmnist.SEARCH_STAGES for c in st.candidates])
 def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys, monkeypatch) -> None:
     cfg = resolved(zoo_fmnist.search_args(candidate, "rfnn_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("rfnn_fmnist"), capsys, monkeypatch)
@@ -48,14 +51,18 @@ def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys
     assert cfg["sched"]["warmup_epochs"] * steps_per_epoch == pytest.approx(200, abs=0.01)  # as the final runs
     if candidate == zoo_fmnist.BASE_CANDIDATE:  # configs/zoo/base.yaml as written
         assert {s: cfg[s] for s in ("augment", "optim", "train")} == {s: final[s] for s in ("augment", "optim", "train")} | {
-            "train": {**final["train"], "eval_every": 5, "checkpoint_every_steps": cfg["train"]["checkpoint_every_steps"]}}
+            "train": {**final["train"], "eval_every": 5,
+                      "checkpoint_every_steps": cfg["train"]["checkpoint_every_steps"]}}
 
 
 def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
     """Stage ``search_full`` overrides stage ``search`` only when it has run every candidate on every column."""
-    results = {"search": {"augment": {"ff_fmnist": 90.0, "gd_fmnist": 90.0}, "augment_ls_ema_re": {"ff_fmnist": 91.0, "gd_fmnist": 91.0}},
-               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0}, "augment_ls_ema_re": {"ff_fmnist": 91.5}},
-               "search_long": {"augment_ls_ema_re": {}, "augment_ls_ema_re_e60": {"gd_fmnist": 93.0}, "augment_ls_ema_re_e100": {}}}
+    results = {"search": {"augment": {"ff_fmnist": 90.0, "gd_fmnist": 90.0},
+                          "augment_ls_ema_re": {"ff_fmnist": 91.0, "gd_fmnist": 91.0}},
+               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0},
+                               "augment_ls_ema_re": {"ff_fmnist": 91.5}},
+               "search_long": {"augment_ls_ema_re": {}, "augment_ls_ema_re_e60": {"gd_fmnist": 93.0},
+                               "augment_ls_ema_re_e100": {}}}
     load = lambda stage: {c: {m: {"val_top1_last": v} for m, v in cells.items()} for c, cells in results[stage].items()}  # noqa: E731
     monkeypatch.setattr(zoo_fmnist, "load_search", load)
     assert zoo_fmnist.zoo_choice() == ("search", "augment_ls_ema_re")
@@ -85,7 +92,8 @@ def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
               "b": {"ff_fmnist": record(89.0), "rfnn_fmnist": record(92.0), "gd_fmnist": record(93.5)},
               "c": {"ff_fmnist": record(99.0), "gd_fmnist": record(99.0)}}  # not run on every column: not a choice
     assert zoo_fmnist.search_means(search) == pytest.approx({"a": 91.0, "b": 274.5 / 3})
-    assert zoo_fmnist.chosen_candidate(search, ("a", "b", "c")) is None  # "c" has not run on every column: no choice yet
+    assert zoo_fmnist.chosen_candidate(search,
+                                       ("a", "b", "c")) is None  # "c" has not run on every column: no choice yet
     assert zoo_fmnist.chosen_candidate({k: search[k] for k in "ab"}, ("a", "b")) == "b"
     assert zoo_fmnist.chosen_candidate({}, ("a", "b")) is None
     final = {"ff_fmnist": {"test_top1": 91.0}, "rfnn_fmnist": {"test_top1": 92.0}, "gd_fmnist": {"test_top1": 93.0}}
@@ -197,7 +205,8 @@ def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
     old, current = "augment", zoo_fmnist.BASE_CANDIDATE
     (tmp_path / "final").mkdir()
     for model, recipe in (("ff_fmnist", old), ("gd_fmnist", current)):
-        (tmp_path / "final" / f"{model}.json").write_text(json.dumps({"test_top1": 91.0, "recipe": recipe, "published": True}))
+        (tmp_path / "final"
+         / f"{model}.json").write_text(json.dumps({"test_top1": 91.0, "recipe": recipe, "published": True}))
         (tmp_path / "runs" / "final" / model).mkdir(parents=True)
         (tmp_path / "runs" / "final" / model / "last.pth").write_bytes(b"checkpoint")
     assert zoo_fmnist.supersede_stale_finals(lambda message: None) == ["ff_fmnist"]
@@ -206,6 +215,7 @@ def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
     assert not (tmp_path / "runs" / "final" / "ff_fmnist").exists()  # so the new final does not resume the old run
     assert zoo_fmnist.load_superseded() == {old: {"ff_fmnist": {"test_top1": 91.0, "recipe": old, "published": True}}}
     assert zoo_fmnist.supersede_stale_finals(lambda message: None) == []
-    (tmp_path / "final" / "ff_fmnist.json").write_text(json.dumps({"test_top1": 90.0, "recipe": old}))  # superseded twice
+    # superseded twice
+    (tmp_path / "final" / "ff_fmnist.json").write_text(json.dumps({"test_top1": 90.0, "recipe": old}))
     with pytest.raises(FileExistsError, match="superseded before"):
         zoo_fmnist.supersede_stale_finals(lambda message: None)

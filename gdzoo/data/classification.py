@@ -161,8 +161,9 @@ def load_class_map(path: str | os.PathLike) -> dict[str, int | str]:
     return data
 
 
-def match_class_folders(folders: Sequence[str], label_names: Sequence[str] | None = None, num_classes: int | None = None,
-                        class_map: Mapping[str, int | str] | None = None, where: str = "the image folder") -> dict[str, int] | None:
+def match_class_folders(folders: Sequence[str], label_names: Sequence[str] | None = None,
+                        num_classes: int | None = None, class_map: Mapping[str, int | str] | None = None,
+                        where: str = "the image folder") -> dict[str, int] | None:
     """Class folder name -> index of a trained classifier, or None where the folder names define the classes.
 
     ``label_names`` are the trained model's class names (index order), ``num_classes`` its head size when the

@@ -259,7 +259,8 @@ class PngRowWriter:
 
     _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    def __init__(self, file, width: int, height: int, channels: int, text: dict[str, str] | None = None, level: int = 6):  # type: ignore[no-untyped-def]
+    def __init__(self, file, width: int, height: int, channels: int, text: dict[str, str] | None = None,
+                 level: int = 6):  # type: ignore[no-untyped-def]
         if channels not in (1, 3):
             raise ValueError(f"PngRowWriter writes 1- or 3-channel images, got {channels}")
         self.file, self.width, self.height, self.channels = file, int(width), int(height), channels
@@ -271,7 +272,8 @@ class PngRowWriter:
             self._chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
-        self.file.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        self.file.write(struct.pack(">I", len(data)) + kind + data
+                        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     def write_rows(self, rows: np.ndarray) -> None:
         """Append ``(n, width)`` or ``(n, width, channels)`` uint8 rows."""

@@ -21,7 +21,8 @@ from .images import ImageReadError, describe_read_error, read_image
 from .seg_transforms import PairedAugment, normalize
 from .splits import resolve_count, seeded_permutation
 
-__all__ = ["SegPair", "SegmentationTiles", "find_segmentation_pairs", "fold_assignment", "image_strata", "split_pairs", "tile_origins"]
+__all__ = ["SegPair", "SegmentationTiles", "find_segmentation_pairs", "fold_assignment", "image_strata", "split_pairs",
+           "tile_origins"]
 
 _LAYOUTS = (
     "expected either ROOT/images/<id>.png + ROOT/masks/<id>.png (binary 0/255 or label PNGs, same size), "
@@ -264,7 +265,8 @@ class SegmentationTiles(Dataset):
         img = torch.from_numpy(np.ascontiguousarray(image[y : y + size, x : x + size])).permute(2, 0, 1).float() / 255.0
         msk = torch.from_numpy(np.ascontiguousarray(mask[y : y + size, x : x + size]))
         if size != self.tile:
-            img = F.interpolate(img[None], size=(self.tile, self.tile), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+            img = F.interpolate(img[None], size=(self.tile, self.tile), mode="bilinear", antialias=True,
+                                align_corners=False)[0].clamp(0, 1)
             msk = F.interpolate(msk[None, None].float(), size=(self.tile, self.tile), mode="nearest-exact")[0, 0].long()
         if self.augment is not None:
             img, msk = self.augment(img, msk)

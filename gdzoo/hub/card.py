@@ -30,7 +30,8 @@ def _model_index(name: str, pipeline_tag: str, datasets: Sequence[str], metrics:
             split, _, metric = key.rpartition("/")
             by_split.setdefault(split or "test", []).append({"type": metric, "name": key, "value": value})
     dataset = datasets[0] if datasets else "unknown"
-    results = [{"task": {"type": pipeline_tag}, "dataset": {"name": dataset, "type": dataset, "split": split}, "metrics": rows}
+    results = [{"task": {"type": pipeline_tag}, "dataset": {"name": dataset, "type": dataset, "split": split},
+                "metrics": rows}
                for split, rows in by_split.items()]
     return [{"name": name, "results": results}]
 

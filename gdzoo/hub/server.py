@@ -93,7 +93,8 @@ def _handler(index: HubRepoIndex) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve_hub(folders: Iterable[HubFolder], host: str = "127.0.0.1", port: int = 0, org: str | None = None) -> Iterator[str]:
+def serve_hub(folders: Iterable[HubFolder], host: str = "127.0.0.1", port: int = 0,
+              org: str | None = None) -> Iterator[str]:
     """Serve ``folders`` on ``host:port`` (0 = any free port) in a thread; yields the endpoint URL."""
     server = ThreadingHTTPServer((host, port), _handler(HubRepoIndex(folders, org)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -274,7 +274,8 @@ def _worst_case_error(order: int, kernel_size: tuple[int, int], sigma_min: float
 
 
 @functools.lru_cache(maxsize=256)
-def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float, dtype: torch.dtype = torch.float32) -> int:
+def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float,
+                   dtype: torch.dtype = torch.float32) -> int:
     """The highest order ``<= order`` whose basis ``dtype`` evaluates finite and within :data:`ORDER_RTOL` of float64
     on a ``kernel_size`` grid for σ ≥ ``sigma_min`` (−1 when none is; float64 is only checked to be finite). Hermite
     terms grow like ``(r/σ)^K`` at the kernel's edge ``r``: high orders overflow float32, then float64, large grids
@@ -285,7 +286,11 @@ def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float, d
         (3, True)
     """
     tolerance = math.inf if dtype == torch.float64 else ORDER_RTOL  # float64: finite is all that can be checked
-    accurate = lambda k: math.isfinite(e := _worst_case_error(k, tuple(kernel_size), sigma_min, dtype)) and e <= tolerance  # noqa: E731
+
+    def accurate(k: int) -> bool:
+        e = _worst_case_error(k, tuple(kernel_size), sigma_min, dtype)
+        return math.isfinite(e) and e <= tolerance
+
     if accurate(order):
         return order
     good, bad = -1, order  # errors grow with the order: bisect for the last accurate one

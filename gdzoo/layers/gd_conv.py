@@ -232,7 +232,8 @@ class GDConv2d(CachedKernelConv):
         if self.sigma_raw.is_meta:  # shapes only (e.g. counting parameters): nothing to draw
             return
         if self.init == "random":
-            self.sigma_raw.copy_(inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE) - self.sigma_min))
+            self.sigma_raw.copy_(inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE)
+                                                  - self.sigma_min))
             self.mu_raw.uniform_(*RANDOM_MU_RANGE)
             self.theta_raw.uniform_(-math.pi, math.pi)
         else:
@@ -354,7 +355,8 @@ class GDConv2d(CachedKernelConv):
             return
         impl = self.select_impl()
         factory = {"device": self.sigma_raw.device, "dtype": self.sigma_raw.dtype}
-        conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
+        conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         padding_mode=self.padding_mode)
         if impl == "factorized":
             g, n, cin_g = self.groups, self.num_kernels, self.in_channels // self.groups
             slots = group_bases(self.num_bases, g, self.sigma_raw.device)  # (group, basis) slot -> basis

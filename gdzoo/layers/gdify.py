@@ -23,7 +23,8 @@ import torch.nn as nn
 from .fit import FitReport, fit_gdconv_
 from .gd_conv import GDConv2d, no_weight_decay_names
 
-__all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay", "select_convs", "unsupported_reason"]
+__all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay",
+           "select_convs", "unsupported_reason"]
 
 # The options conv_to_gd hands to the fit: fit_gdconv_'s keyword-only parameters, read from its signature.
 FIT_OPTIONS = tuple(name for name, p in inspect.signature(fit_gdconv_).parameters.items() if p.kind is p.KEYWORD_ONLY)

@@ -118,7 +118,8 @@ def _check_stem_semantics(conv: nn.Module, gd: GDConv2d, stem: str) -> None:
 
 
 @torch.no_grad()
-def _compare_logits(source: nn.Module, target: nn.Module, images: torch.Tensor, batch_size: int = 8) -> tuple[float, float]:
+def _compare_logits(source: nn.Module, target: nn.Module, images: torch.Tensor,
+                    batch_size: int = 8) -> tuple[float, float]:
     ref, ours = [], []
     for chunk in images.split(batch_size):
         ref.append(source(chunk).double())
@@ -183,4 +184,5 @@ def convert_model(
     logit_error, agreement = _compare_logits(source, model, images)
     cfg = getattr(source, "pretrained_cfg", None) or {}
     name = source_name or ".".join(p for p in (cfg.get("architecture"), cfg.get("tag")) if p) or type(source).__name__
-    return model, ConvertReport(name, target, stem, report, logit_error, agreement, int(images.shape[-1]), int(images.shape[0]))
+    return model, ConvertReport(name, target, stem, report, logit_error, agreement, int(images.shape[-1]),
+                                int(images.shape[0]))

@@ -318,10 +318,12 @@ def _validate(recipe: Recipe) -> None:
         (recipe.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
         (recipe.sched.decay_epochs is None or recipe.sched.decay_epochs > 0, "sched.decay_epochs must be > 0"),
         (0.0 <= recipe.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
-        (recipe.data.folds == 0 or recipe.data.folds >= 2, f"data.folds must be 0 (off) or >= 2, got {recipe.data.folds}"),
+        (recipe.data.folds == 0 or recipe.data.folds >= 2,
+         f"data.folds must be 0 (off) or >= 2, got {recipe.data.folds}"),
         (recipe.data.folds == 0 or 0 <= recipe.data.fold < recipe.data.folds,
          f"data.fold must be in 0..{recipe.data.folds - 1} (data.folds={recipe.data.folds}), got {recipe.data.fold}"),
-        (0.0 <= recipe.augment.stain_jitter < 1.0, f"augment.stain_jitter must be in [0, 1), got {recipe.augment.stain_jitter}"),
+        (0.0 <= recipe.augment.stain_jitter < 1.0,
+         f"augment.stain_jitter must be in [0, 1), got {recipe.augment.stain_jitter}"),
         (recipe.augment.scale_jitter is None or _is_range(recipe.augment.scale_jitter),
          f"augment.scale_jitter must be null or [min, max] with 0 < min <= max, got {recipe.augment.scale_jitter}"),
         (recipe.train.clip_grad is None or recipe.train.clip_grad > 0, "train.clip_grad must be > 0 or null"),
@@ -335,7 +337,8 @@ def _validate(recipe: Recipe) -> None:
          "data.evaluate_test=false needs a validation split to end on (data.val_size is 0)"),
         (recipe.data.split_by != "class" or recipe.data.dataset != "segmentation",
          "data.split_by=class stratifies a classification split; segmentation splits by image or group"),
-        (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
+        (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns),
+         "train.freeze: regex needs train.freeze_patterns"),
         (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
         (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
          f"train.device must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}"),
@@ -348,7 +351,8 @@ def _validate(recipe: Recipe) -> None:
 def _is_range(value: Any) -> bool:
     """``[min, max]`` of positive numbers with min <= max."""
     return (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and 0 < value[0] <= value[1])
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and 0 < value[0] <= value[1])
 
 
 def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:

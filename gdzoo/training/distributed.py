@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "all_gather_object", "barrier", "cleanup", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "all_reduce_sum", "all_gather_object", "barrier", "cleanup", "init_distributed",
+           "resolve_device"]
 
 
 @dataclass(frozen=True)

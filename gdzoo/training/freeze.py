@@ -43,7 +43,8 @@ def apply_freeze(model: nn.Module, policy: str, patterns: Sequence[str] = ()) ->
     elif policy == "all_but_stem":
         trainable = {n for n in names if _under(n, module_names(model, "first_conv"))}
     elif policy == "stem_and_head":
-        trainable = {n for n in names if _under(n, module_names(model, "first_conv") + module_names(model, "classifier"))}
+        trainable = {n for n in names
+                     if _under(n, module_names(model, "first_conv") + module_names(model, "classifier"))}
     else:
         compiled = [re.compile(p) for p in patterns]
         trainable = {n for n in names if not any(c.search(n) for c in compiled)}

@@ -46,7 +46,8 @@ class ClassificationMeter:
         result: dict[str, float | dict[str, float]] = {"top1": 100.0 * correct / max(total, 1)}
         if self.num_classes > self.k:
             result[f"top{self.k}"] = 100.0 * self.counts[0].item() / max(self.counts[1].item(), 1)
-        result.update(mean_class_acc=sum(seen) / max(len(seen), 1), per_class=dict(zip(self.class_names, per_class)), samples=int(total))
+        result.update(mean_class_acc=sum(seen) / max(len(seen), 1), per_class=dict(zip(self.class_names, per_class)),
+                      samples=int(total))
         return result
 
 

@@ -17,10 +17,11 @@ __all__ = ["RUN_FILES", "RunFolderError", "claim_run_dir", "continues_run", "run
 
 # Everything ``gdzoo train`` writes in a run folder, in the order it appears.
 RUN_FILES = ("config.yaml", "classes.json", "splits.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pth",
-             "best.safetensors", "final_metrics.json", "summary.txt", "filters.png", "basis.png", "segmentation_examples.png")
+             "best.safetensors", "final_metrics.json", "summary.txt", "filters.png", "basis.png",
+             "segmentation_examples.png")
 # The files a fresh start would lose; a folder with none of them (and no metrics rows) has nothing to lose.
-_PROGRESS_FILES = ("curves.png", "last.pth", "best.safetensors", "final_metrics.json", "summary.txt", "filters.png", "basis.png",
-                   "segmentation_examples.png")
+_PROGRESS_FILES = ("curves.png", "last.pth", "best.safetensors", "final_metrics.json", "summary.txt", "filters.png",
+                   "basis.png", "segmentation_examples.png")
 
 
 class RunFolderError(RuntimeError):
