@@ -323,7 +323,8 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         lines.append(f"| {case.name} | {case.batch} | {kernel} | nn.Conv2d | — | {times} |")
         for name, impl in res["impl"].items():
             ratios = " | ".join(f"{res[m][name].ratio:.3g}×" for m in MODES)
-            lines.append(f"| {case.name} | {case.batch} | {kernel} B={case.bases} K={case.order} | {name} | {impl} | {ratios} |")
+            lines.append(f"| {case.name} | {case.batch} | {kernel} B={case.bases} K={case.order} | {name} | {impl} | "
+                         f"{ratios} |")
     lines += [
         "",
         "### Training throughput (AMP bf16, channels_last, AdamW)",

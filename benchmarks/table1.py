@@ -65,9 +65,9 @@ def rfnn_note(cells: dict) -> str:
     """What the RFNN column is: fixed geometry (rerun), with the learned-geometry runs as a labelled ablation."""
     rerun = [n for n in SIZES if cells.get(("rfnn_fmnist", n))]
     missing = [n for n in SIZES if n not in rerun]
-    return ("**RFNN correction:** RFNN fixes its Gaussian geometry; the first RFNN column here (and its 60000 run's weights, "
-            "`rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the frozen σ, μ, θ "
-            "back on (fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
+    return ("**RFNN correction:** RFNN fixes its Gaussian geometry; the first RFNN column here (and its 60000 run's "
+            "weights, `rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the "
+            "frozen σ, μ, θ back on (fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
             + ("The column was rerun with the geometry fixed at every size (2026-12-07), and "
                "`rfnn_fmnist.fmnist_table1` is its 60000 run" if not missing else
                "The column is being rerun with the geometry fixed: "
@@ -364,7 +364,8 @@ def target_misses(cells: dict) -> list[str]:
                               + (" (not all seeds run yet)" if partial(cells[(m, n)], n) else ""))
     ours = _mean(cells, "gd_fmnist", FULL)
     if ours is not None and ours < PAPER[FULL]["gd_fmnist"]:
-        misses.append(f"`gd_fmnist` at {FULL}: {ours:.2f}, {PAPER[FULL]['gd_fmnist'] - ours:.2f} points short of the paper's 93.1")
+        misses.append(f"`gd_fmnist` at {FULL}: {ours:.2f}, {PAPER[FULL]['gd_fmnist'] - ours:.2f} points short of the "
+                      "paper's 93.1")
     return misses
 
 
@@ -441,11 +442,14 @@ def readme_block(cells: dict) -> list[str]:
     lines += ["", "Test top-1 (%), ours (paper); 1000 and 5000: mean of 3 subsets"
               + ("; `*`: not all subsets run yet" if any_partial(cells) else "")
               + ("; —: not run yet" if not_run or (zoo and zoo.keys() != set(MODELS)) else "")
-              + ". Targets of the paper's protocol (a GD column ahead of every baseline in its row, `gd_fmnist` ≥ 93.1 at 60000): "
+              + ". Targets of the paper's protocol (a GD column ahead of every baseline in its row, `gd_fmnist` ≥ 93.1 "
+                "at 60000): "
               + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses
                  else "met in every finished cell.")
-              + (f" \"{ZOO_ROW}\": one recipe for every column, trained on all 60000 images (paper's 60000 in brackets; "
-                 "docs/zoo_fmnist.md); such a run became the published `.fmnist` weights where it did not score below them." if zoo else ""),
+              + (f" \"{ZOO_ROW}\": one recipe for every column, trained on all 60000 images (paper's 60000 in "
+                 "brackets; docs/zoo_fmnist.md); such a run became the published `.fmnist` weights where it did not "
+                 "score below "
+                 "them." if zoo else ""),
               "", rfnn_note(cells), README_MARKERS[1]]
     return lines
 
@@ -561,7 +565,8 @@ def write_table(log: Log | None = None) -> None:
     lines += shortfalls(cells)
 
     # Speed: seconds per epoch at each size and a 60000-image epoch extrapolated from the measured rate.
-    cpus = sorted({f"{r.get('cpu')} ({r.get('device')}, {r.get('threads')} thread{'s' if r.get('threads') != 1 else ''})" for r in all_runs})
+    cpus = sorted({f"{r.get('cpu')} ({r.get('device')}, {r.get('threads')} "
+                   f"thread{'s' if r.get('threads') != 1 else ''})" for r in all_runs})
     lines += ["", "## Wall-clock on this machine", "",
               "Training seconds per epoch (mean over a cell's runs and epochs; validation and test excluded), and "
               "the time of a 60000-image epoch extrapolated from the median training rate (img/s) over all of a "
@@ -597,7 +602,8 @@ def write_table(log: Log | None = None) -> None:
               "  |---|---:|---:|---:|---:|"]
     for n in SIZES:
         s = schedule(n)
-        lines.append(f"  | {n} | {s['steps_per_epoch']} | {s['epochs']} | {s['steps']:,} | {s['eval_every'] if n < FULL else '— (no validation)'} |")
+        lines.append(f"  | {n} | {s['steps_per_epoch']} | {s['epochs']} | {s['steps']:,} | "
+                     f"{s['eval_every'] if n < FULL else '— (no validation)'} |")
     lines += ["",
               f"- Model selection: below 60000 samples, {VAL_SIZE} images are held out of the 60000-image training "
               f"pool as a validation split (`data.val_size={VAL_SIZE}`, drawn with `data.split_seed`), the training "
@@ -627,7 +633,8 @@ def write_table(log: Log | None = None) -> None:
     for n in SIZES:
         for m in MODELS:
             for r in cells.get((m, n), []):
-                lines.append(f"| `{cell_name(m, n, r['seed'])}` | {r['test_top1']:.2f} | {format(r['val_top1'], '.2f') if r['val_top1'] is not None else '—'} | "
+                lines.append(f"| `{cell_name(m, n, r['seed'])}` | {r['test_top1']:.2f} | "
+                             f"{format(r['val_top1'], '.2f') if r['val_top1'] is not None else '—'} | "
                              f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} | {r['wall_s']:.0f} | "
                              f"{r.get('device')} |")
     if not all_runs:

@@ -144,7 +144,8 @@ def write_doc(log: Log | None = None) -> None:
     lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}." for v, (desc, overrides) in VARIANTS.items()]
     for n in sizes_of(variants):
         lines += ["",
-                  f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} {', '.join(map(str, seeds_for(n)))})", "",
+                  f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} "
+                  f"{', '.join(map(str, seeds_for(n)))})", "",
                   "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | "
                   + " | ".join(f"`{m}` margin" for m in GD_MODELS) + " |",
                   "|---|" + "---:|" * (len(MODELS) + len(GD_MODELS))]

@@ -236,7 +236,8 @@ def recipe_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     """The zoo recipe against the earlier (paper-protocol) recipe, both models, the same folds."""
     earlier = {m: _column_cells(v) for v, m in PAPER_RECIPE.items()}
     if not any(earlier.values()):
-        return ["", "The earlier recipe (configs/table3) is not run on these folds yet: `python benchmarks/table3.py --cv --models "
+        return ["", "The earlier recipe (configs/table3) is not run on these folds yet: `python benchmarks/table3.py "
+                    "--cv --models "
                 + " ".join(PAPER_RECIPE) + " --folds 0 1 2`."]
     lines = ["",
              "**How the recipe was chosen.** The zoo recipe is kept only because cross-validation prefers it to the "
@@ -278,7 +279,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         for c, r in sorted(cells.items()):
             base = [results.get(m, {}).get(c, {}).get("held_out_images", {}).get("dice") for m in ("gd_unet", "unet5")]
             share = f" ({100 * r['trainable_params'] / unet5_params:.1f} %)" if unet5_params else ""
-            lines.append(f"| `{v}` ({', '.join(f'{k}={x}' for k, x in r['model_kwargs'].items())}) | {r['trainable_params']:,}{share} | "
+            lines.append(f"| `{v}` ({', '.join(f'{k}={x}' for k, x in r['model_kwargs'].items())}) | "
+                         f"{r['trainable_params']:,}{share} | "
                          f"{c[1:]} | {r['held_out_images']['dice']:.2f} | "
                          + " | ".join("—" if d is None else f"{d:.2f}" for d in base) + " |")
     for v in ran:
@@ -290,7 +292,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         gap = sm["dice"] - refs["unet5"]["dice"]
         verdict = "meets" if gap >= -1.0 and ratio <= 0.30 else "misses"
         published = (ROOT / "weights" / f"{v}.monuseg").is_dir()
-        lines += [f"| `{v}` | | **mean ± std** | **{sm['dice']:.2f} ± {sm['dice_std']:.2f}** | {refs['gd_unet']['dice']:.2f} ± "
+        lines += [f"| `{v}` | | **mean ± std** | **{sm['dice']:.2f} ± {sm['dice_std']:.2f}** | "
+                  f"{refs['gd_unet']['dice']:.2f} ± "
                   f"{refs['gd_unet']['dice_std']:.2f} | {refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
                   f"`{v}` against the target: Dice gap to the classical U-net {gap:+.2f} points (per fold "
                   + " / ".join(f"{g:+.2f}" for g in gaps)
@@ -298,7 +301,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
                   f"IoU {sm['iou']:.2f} ± {sm['iou_std']:.2f}, pixel accuracy {sm['pixel_acc']:.2f} ± "
                   f"{sm['pixel_acc_std']:.2f}, at {100 * ratio:.1f} % of the classical U-net's parameters: it "
                   f"{verdict} the target."
-                  + (f" Registered as `{v}` and published as `{v}.monuseg` (trained on all 30 images with the same recipe)." if published else "")]
+                  + (f" Registered as `{v}` and published as `{v}.monuseg` (trained on all 30 images with the same "
+                     "recipe)." if published else "")]
     return lines
 
 
@@ -381,7 +385,8 @@ def publish_cv(log: Log) -> int:
         folds = ", ".join(f"{results[m][f'f{k}']['held_out_images']['dice']:.2f}" for k in range(FOLDS))
         description = (
             f"`{m}`" + (f" (= `{base}` with {', '.join(f'{k}={x}' for k, x in kwargs.items())})" if kwargs else "")
-            + f" trained with `gdzoo train` on all 30 MoNuSeg 2018 images with the zoo recipe `configs/monuseg/{base}.yaml` "
+            + " trained with `gdzoo train` on all 30 MoNuSeg 2018 images with the zoo recipe "
+              f"`configs/monuseg/{base}.yaml` "
             f"(the same recipe for every U-net; weights of the last of {recipe.train.epochs} epochs).\n\n"
             f"**How well it generalises** (`cv/*`): {FOLDS}-fold cross-validation by image with the same recipe "
             f"(organ-stratified folds of 10 images, trained on 20, scored on the 10 unseen whole images by tiled "
@@ -552,9 +557,9 @@ def write_table(log: Log | None = None) -> None:
             lines.append(f"| {NAMES[m]} (`{m}`) | | not run yet | | | | | | | | |")
             continue
         t, f = r["test_tiles"], r["test_images"]
-        lines.append(f"| {NAMES[m]} (`{m}`) | {r['trainable_params']:,} | {t['pixel_acc']:.2f} | {t['dice']:.2f} | {t['iou']:.2f} | "
-                     f"{f['pixel_acc']:.2f} | {f['dice']:.2f} | {f['iou']:.2f} | {r['val_dice']:.2f} | "
-                     f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} |")
+        lines.append(f"| {NAMES[m]} (`{m}`) | {r['trainable_params']:,} | {t['pixel_acc']:.2f} | {t['dice']:.2f} | "
+                     f"{t['iou']:.2f} | {f['pixel_acc']:.2f} | {f['dice']:.2f} | {f['iou']:.2f} | {r['val_dice']:.2f} "
+                     f"| {r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} |")
     lines += ["", "Paper (Table 3, TNBC test tiles):", "", "| model | trainable params | pixel accuracy |",
               "|---|---:|---:|"]
     lines += [f"| {NAMES[m]} | {PAPER[m][0]:,} | {PAPER[m][1]:.1f} |" for m in MODELS]

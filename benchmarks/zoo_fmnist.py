@@ -94,7 +94,8 @@ def learned_fixed_geometry(model: str, folder: Path) -> bool:
 # Checks that a published file is not the model its name promises: a correct final replaces such a file whatever it
 # scores. model -> (why, check(model, published folder) -> True when the file is wrong).
 NOT_WHAT_THE_NAME_PROMISES = {
-    "rfnn_fmnist": ("the published file had learned its Gaussian geometry, which RFNN fixes (RFNN correction in docs/table1.md)",
+    "rfnn_fmnist": ("the published file had learned its Gaussian geometry, which RFNN fixes (RFNN correction in "
+                    "docs/table1.md)",
                     learned_fixed_geometry),
 }
 
@@ -165,8 +166,8 @@ def publish(model: str, record: dict, log: Log | None = None) -> dict:
         shutil.copytree(staged, incoming)
         swap_into_place(incoming, target)  # as `gdzoo hub export` does: readers never see a half-written folder
     if log:
-        log(f"{'publish' if record['published'] else 'keep   '} weights/{model}.fmnist: zoo final {record['test_top1']}, "
-            f"published before {replaced}")
+        log(f"{'publish' if record['published'] else 'keep   '} weights/{model}.fmnist: zoo final "
+            f"{record['test_top1']}, published before {replaced}")
     return record
 
 
@@ -333,8 +334,8 @@ def target_verdict(final: dict) -> str:
                  + "). Not tried, for CPU: schedules longer than 30 epochs, dropout, wider models.")
         clean = final["gd_fmnist"].get("train_top1_clean")
         if clean is not None:
-            text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} above "
-                     "its test top-1")
+            text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} "
+                     "above its test top-1")
             text += (f", so at 60000 images the recipe holds the model back (it underfits) rather than letting it "
                      f"overfit. {search_verdict()}" if clean - ours < UNDERFIT_GAP else ".")
     return text

@@ -72,8 +72,8 @@ def test_disk_full_names_the_file_and_keeps_the_last_checkpoint(run, tmp_path, m
 
     def full_disk(obj, f, *args, **kwargs):  # what torch.save says when the disk fills up
         Path(f).write_bytes(b"PK\x03\x04partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: "
-                           "file write failed")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
 
     real_usage = shutil.disk_usage
     monkeypatch.setattr(torch, "save", full_disk)

@@ -183,7 +183,8 @@ def test_gd_vgg16_pretrained_derives_from_timm_vgg16_once(newcomer: Newcomer, vg
     assert "derived from timm vgg16.tv_in1k" in first.stderr and "stem output rel. error" in first.stderr
     assert got["stem_error"] < 0.01, got
     assert got["body_exact"] and got["body_keys"] == 30 and got["finite"]
-    print(f"first call (derive + load): {got['seconds']:.1f} s; stem output rel. error on real images {got['stem_error']:.2e}")
+    print(f"first call (derive + load): {got['seconds']:.1f} s; stem output rel. error on real images "
+          f"{got['stem_error']:.2e}")
 
     mtime = derived.stat().st_mtime_ns
     second = newcomer.run(["-c", LOAD_GD_VGG16, *images], **vgg_caches)

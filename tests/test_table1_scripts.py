@@ -179,7 +179,8 @@ def test_a_cell_resumed_on_another_device_says_so_and_is_timed_on_the_last_one(t
     assert result["device"] == "cuda:0 (epochs 1–10), cpu (epochs 11–30)"
     assert result["sec_per_epoch"] == 240.0 and result["train_img_per_s"] == 250.0
     assert result["train_time_s"] == 9 * 30.0 + 96.0 + 20 * 240.0 and result["test_top1"] == 91.23
-    (run / "train.log").write_text("t: 1 x cpu, batch 32\nresumed from r: epoch 4, batch 7, step 1\nt: 1 x cpu, batch 32\n")
+    (run / "train.log").write_text("t: 1 x cpu, batch 32\nresumed from r: epoch 4, batch 7, step 1\nt: 1 x cpu, batch "
+                                   "32\n")
     same = table1.collect_result("dau_fmnist", 60000, 0, run, 5000.0, 1)
     assert same["device"] == "cpu" and same["sec_per_epoch"] == round((9 * 30 + 96 + 20 * 240) / 30, 3)
 

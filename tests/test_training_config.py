@@ -102,7 +102,8 @@ def test_missing_recipe_file() -> None:
 def test_base_recipe_is_merged_key_by_key(tmp_path: Path) -> None:
     """``base:`` (relative to the file, chained) merges sections key by key; lists and scalars replace."""
     (tmp_path / "family").mkdir()
-    (tmp_path / "root.yaml").write_text("optim:\n  lr: 0.1\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 7\n  label_smoothing: 0.1\n")
+    (tmp_path / "root.yaml").write_text("optim:\n  lr: 0.1\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 7\n  "
+                                        "label_smoothing: 0.1\n")
     (tmp_path / "family"
      / "base.yaml").write_text("base: ../root.yaml\noptim:\n  opt: adamw\n  weight_decay: 0.05\ntrain:\n  epochs: 9\n")
     (tmp_path / "family"

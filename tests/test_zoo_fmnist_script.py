@@ -69,20 +69,21 @@ def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
     assert "tests a lighter recipe" in zoo_fmnist.search_verdict()
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 92.0
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ema")
-    assert zoo_fmnist.search_verdict() == ("The search at 55000 images chose `augment_ema` (mean validation top-1 92.50; "
-                                           "`augment_ls_ema_re` 91.75); a longer schedule is what is left to try: "
-                                           "stage `search_long` (30, 60 and 100 epochs) has 1 of 6 cells.")
+    assert zoo_fmnist.search_verdict() == ("The search at 55000 images chose `augment_ema` (mean validation top-1 "
+                                           "92.50; `augment_ls_ema_re` 91.75); a longer schedule is what is left to "
+                                           "try: stage `search_long` (30, 60 and 100 epochs) has 1 of 6 cells.")
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 94.0
-    assert zoo_fmnist.search_verdict().startswith("The search at 55000 images kept `augment_ls_ema_re` (mean validation "
-                                                  "top-1 92.75; `augment_ema` 92.50), so a lighter recipe does not "
-                                                  "help")
+    assert zoo_fmnist.search_verdict().startswith("The search at 55000 images kept `augment_ls_ema_re` (mean "
+                                                  "validation top-1 92.75; `augment_ema` 92.50), so a lighter recipe "
+                                                  "does not help")
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ls_ema_re")  # the schedule stage is not complete yet
     results["search_long"] = {"augment_ls_ema_re": {"ff_fmnist": 91.5, "gd_fmnist": 94.0},
                               "augment_ls_ema_re_e60": {"ff_fmnist": 92.0, "gd_fmnist": 94.5},
                               "augment_ls_ema_re_e100": {"ff_fmnist": 91.0, "gd_fmnist": 94.4}}
     assert zoo_fmnist.zoo_choice() == ("search_long", "augment_ls_ema_re_e60")
-    assert zoo_fmnist.search_verdict().endswith("the schedule stage chose `augment_ls_ema_re_e60` (mean validation top-1 93.25; "
-                                                "`augment_ls_ema_re` 92.75, `augment_ls_ema_re_e100` 92.70).")
+    assert zoo_fmnist.search_verdict().endswith("the schedule stage chose `augment_ls_ema_re_e60` (mean validation "
+                                                "top-1 93.25; `augment_ls_ema_re` 92.75, `augment_ls_ema_re_e100` "
+                                                "92.70).")
 
 
 def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
@@ -134,7 +135,8 @@ def test_target_verdict_says_by_how_much(monkeypatch, tmp_path) -> None:
     assert "without augmentation it scores 94.40, 1.50 above its test top-1, so at 60000 images the recipe holds" in missed
     overfit = zoo_fmnist.target_verdict({**final, "gd_fmnist": {"test_top1": 92.9, "train_top1_clean": 99.0}})
     assert "it scores 99.00, 6.10 above its test top-1." in overfit and "underfits" not in overfit
-    assert missed.startswith("`gd_fmnist` 92.90: -0.20 against the paper's 93.1 (\"Ours\"), -0.60 against the stretch target 93.5")
+    assert missed.startswith("`gd_fmnist` 92.90: -0.20 against the paper's 93.1 (\"Ours\"), -0.60 against the stretch "
+                             "target 93.5")
     assert "+0.40 against the best baseline with the same recipe (`rfnn_fmnist`, 92.50)" in missed
     assert "The target is missed." in missed and "augmentation at 60000 gave 92.79" in missed
     met = zoo_fmnist.target_verdict({**final, "gd_fmnist": {"test_top1": 93.3}})

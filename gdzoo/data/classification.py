@@ -149,7 +149,8 @@ def load_class_map(path: str | os.PathLike) -> dict[str, int | str]:
     """A ``--class-map`` JSON file: ``{folder name: class index or class name}``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class map {path} does not exist (a JSON object {{folder name: class index or class name}})")
+        raise FileNotFoundError(f"class map {path} does not exist (a JSON object {{folder name: class index or class "
+                                "name})")
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:

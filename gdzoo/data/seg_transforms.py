@@ -66,7 +66,8 @@ class PairedAugment:
         return image.contiguous(), mask.contiguous()
 
     def __repr__(self) -> str:
-        return (f"PairedAugment(hflip={self.hflip}, vflip={self.vflip}, rot90={self.rot90}, color_jitter={self.color_jitter}, "
+        return (f"PairedAugment(hflip={self.hflip}, vflip={self.vflip}, rot90={self.rot90}, "
+                f"color_jitter={self.color_jitter}, "
                 f"stain_jitter={self.stain_jitter})")
 
 

@@ -167,7 +167,8 @@ def split_pairs(
         unit = key(p)
         splits["test" if unit in test_units else "val" if unit in val_units else "train"].append(p)
     if not splits["train"]:
-        raise ValueError(f"the split left no training images ({len(units)} {by}s, val_size={val_size}, test_size={test_size})")
+        raise ValueError(f"the split left no training images ({len(units)} {by}s, val_size={val_size}, "
+                         f"test_size={test_size})")
     return splits
 
 
@@ -194,7 +195,8 @@ def _load_mask(path: Path, mode: str, num_classes: int) -> np.ndarray:
     if mode == "binary":
         return (array > 0).astype(np.int64)
     if array.max() >= num_classes or array.min() < 0:
-        raise ValueError(f"label mask {path} holds values {int(array.min())}..{int(array.max())}, expected 0..{num_classes - 1}")
+        raise ValueError(f"label mask {path} holds values {int(array.min())}..{int(array.max())}, expected "
+                         f"0..{num_classes - 1}")
     return array.astype(np.int64)
 
 
@@ -237,10 +239,12 @@ class SegmentationTiles(Dataset):
             image = read_image(pair.image, in_chans).as_uint8(channels=in_chans)
             mask = _load_mask(pair.mask, mask_mode, num_classes)
             if image.shape[:2] != mask.shape:
-                raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]}")
+                raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is "
+                                 f"{mask.shape[1]}x{mask.shape[0]}")
             origins = tile_origins(*mask.shape, self.tile, self.stride)
             if not origins:
-                raise ValueError(f"{pair.image} ({mask.shape[1]}x{mask.shape[0]}) is smaller than one {self.tile}x{self.tile} tile")
+                raise ValueError(f"{pair.image} ({mask.shape[1]}x{mask.shape[0]}) is smaller than one "
+                                 f"{self.tile}x{self.tile} tile")
             self.images.append(image if image.ndim == 3 else image[..., None])
             self.masks.append(mask)
             self.index += [(i, y, x) for y, x in origins]

@@ -95,7 +95,8 @@ def select_convs(model: nn.Module, layers: str | Sequence[str] = "stem") -> list
     try:
         pattern = re.compile(layers)
     except re.error as e:
-        raise ValueError(f"layers must be 'stem', 'all', a regex or a list of module names; {layers!r} is a bad regex: {e}") from e
+        raise ValueError(f"layers must be 'stem', 'all', a regex or a list of module names; {layers!r} is a bad regex: "
+                         f"{e}") from e
     chosen = [n for n in convs if pattern.search(n)]
     if not chosen:
         raise ValueError(f"layers={layers!r} matches no convolution; convolutions are e.g. {convs[:5]}")

@@ -81,7 +81,8 @@ def stem_name(model: nn.Module) -> str:
     """The module named by ``pretrained_cfg['first_conv']`` (the first one if several)."""
     names = first_conv_names(model)
     if not names:
-        raise ValueError(f"{type(model).__name__} has no pretrained_cfg['first_conv']: cannot tell which layer is the stem")
+        raise ValueError(f"{type(model).__name__} has no pretrained_cfg['first_conv']: cannot tell which layer is the "
+                         "stem")
     return names[0]
 
 

@@ -71,7 +71,8 @@ def _write_failed(path: Path, error: BaseException) -> UserError | None:
     space = f"{free / 2**20:,.1f} MiB free on {path.parent}" if free is not None else f"free space on {path.parent} unknown"
     kept = f"{path} still holds the last good checkpoint" if path.is_file() else "no earlier checkpoint was there"
     if full:
-        return UserError(f"disk full: cannot write checkpoint {path} ({space}); {kept}. Free some space, then resume with --resume")
+        return UserError(f"disk full: cannot write checkpoint {path} ({space}); {kept}. Free some space, then resume "
+                         "with --resume")
     reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return UserError(f"cannot write checkpoint {path} ({reason[:200]}; {space}); {kept}")
 

@@ -361,7 +361,8 @@ def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:
     valid = ["name", *sorted(_SECTIONS)]
     unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise ConfigError(f"unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}; valid keys: {', '.join(valid)}")
+        raise ConfigError(f"unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}; "
+                          f"valid keys: {', '.join(valid)}")
     kwargs: dict[str, Any] = {}
     if "name" in data:
         kwargs["name"] = _coerce(data["name"], str, "name")
@@ -397,14 +398,15 @@ def _read_recipe_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """The YAML mapping of a recipe file with its ``base:`` chain merged in (``chain``: the files that include it)."""
     if not path.is_file():
         via = f" (the base of {chain[-1]})" if chain else ""
-        raise ConfigError(f"recipe file {path}{via} does not exist (recipes live in configs/, e.g. configs/fmnist_default.yaml)")
+        raise ConfigError(f"recipe file {path}{via} does not exist (recipes live in configs/, e.g. "
+                          "configs/fmnist_default.yaml)")
     if path.resolve() in chain:
         raise ConfigError(f"recipe {path} is its own base: {' -> '.join(map(str, (*chain, path.resolve())))}")
     try:
         data = _load_yaml(path.read_text()) or {}
     except DuplicateKeyError as e:
-        raise ConfigError(f"recipe {path}, line {e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
-                          "YAML would silently keep the last value, so keep one of them") from e
+        raise ConfigError(f"recipe {path}, line {e.line}: duplicate key {e.key!r} (first given at line "
+                          f"{e.first_line}); YAML would silently keep the last value, so keep one of them") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

@@ -96,8 +96,9 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> tuple[F
     lock = FolderLock(run_dir)
     if not lock.acquire():
         pid = lock.holder()
-        raise RunFolderError(f"run folder {run_dir} is in use by another gdzoo process{f' (pid {pid})' if pid else ''}; "
-                             f"wait for it to end or choose another --name")
+        holder = f" (pid {pid})" if pid else ""
+        raise RunFolderError(f"run folder {run_dir} is in use by another gdzoo process{holder}; "
+                             "wait for it to end or choose another --name")
     try:
         moved = None
         if not continues_run(resume, run_dir) and (progress := run_progress(run_dir)):  # again, now that we hold it

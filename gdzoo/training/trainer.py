@@ -348,8 +348,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     eval_model = ema.module if ema is not None else model
     val_loader = eval_loader(bundle.val, recipe, info) if bundle.val is not None else None
 
-    _say(info, f"{recipe.name}: {recipe.model.name} ({task}, {model_info['weights']}), {model_info['params']:,} params, "
-               f"{count_trainable(model):,} trainable ({len(trainable)} tensors); train {len(bundle.train)}, "
+    _say(info, f"{recipe.name}: {recipe.model.name} ({task}, {model_info['weights']}), {model_info['params']:,} "
+               f"params, {count_trainable(model):,} trainable ({len(trainable)} tensors); train {len(bundle.train)}, "
                f"val {len(bundle.val) if bundle.val is not None else 0}, test "
                f"{len(bundle.test) if bundle.test is not None else 0}; {info.world_size} x {info.device}, batch "
                f"{batch_size}, {steps_per_epoch} steps/epoch -> {run_dir}")
@@ -371,7 +371,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         row = _row(epoch, optimizer.param_groups[0]["lr"], stats, val)  # lr reached at the end of the epoch
         current = val.get(metric) if val is not None else None
         if val is not None and current is None:
-            raise ValueError(f"output.best_metric {metric!r} is not a validation metric; choose from {sorted(scalar_metrics(val))}")
+            raise ValueError(f"output.best_metric {metric!r} is not a validation metric; choose from "
+                             f"{sorted(scalar_metrics(val))}")
         if current is not None and (ckpt.best["value"] is None or _better(metric, current, ckpt.best["value"])):
             ckpt.best = {"value": float(current), "epoch": epoch}
             best_state = _weights(eval_model)
@@ -471,7 +472,8 @@ def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainRes
             model, recipe.output.export_tag or (recipe.output.name or recipe.name).replace(".", "_"),
             recipe.output.export_root, org=recipe.output.org, metrics=card_metrics, command=without_resume(command),
             config_sha256=recipe_sha256(card_recipe), datasets=bundle.names, license=recipe.output.license,
-            description=f"`{recipe.model.name}` trained with `gdzoo train` ({_selection_note(bundle, result, metric)}). "
+            description=f"`{recipe.model.name}` trained with `gdzoo train` "
+                        f"({_selection_note(bundle, result, metric)}). "
                         + (f"{recipe.output.card_note.strip()}\n\n" if recipe.output.card_note else "")
                         + f"Recipe:\n\n```yaml\n{recipe_to_yaml(card_recipe)}```",
         )
