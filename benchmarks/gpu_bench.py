@@ -293,7 +293,8 @@ def fmt_ms(seconds: float) -> str:
 
 
 def machine_line(device: torch.device) -> str:
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     cuda = f"; CUDA {torch.version.cuda}; cuDNN {torch.backends.cudnn.version()}" if device.type == "cuda" else ""
     return f"{dev}; torch {torch.__version__}{cuda}; timm {timm.__version__}; Python {platform.python_version()}"
 
@@ -335,7 +336,8 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         + ("CUDA kernel events" if device.type == "cuda" else
            "counted on CPU as the dispatched operators that launch ≥ 1 kernel on CUDA (views and allocations do not), "
            "with the generator CUDA takes "
-           f"({'the fused Triton kernels, interpreted' if triton_interpreting() and triton_available() else 'torch ops: TRITON_INTERPRET=1 was not set'})")
+           + ("(the fused Triton kernels, interpreted)" if triton_interpreting() and triton_available()
+              else "(torch ops: TRITON_INTERPRET=1 was not set)"))
         + "; per GD layer = one GD layer's forward + backward in the step (bf16, its input as the model feeds it), "
         "mean over the model's GD layers: with that generator, with the torch ops (`GDZOO_GENERATOR=torch`), and "
         "as the same layer made a plain `nn.Conv2d` (`reparameterize()`).",

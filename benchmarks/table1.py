@@ -389,8 +389,10 @@ def shortfalls(cells: dict) -> list[str]:
 def overfit_at_full(cells: dict) -> str:
     """'Free-Form 99.85 / 90.15, ...': last-epoch training top-1 (running mean over the epoch) / test top-1 at 60000."""
     pairs = [(m, r) for m in MODELS for r in cells.get((m, FULL), []) if r.get("last_train_top1") is not None]
+    if not pairs:
+        return "not recorded"
     return "last-epoch train / test top-1: " + ", ".join(
-        f"{PAPER_NAMES[m]} {r['last_train_top1']:.2f} / {r['test_top1']:.2f}" for m, r in pairs) if pairs else "not recorded"
+        f"{PAPER_NAMES[m]} {r['last_train_top1']:.2f} / {r['test_top1']:.2f}" for m, r in pairs)
 
 
 def variant_summary(cells: dict) -> list[str]:
@@ -412,7 +414,8 @@ def published_weights_sentence() -> str:
     table1 = [m for m in PUBLISHED if exports_weights(m)]
     zoo = [m for m in MODELS if zoo_published(m)]
     names = lambda ms: ", ".join(f"`{m}`" for m in ms)  # noqa: E731
-    text = f"For {names(table1)} this run is exported to `weights/<model>.fmnist/` (the published weights)." if table1 else ""
+    text = (f"For {names(table1)} this run is exported to `weights/<model>.fmnist/` (the published weights)."
+            if table1 else "")
     if zoo:
         text += (" " if text else "") + (f"The published weights of {names(zoo)} come from the zoo recipe "
                                          f"([zoo_fmnist.md](zoo_fmnist.md), the \"{ZOO_ROW}\" row above), not from "
@@ -481,7 +484,8 @@ def rfnn_ablation(cells: dict) -> list[str]:
         fixed, free = cells.get(("rfnn_fmnist", n), []), learned.get(("rfnn_fmnist", n), [])
         gap = "—"
         if fixed and free:
-            gap = f"{statistics.mean(r['test_top1'] for r in free) - statistics.mean(r['test_top1'] for r in fixed):+.2f}"
+            mean = lambda runs: statistics.mean(r["test_top1"] for r in runs)  # noqa: E731
+            gap = f"{mean(free) - mean(fixed):+.2f}"
         lines.append(f"| {n} | {fmt_cell(fixed, n)} | {fmt_cell(free, n)} | {gap} |")
     return lines + [""]
 

@@ -141,7 +141,8 @@ def write_doc(log: Log | None = None) -> None:
         "Variants:",
         "",
     ]
-    lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}." for v, (desc, overrides) in VARIANTS.items()]
+    lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}."
+              for v, (desc, overrides) in VARIANTS.items()]
     for n in sizes_of(variants):
         lines += ["",
                   f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} "

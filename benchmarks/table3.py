@@ -58,7 +58,8 @@ def cv_train_args(model: str, cell: int | str) -> list[str]:
     """``gdzoo train`` arguments of one cross-validation cell: fold ``cell`` held out, or ``'all'`` 30 images."""
     base, kwargs = _model_of(model)
     if model in PAPER_RECIPE:
-        return ["train", "-c", f"configs/table3/{base}.yaml", "--no-progress", "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}",
+        return ["train", "-c", f"configs/table3/{base}.yaml", "--no-progress",
+                "--set", f"output.name=table3_cv/{model}_{_cell_name(cell)}",
                 "--set", f"data.folds={FOLDS}", "--set", f"data.fold={cell}", "--set", "output.export=false"]
     args = ["train", "-c", f"configs/monuseg/{base}.yaml", "--no-progress", "--set",
             f"output.name=table3_cv/{model}_{_cell_name(cell)}"]
@@ -163,7 +164,8 @@ def cv_lines() -> list[str]:
              "class, pixels pooled over each fold's 10 images; mean ± std over the folds. No model selection inside a "
              "fold (the last "
              "epoch's weights are scored), so the held-out images are never looked at before scoring.", ""]
-    header = "| fold | held-out organs |" + "".join(f" {NAMES[m]}: Dice | IoU | pixel acc |" for m in MODELS) + " Dice gap (GD − classical) |"
+    header = ("| fold | held-out organs |" + "".join(f" {NAMES[m]}: Dice | IoU | pixel acc |" for m in MODELS)
+              + " Dice gap (GD − classical) |")
     lines += [header, "|---|---|" + "---:|" * (3 * len(MODELS) + 1)]
     for k in range(FOLDS):
         cells = [results.get(m, {}).get(f"f{k}") for m in MODELS]
@@ -171,14 +173,16 @@ def cv_lines() -> list[str]:
         org = ", ".join(f"{o} {n}" for o, n in sorted(Counter(organ[i] for i in ids).items()))
         row = f"| {k} | {org or '—'} |"
         for c in cells:
-            row += " not run yet | | |" if c is None else "".join(f" {c['held_out_images'][m]:.2f} |" for m in ("dice", "iou", "pixel_acc"))
+            row += (" not run yet | | |" if c is None
+                    else "".join(f" {c['held_out_images'][m]:.2f} |" for m in ("dice", "iou", "pixel_acc")))
         gap = cells[1]["held_out_images"]["dice"] - cells[0]["held_out_images"]["dice"] if all(cells) else None
         lines.append(row + (f" {gap:+.2f} |" if gap is not None else " |"))
     summaries = {m: cv_summary(results.get(m, {})) for m in MODELS}
     row = "| **mean ± std** | |"
     for m in MODELS:
         sm = summaries[m]
-        row += " not complete | | |" if sm is None else "".join(f" **{sm[k]:.2f} ± {sm[k + '_std']:.2f}** |" for k in ("dice", "iou", "pixel_acc"))
+        row += (" not complete | | |" if sm is None
+                else "".join(f" **{sm[k]:.2f} ± {sm[k + '_std']:.2f}** |" for k in ("dice", "iou", "pixel_acc")))
     gap = summaries["gd_unet"]["dice"] - summaries["unet5"]["dice"] if all(summaries.values()) else None
     lines.append(row + (f" **{gap:+.2f}** |" if gap is not None else " |"))
     if all(summaries.values()):
@@ -255,8 +259,10 @@ def recipe_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         both = [k for k in range(FOLDS) if all(d[k] is not None for d in dice.values())]
         for recipe, values in dice.items():
             done = [d for d in values if d is not None]
-            summary = f"{statistics.mean(done):.2f} ± {statistics.stdev(done):.2f}" if len(done) == FOLDS else f"{len(done)}/{FOLDS} folds"
-            common = f"{statistics.mean(values[k] for k in both):.2f} (folds {', '.join(map(str, both))})" if both else "—"
+            summary = (f"{statistics.mean(done):.2f} ± {statistics.stdev(done):.2f}" if len(done) == FOLDS
+                       else f"{len(done)}/{FOLDS} folds")
+            common = (f"{statistics.mean(values[k] for k in both):.2f} (folds {', '.join(map(str, both))})" if both
+                      else "—")
             lines.append(f"| {NAMES[m]} | {recipe} | " + " | ".join("—" if d is None else f"{d:.2f}" for d in values)
                          + f" | {summary} | {common} |")
     return lines
@@ -267,7 +273,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
     ran = {v: cells for v in VARIANTS if (cells := _column_cells(v))}
     if not ran:
         return ["", "GD-specific capacity within the budget (`VARIANTS` in benchmarks/table3.py: "
-                + "; ".join(f"`{v}` = `{m}` with {', '.join(f'{k}={x}' for k, x in kw.items())}" for v, (m, kw) in VARIANTS.items())
+                + "; ".join(f"`{v}` = `{m}` with {', '.join(f'{k}={x}' for k, x in kw.items())}"
+                            for v, (m, kw) in VARIANTS.items())
                 + ", same recipe) is not run yet: `python benchmarks/table3.py --cv --models "
                 + " ".join(VARIANTS) + " --folds 0 1 2`."]
     lines = ["",
@@ -293,8 +300,8 @@ def variant_lines(results: dict[str, dict[str, dict]]) -> list[str]:
         verdict = "meets" if gap >= -1.0 and ratio <= 0.30 else "misses"
         published = (ROOT / "weights" / f"{v}.monuseg").is_dir()
         lines += [f"| `{v}` | | **mean ± std** | **{sm['dice']:.2f} ± {sm['dice_std']:.2f}** | "
-                  f"{refs['gd_unet']['dice']:.2f} ± "
-                  f"{refs['gd_unet']['dice_std']:.2f} | {refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
+                  f"{refs['gd_unet']['dice']:.2f} ± {refs['gd_unet']['dice_std']:.2f} | "
+                  f"{refs['unet5']['dice']:.2f} ± {refs['unet5']['dice_std']:.2f} |", "",
                   f"`{v}` against the target: Dice gap to the classical U-net {gap:+.2f} points (per fold "
                   + " / ".join(f"{g:+.2f}" for g in gaps)
                   + f"; `gd_unet`'s: {refs['gd_unet']['dice'] - refs['unet5']['dice']:+.2f}), "
@@ -380,7 +387,8 @@ def publish_cv(log: Log) -> int:
         check = index_test_dice(net)
         args = cv_train_args(m, FINAL)
         recipe = load_recipe(ROOT / args[2], [args[i + 1] for i, a in enumerate(args) if a == "--set"])
-        metrics = {f"cv/full_{k}": round(sm[k], 2) for k in METRICS} | {f"cv/full_{k}_std": round(sm[f"{k}_std"], 2) for k in METRICS}
+        metrics = ({f"cv/full_{k}": round(sm[k], 2) for k in METRICS}
+                   | {f"cv/full_{k}_std": round(sm[f"{k}_std"], 2) for k in METRICS})
         metrics[CHECK_METRIC] = round(check, 2)
         folds = ", ".join(f"{results[m][f'f{k}']['held_out_images']['dice']:.2f}" for k in range(FOLDS))
         description = (
@@ -406,7 +414,8 @@ def publish_cv(log: Log) -> int:
                                    license=recipe.output.license, description=description)
         digest = hashlib.sha256((folder.path / "model.safetensors").read_bytes()).hexdigest()
         published[folder.path.name] = {"sha256": digest, "cv_dice": round(sm["dice"], 2), CHECK_METRIC: round(check, 2)}
-        log(f"published {folder.path.name}: cv Dice {sm['dice']:.2f} ± {sm['dice_std']:.2f}, {CHECK_METRIC} {check:.2f}")
+        log(f"published {folder.path.name}: cv Dice {sm['dice']:.2f} ± {sm['dice_std']:.2f}, "
+            f"{CHECK_METRIC} {check:.2f}")
     subprocess.run([sys.executable, "-m", "gdzoo", "hub", "manifest"], cwd=ROOT, check=True)
     record.write_text(json.dumps(published, indent=1) + "\n")
     return 0

@@ -51,9 +51,11 @@ SEARCH_MODELS = ["ff_fmnist", "gd_fmnist"]
 SEARCH_TRAIN, SEARCH_VAL = 20000, 5000
 PAPER_OURS = PAPER[FULL]["gd_fmnist"]  # the paper's "Ours" at 60000 (Table 1): issue 15's target
 STRETCH = 93.5  # issue 15's stretch target for gd_fmnist
-# A training top-1 (without augmentation) less than this many points above the test top-1 reads as underfitting. Table 1's
-# paper-protocol gd_fmnist, which overfits, scores 99.22 on its 60000 training images against 92.56 on the test set:
-#   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 --set data.train_subset=null --split train
+# A training top-1 (without augmentation) less than this many points above the test top-1 reads as underfitting.
+# Table 1's paper-protocol gd_fmnist, which overfits, scores 99.22 on its 60000 training images against 92.56 on the
+# test set:
+#   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 \
+#     --set data.train_subset=null --split train
 UNDERFIT_GAP = 2.0
 # tried before the zoo recipe
 AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"
@@ -61,7 +63,8 @@ AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_
 # sets all of them, so its meaning does not depend on what base.yaml holds; base.yaml is the chosen one
 # (BASE_CANDIDATE). A 60-epoch run of gd_fmnist on 55000 images takes about 3 h on one core of this machine (300 img/s):
 # the longer schedules are a stage of their own (issue 33), resumable across sessions.
-_LS_EMA_RE = "flips, random resized crops, an EMA of the weights (decay 0.9995), label smoothing 0.1 and random erasing (p 0.25)"
+_LS_EMA_RE = ("flips, random resized crops, an EMA of the weights (decay 0.9995), label smoothing 0.1 and random "
+              "erasing (p 0.25)")
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment": ("flips and random resized crops (area 80-100 %)",
                 ["augment.re_prob=0", "train.label_smoothing=0", "train.ema=false", "train.epochs=30"]),
@@ -146,7 +149,8 @@ def search_args(candidate: str, model: str, stage: str = "search") -> list[str]:
 def final_args(model: str) -> list[str]:
     """``gdzoo train`` arguments of one final run: the zoo file as written, exported as ``<model>.fmnist`` to
     ``EXPORT_ROOT`` (``publish`` decides whether it replaces the published folder)."""
-    return ["train", "-c", f"configs/zoo/{model}.yaml", "--no-progress", "--export", "--set", f"output.export_root={EXPORT_ROOT}"]
+    return ["train", "-c", f"configs/zoo/{model}.yaml", "--no-progress", "--export",
+            "--set", f"output.export_root={EXPORT_ROOT}"]
 
 
 def publish(model: str, record: dict, log: Log | None = None) -> dict:
@@ -191,7 +195,8 @@ def collect(model: str, args: list[str], run_dir: Path, wall_s: float, threads: 
         "git": git_commit(("gdzoo", "configs/zoo")),
         "finished_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
     }
-    if final["split"] == "val":  # search: the last epoch's validation score (what the final run keeps is its last epoch)
+    # search: the last epoch's validation score (what the final run keeps is its last epoch)
+    if final["split"] == "val":
         record["val_top1_last"] = round(last["val_top1"], 2)
         record["val_top1_best"] = round(max(r["val_top1"] for r in rows if "val_top1" in r), 2)
         record["val_samples"] = final["samples"]
@@ -324,7 +329,8 @@ def target_verdict(final: dict) -> str:
             f"{ours - STRETCH:+.2f} against the stretch target {STRETCH}")
     if base:
         best = max(base, key=base.get)
-        text += f", {ours - base[best]:+.2f} against the best baseline with the same recipe (`{best}`, {base[best]:.2f})"
+        text += (f", {ours - base[best]:+.2f} against the best baseline with the same recipe "
+                 f"(`{best}`, {base[best]:.2f})")
     text += "."
     if ours < PAPER_OURS:
         augment = json.loads(AUGMENT_AT_FULL.read_text())["test_top1"] if AUGMENT_AT_FULL.is_file() else None
@@ -386,7 +392,8 @@ def search_table(stage: SearchStage, choice: tuple[str, str] | None) -> list[str
         lines.append(f"| `{c}`{' (best)' if best else ''} | {CANDIDATES[c][0]} | " + " | ".join(vals)
                      + f" | {'**' + mean + '**' if best else mean} |")
     decided = "decides the zoo recipe" if choice and choice[0] == stage.name else "does not decide the recipe"
-    status = f"Best: `{chosen}`; this stage {decided}." if chosen else "Not every candidate has run on every column yet."
+    status = (f"Best: `{chosen}`; this stage {decided}." if chosen
+              else "Not every candidate has run on every column yet.")
     return lines + ["", status, ""]
 
 

@@ -162,7 +162,8 @@ def plot_filters(
     weight = weight.detach().float().cpu()
     n_out, n_in = min(max_out, weight.shape[0]), min(max_in, weight.shape[1])
     if title is None:
-        title = f"{type(layer).__name__} filters\nout 0–{n_out - 1} of {weight.shape[0]}, in 0–{n_in - 1} of {weight.shape[1]}"
+        title = (f"{type(layer).__name__} filters\n"
+                 f"out 0–{n_out - 1} of {weight.shape[0]}, in 0–{n_in - 1} of {weight.shape[1]}")
     fig, axes = _grid(n_out, n_in, cell, FILTERS_HEADER, title, hspace=0.15)
     for o in range(n_out):
         for i in range(n_in):

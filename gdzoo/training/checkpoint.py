@@ -68,7 +68,8 @@ def _write_failed(path: Path, error: BaseException) -> UserError | None:
     except OSError:
         free = None
     full = full or (free is not None and free < _LOW_SPACE)
-    space = f"{free / 2**20:,.1f} MiB free on {path.parent}" if free is not None else f"free space on {path.parent} unknown"
+    space = (f"{free / 2**20:,.1f} MiB free on {path.parent}" if free is not None
+             else f"free space on {path.parent} unknown")
     kept = f"{path} still holds the last good checkpoint" if path.is_file() else "no earlier checkpoint was there"
     if full:
         return UserError(f"disk full: cannot write checkpoint {path} ({space}); {kept}. Free some space, then resume "

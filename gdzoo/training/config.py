@@ -88,7 +88,8 @@ class ModelConfig:
     in_chans: int | None = None  # None: the model's default
     drop_rate: float | None = None
     kwargs: dict = field(default_factory=dict)  # extra timm.create_model keyword arguments
-    task: Literal["auto", "classification", "segmentation"] = "auto"  # auto: the model's task attribute, else a 4-D probe output
+    # auto: the model's task attribute, else a 4-D probe output
+    task: Literal["auto", "classification", "segmentation"] = "auto"
 
 
 @dataclass

@@ -17,7 +17,8 @@ def module_names(model: nn.Module, cfg_key: str) -> tuple[str, ...]:
     value = (getattr(model, "pretrained_cfg", {}) or {}).get(cfg_key)
     names = (value,) if isinstance(value, str) else tuple(value or ())
     if not names:
-        raise ValueError(f"the model's pretrained_cfg has no {cfg_key!r}; use train.freeze=regex with explicit patterns")
+        raise ValueError(f"the model's pretrained_cfg has no {cfg_key!r}; "
+                         "use train.freeze=regex with explicit patterns")
     return names
 
 

@@ -13,7 +13,8 @@ __all__ = ["ClassificationMeter", "SegmentationMeter", "confusion_matrix"]
 def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(C, C)`` int64 counts, rows = true class, columns = predicted class."""
     target, pred = target.reshape(-1).long(), pred.reshape(-1).long()
-    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
 
 
 class ClassificationMeter:

@@ -412,7 +412,9 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
 def _selection_note(bundle: DataBundle, result: TrainResult, metric: str) -> str:
     """Which weights a run kept: the best validation epoch, or the last epoch when there is no validation split."""
     epoch = result.best_epoch + 1 if result.best_epoch is not None else "?"
-    return f"best epoch {epoch} by validation {metric}" if bundle.val is not None else f"weights of the last epoch, {epoch}; no validation split"
+    if bundle.val is not None:
+        return f"best epoch {epoch} by validation {metric}"
+    return f"weights of the last epoch, {epoch}; no validation split"
 
 
 _RUN_CONTROL_KEYS = ("train.resume", "output.overwrite")
