@@ -109,7 +109,8 @@ def test_resume_into_another_model_names_both(run, tmp_path) -> None:
     done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "c2", "--epochs", "2",
                   "--resume", str(last), "--set", "model.in_chans=3", GDZOO_DEBUG="1")
     assert done.returncode == 2 and "Traceback" in done.stderr  # GDZOO_DEBUG=1 shows where
-    assert done.stderr.strip().splitlines()[-1].startswith(f"gdzoo train: cannot resume from {last}: it holds ff_fmnist")
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"gdzoo train: cannot resume from {last}: it holds ff_fmnist")
     assert "stem.conv.weight is (16, 1, 3, 3) there, (16, 3, 3, 3) here" in done.stderr
 
 

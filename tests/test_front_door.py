@@ -142,13 +142,15 @@ body = [k for k in source if not k.startswith("features.0.")]
 exact = all(torch.equal(ours[k], source[k].reshape(ours[k].shape)) for k in body)
 crops = [np.array(Image.open(p).convert("RGB"))[:224, :224] for p in sys.argv[1:]]
 x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
-x = (x - torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+mean, std = (torch.tensor(model.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+x = (x - mean) / std
 with torch.no_grad():
     ref = F.conv2d(x, source["features.0.weight"], source["features.0.bias"], padding=1)
     got = model.features[0](x)
     logits = model(x[:2])
-print(json.dumps({"seconds": seconds, "file": model.pretrained_cfg.get("file"), "body_keys": len(body), "body_exact": exact,
-                  "stem_error": float((got - ref).norm() / ref.norm()), "finite": bool(torch.isfinite(logits).all()),
+print(json.dumps({"seconds": seconds, "file": model.pretrained_cfg.get("file"), "body_keys": len(body),
+                  "body_exact": exact, "stem_error": float((got - ref).norm() / ref.norm()),
+                  "finite": bool(torch.isfinite(logits).all()),
                   "params": sum(p.numel() for p in model.parameters())}))
 """
 
@@ -214,7 +216,8 @@ if images != "-":
     def idx(path, offset):
         with gzip.open(path) as f:
             return np.frombuffer(f.read(), np.uint8, offset=offset)
-    x = torch.from_numpy(idx(images + "/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:1000].copy()).float() / 255
+    pixels = idx(images + "/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:1000]
+    x = torch.from_numpy(pixels.copy()).float() / 255
     y = idx(images + "/t10k-labels-idx1-ubyte.gz", 8)[:1000]
     x = (x - model.pretrained_cfg["mean"][0]) / model.pretrained_cfg["std"][0]
     with torch.no_grad():

@@ -87,7 +87,8 @@ def test_export_writes_timm_hub_format(exported: dict[str, HubFolder]) -> None:
 
     with safe_open(folder.path / "model.safetensors", framework="pt") as f:
         meta = f.metadata()
-    assert meta["model"] == "gd_fmnist" and meta["tag"] == "test" and "gdzoo_version" in meta and "config_sha256" in meta
+    assert meta["model"] == "gd_fmnist" and meta["tag"] == "test"
+    assert "gdzoo_version" in meta and "config_sha256" in meta
     card = (folder.path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: timm\n")
     for needle in ("license:", "datasets:", "fashion_mnist", "metrics:", "top1", "12.50", "gdzoo train",
@@ -111,7 +112,8 @@ def test_card_metrics_are_the_hubs_model_index(exported: dict[str, HubFolder]) -
     results = ModelCard(text).data.eval_results
     got = {(r.dataset_split, r.metric_type): r.metric_value for r in results}
     assert got == {("test", "top1"): 12.5, ("val", "top1"): 14.25}
-    assert {r.task_type for r in results} == {"image-classification"} and {r.dataset_type for r in results} == {"fashion_mnist"}
+    assert {r.task_type for r in results} == {"image-classification"}
+    assert {r.dataset_type for r in results} == {"fashion_mnist"}
     assert card_metrics(text) == {"test/top1": 12.5, "val/top1": 14.25}
 
 

@@ -47,7 +47,8 @@ def test_16bit_png_and_tiff_are_scaled_not_clipped(tmp_path: Path) -> None:
     eight = read_image(tmp_path / "g8.png")
     for name in ("g16.png", "g16.tif"):
         sixteen = read_image(tmp_path / name)
-        assert sixteen.pixels.dtype == np.uint16 and sixteen.scale == 65535 and int(sixteen.pixels.max()) == int(gray16.max())
+        assert sixteen.pixels.dtype == np.uint16 and sixteen.scale == 65535
+        assert int(sixteen.pixels.max()) == int(gray16.max())
         torch.testing.assert_close(normalised(sixteen), normalised(eight), atol=1e-6, rtol=0)
         expected = (gray8.astype(np.float64) / 255 - MEAN[0]) / STD[0]  # channel 0 in float64
         np.testing.assert_allclose(normalised(sixteen)[0].numpy(), expected, atol=1e-5)
@@ -62,8 +63,8 @@ def test_16bit_png_and_tiff_are_scaled_not_clipped(tmp_path: Path) -> None:
 
 def test_exif_orientation_6_equals_the_image_rotated_by_hand(tmp_path: Path) -> None:
     upright = smooth_rgb(48, 80)
-    stored = np.rot90(upright,
-                      1)  # a camera held sideways stores the scene rotated; Orientation 6 says "turn 90° clockwise"
+    # a camera held sideways stores the scene rotated; Orientation 6 says "turn 90° clockwise"
+    stored = np.rot90(upright, 1)
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "exif6.jpg", quality=95, exif=exif.tobytes())

@@ -219,7 +219,8 @@ def test_dice_ce_is_cross_entropy_plus_dice_and_only_for_segmentation() -> None:
     prob = torch.sigmoid(one[:, 0])
     dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(one[:, 0], target.float())
-    assert build_criterion("segmentation", loss="dice_ce")(one, target).item() == pytest.approx((bce + dice).item(), abs=1e-6)
+    dice_ce = build_criterion("segmentation", loss="dice_ce")
+    assert dice_ce(one, target).item() == pytest.approx((bce + dice).item(), abs=1e-6)
     with pytest.raises(ValueError, match="loss='dice_ce' is for segmentation models; this is a classification model"):
         build_criterion("classification", loss="dice_ce")
     with pytest.raises(ValueError, match="loss must be 'cross_entropy' or 'dice_ce', got 'l1'"):

@@ -82,7 +82,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def masks_of(folder: Path) -> dict[str, np.ndarray]:
-    return {str(p.relative_to(folder))[: -len("_mask.png")]: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*_mask.png"))}
+    return {str(p.relative_to(folder))[: -len("_mask.png")]: np.asarray(Image.open(p))
+            for p in sorted(folder.rglob("*_mask.png"))}
 
 
 def stamps(folder: Path) -> dict[str, int]:
@@ -115,8 +116,8 @@ def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(
 
     # the good image against tiled inference done here on the numpy-normalised pixels
     model = timm.create_model("gd_unet", pretrained=True).eval()
-    mean, std = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1,
-                                                                1), torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
     x = (torch.from_numpy(np.array(Image.open(inputs / "good.png"))).permute(2, 0, 1).float() / 255 - mean) / std
     expected = (predict_tiled(model, x, 128, 32, 4).argmax(0).numpy() > 0).astype(np.uint8) * 255
     np.testing.assert_array_equal(got["good"], expected)
@@ -229,7 +230,8 @@ def test_classification_csv_has_an_error_column_and_resumes(tmp_path: Path, caps
     assert not (tmp_path / "out" / "predictions.csv").exists()
     assert main([*args, "-o", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
-    assert "5 already done (skipped)" in captured.out  # img0..img4; broken.png is tried again and "Traceback" not in captured.err
+    # img0..img4; broken.png is tried again
+    assert "5 already done (skipped)" in captured.out and "Traceback" not in captured.err
     assert main([*args, "-o", str(tmp_path / "fresh")]) == 1
     capsys.readouterr()
     assert (tmp_path / "out" / "predictions.csv").read_text() == (tmp_path / "fresh" / "predictions.csv").read_text()

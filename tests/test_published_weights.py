@@ -40,7 +40,8 @@ with torch.no_grad():
     for i in range(0, len(labels), 1000):
         x = (torch.from_numpy(images[i:i + 1000].copy()).float() / 255 - mean) / std
         correct += int((model(x).argmax(1).numpy() == labels[i:i + 1000]).sum())
-print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels)), "file": model.pretrained_cfg["file"]}))
+print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels)),
+                  "file": model.pretrained_cfg["file"]}))
 """
 
 MONUSEG_DICE = """
@@ -62,7 +63,8 @@ for image_id in test_ids:
     x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
     pred = predict_tiled(model, x, tile=128, overlap=32, batch_size=16).argmax(0).numpy() > 0
     tp += int((pred & truth).sum()); fp += int((pred & ~truth).sum()); fn += int((~pred & truth).sum())
-print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids), "file": model.pretrained_cfg["file"]}))
+print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids),
+                  "file": model.pretrained_cfg["file"]}))
 """
 
 # tag -> (the card metric that is recomputed, evaluation program, its data folder). MoNuSeg weights trained on all
@@ -100,7 +102,8 @@ def test_published_weights_reproduce_their_card(name: str, newcomer) -> None:
         root = None
     if root is None:
         pytest.skip(missing_data(f"evaluation data for '{folder.tag}'", MONUSEG) if folder.tag == "monuseg"
-                    else f"evaluation data for '{folder.tag}' is not installed (set GDZOO_FMNIST_DIR for Fashion-MNIST)")
+                    else f"evaluation data for '{folder.tag}' is not installed "
+                         "(set GDZOO_FMNIST_DIR for Fashion-MNIST)")
     stated = card_metrics((folder.path / "README.md").read_text())[metric]
     got = last_json(newcomer.run(["-c", program, name, str(root)]))
     assert got["file"].startswith(str(newcomer.root

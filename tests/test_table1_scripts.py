@@ -55,15 +55,16 @@ def test_rfnn_rerun_republishes_its_table1_file(capsys, monkeypatch) -> None:
     assert "| 1000 | 83.00 ± 0.00 |" in ablation and "| 60000 | not run yet | 91.89 | — |" in ablation
 
 
-def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_it(capsys, monkeypatch, tmp_path) -> None:
+def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_it(capsys, monkeypatch,
+                                                                                  tmp_path) -> None:
     monkeypatch.setattr(table1, "ZOO_FINAL", tmp_path)
     cfg = resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)
     assert cfg["data"]["train_subset"] is None and cfg["data"]["val_size"] == 0
     assert cfg["output"]["export"] and cfg["output"]["export_tag"] == "fmnist"
     assert not resolved(table1.train_args("gd_fmnist_few", 60000, 0), capsys, monkeypatch)["output"]["export"]
     (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0, "published": False}))
-    assert resolved(table1.train_args("gd_fmnist", 60000, 0), capsys,
-                    monkeypatch)["output"]["export"]  # kept: still Table 1's
+    # kept: still Table 1's
+    assert resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
     (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0, "published": True}))
     assert not resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
     assert resolved(table1.train_args("ff_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]

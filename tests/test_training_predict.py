@@ -76,7 +76,8 @@ def test_whole_image_metrics_match_numpy_scores_of_one_forward_pass() -> None:
                  - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
             preds.append(model(x[None])[0].argmax(0).numpy().ravel())
     pred, truth = np.concatenate(preds), np.concatenate([m.ravel() for m in masks])
-    tp, fp, fn = np.sum((pred == 1) & (truth == 1)), np.sum((pred == 1) & (truth == 0)), np.sum((pred == 0) & (truth == 1))
+    tp = np.sum((pred == 1) & (truth == 1))
+    fp, fn = np.sum((pred == 1) & (truth == 0)), np.sum((pred == 0) & (truth == 1))
     assert got["pixels"] == truth.size
     assert got["pixel_acc"] == pytest.approx(100 * np.mean(pred == truth), abs=1e-9)
     assert got["dice"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=1e-9)

@@ -52,7 +52,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path: Path) -> None:
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(last)
-    assert killed_at["epoch"] == 0 and 0 < killed_at["step_in_epoch"] < STEPS_PER_EPOCH, "the kill did not land mid-epoch"
+    assert killed_at["epoch"] == 0 and 0 < killed_at["step_in_epoch"] < STEPS_PER_EPOCH, \
+        "the kill did not land mid-epoch"
     assert not (tmp_path / "b" / "resume" / "metrics.jsonl").read_text().strip()
 
     resumed = _gdzoo(config, tmp_path / "b", "--resume", "--workers", "2", "--set", "output.export=true",

@@ -259,8 +259,8 @@ class PngRowWriter:
 
     _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    def __init__(self, file, width: int, height: int, channels: int, text: dict[str, str] | None = None,
-                 level: int = 6):  # type: ignore[no-untyped-def]
+    def __init__(self, file, width: int, height: int, channels: int,  # type: ignore[no-untyped-def]
+                 text: dict[str, str] | None = None, level: int = 6):
         if channels not in (1, 3):
             raise ValueError(f"PngRowWriter writes 1- or 3-channel images, got {channels}")
         self.file, self.width, self.height, self.channels = file, int(width), int(height), channels
