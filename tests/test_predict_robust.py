@@ -90,9 +90,8 @@ def stamps(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*.png"))}
 
 
-def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(folders, tmp_path: Path,
-                                                                                # type: ignore[no-untyped-def]
-                                                                                capsys) -> None:
+def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(  # type: ignore[no-untyped-def]
+        folders, tmp_path: Path, capsys) -> None:
     inputs, twins = folders
     out = tmp_path / "out"
     assert main(["predict", *SEG, str(inputs), str(tmp_path / "missing.png"), "-o", str(out)]) == 1
