@@ -19,13 +19,14 @@ from huggingface_hub import constants as hf_constants
 
 import gdzoo._io as gdzoo_io
 import gdzoo.models.shipped as shipped
-from _paths import REPO
 from gdzoo.hub import export_hub_folder, seed_cache
 from gdzoo.models.shipped import ShippedWeightsError, load_manifest
 from gdzoo.models.weights_files import WEIGHTS_FILE
 from gdzoo.models.weights_source import model_and_tag, resolve
 from gdzoo.training.modeling import create_model
 from gdzoo.training.recipes import default_recipe
+
+from _paths import REPO
 
 ORG = "gdzoo-test"
 

@@ -1,4 +1,5 @@
-"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits, timm transforms, robust image reading."""
+"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits, timm transforms,
+robust image reading."""
 
 from .classification import fashion_mnist_dataset, image_folder_dataset
 from .fashion_mnist import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, find_fashion_mnist, load_fashion_mnist

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-
 from timm.models import split_model_name_tag
 
 from .._io import atomic_write, atomic_write_text
