@@ -238,8 +238,8 @@ def _random_init_part(names: list[str], args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.registry import list_gdzoo_models
     from ..inference.loading import published_tag
+    from ..models.registry import list_gdzoo_models
 
     _check_args(args)
     all_names = list_gdzoo_models()

@@ -22,9 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a model (run folder, checkpoint, Hub folder or pretrained) on a dataset split",
-        description="Evaluate a model on the test (or val, or train) split of a recipe's dataset. With a --checkpoint inside "
-        "a gdzoo run folder, that run's recipe and model are used; otherwise the built-in Fashion-MNIST data. The train "
-        "split is scored without augmentation, as the other splits, so its gap to val/test tells under- from overfitting.",
+        description="Evaluate a model on the test (or val, or train) split of a recipe's dataset. With a "
+        "--checkpoint inside a gdzoo run folder, that run's recipe and model are used; otherwise the built-in "
+        "Fashion-MNIST data. The train split is scored without augmentation, as the other splits, so its gap to "
+        "val/test tells under- from overfitting.",
     )
     add_weights_arguments(p)
     p.add_argument("--config", "-c", help="recipe whose data section defines the dataset")

@@ -81,7 +81,7 @@ def _is_own_output(path: Path) -> bool:
         try:
             with Image.open(png) as img:
                 return SETTINGS_KEY in img.info
-        except Exception:
+        except Exception:  # noqa: BLE001 - any PNG that cannot be read is not one of ours
             return False
 
     name = path.name

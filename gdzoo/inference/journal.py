@@ -140,7 +140,7 @@ def masks_done(mask: Path, overlay: Path, fingerprint: str) -> bool:
             return False
         with Image.open(mask) as img:
             return img.info.get(SETTINGS_KEY) == fingerprint
-    except Exception:  # an unreadable old output is simply redone
+    except Exception:  # noqa: BLE001 - an unreadable old output, whatever the reason, is simply redone
         return False
 
 

@@ -83,7 +83,8 @@ def unaugmented(dataset: Dataset, data_config: dict[str, Any]) -> Dataset:
         view = copy.copy(dataset)
         view.augment, view.jitter, view.scale_range = None, False, None
         return view
-    raise TypeError(f"no un-augmented view of a {type(dataset).__name__}; expected a gdzoo classification or segmentation split")
+    raise TypeError(f"no un-augmented view of a {type(dataset).__name__}; expected a gdzoo classification or "
+                    "segmentation split")
 
 
 def _subset(n: int, size: int | float | None, seed: int) -> list[int] | None:
@@ -108,7 +109,8 @@ def dataset_num_classes(cfg: DataConfig) -> int:
 def image_folder_classes(cfg: DataConfig) -> list[str]:
     """Every class folder name of an image-folder dataset: ``ROOT/<class>`` or those of ``ROOT/{train,val,test}/``."""
     root = _require_root(cfg)
-    roots = [root / "train" if (root / "train").is_dir() else root] + [root / s for s in ("val", "test") if (root / s).is_dir()]
+    roots = [root / "train" if (root / "train").is_dir() else root]
+    roots += [root / s for s in ("val", "test") if (root / s).is_dir()]
     return sorted({name for r in roots for name in class_folders(r)})
 
 
@@ -125,10 +127,12 @@ def _augment_kwargs(aug: AugmentConfig) -> dict[str, Any] | None:
             "color_jitter": aug.color_jitter, "auto_augment": aug.auto_augment, "re_prob": aug.re_prob}
 
 
-def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class_to_idx: Mapping[str, int] | None = None,
+def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module,
+                    class_to_idx: Mapping[str, int] | None = None,
                     class_names: Sequence[str] | None = None) -> DataBundle:
     data_config = resolve_data_config_for(
-        model, {"img_size": cfg.img_size, "mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation, "crop_pct": cfg.crop_pct}
+        model, {"img_size": cfg.img_size, "mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
+                "crop_pct": cfg.crop_pct}
     )
     mode = pil_mode(data_config["input_size"][0])
     train_tf = build_transform(data_config, is_training=True, augment=_augment_kwargs(aug))
@@ -143,7 +147,8 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class
         root = _require_root(cfg)
         train_root = root / "train" if (root / "train").is_dir() else root
         full = image_folder_dataset(train_root, class_names, mode, class_to_idx)
-        val_source = image_folder_dataset(root / "val", full.classes, mode, class_to_idx) if (root / "val").is_dir() else full
+        val_source = (image_folder_dataset(root / "val", full.classes, mode, class_to_idx)
+                      if (root / "val").is_dir() else full)
         test = (image_folder_dataset(root / "test", full.classes, mode, class_to_idx)
                 if cfg.evaluate_test and (root / "test").is_dir() else None)
         names = [root.name]
@@ -160,7 +165,8 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class
     return DataBundle(
         train=_Transformed(full, train_idx, train_tf),
         val=val,
-        test=_Transformed(test, _subset(len(test), cfg.test_subset, cfg.split_seed), eval_tf) if test is not None else None,
+        test=(_Transformed(test, _subset(len(test), cfg.test_subset, cfg.split_seed), eval_tf)
+              if test is not None else None),
         classes=list(full.classes),
         data_config=data_config,
         task="classification",
@@ -192,14 +198,17 @@ def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Data
     val_size = DEFAULT_VAL_SIZE["segmentation"] if cfg.val_size is None else cfg.val_size
     splits = _segmentation_splits(root, cfg, val_size)
     common = dict(tile_size=cfg.tile_size, stride=cfg.tile_stride, in_chans=data_config["input_size"][0],
-                  mean=data_config["mean"], std=data_config["std"], mask_mode=cfg.mask_mode, num_classes=cfg.num_classes)
-    augment = PairedAugment(aug.hflip, aug.vflip, aug.rot90, aug.color_jitter, aug.stain_jitter) if aug.enabled else None
+                  mean=data_config["mean"], std=data_config["std"], mask_mode=cfg.mask_mode,
+                  num_classes=cfg.num_classes)
+    augment = (PairedAugment(aug.hflip, aug.vflip, aug.rot90, aug.color_jitter, aug.stain_jitter)
+               if aug.enabled else None)
     train = SegmentationTiles(splits["train"], augment=augment, jitter=aug.enabled and aug.tile_jitter,
                               scale_range=aug.scale_jitter if aug.enabled else None, **common)
     if cfg.train_subset is not None:
         train.index = [train.index[i] for i in _subset(len(train), cfg.train_subset, cfg.split_seed)]
     val = SegmentationTiles(splits["val"], **common) if splits["val"] else None
-    test = SegmentationTiles(splits["test"], **common) if splits["test"] and cfg.evaluate_test else None  # held out either way
+    # held out either way
+    test = SegmentationTiles(splits["test"], **common) if splits["test"] and cfg.evaluate_test else None
     if test is not None and cfg.test_subset is not None:
         test.index = [test.index[i] for i in _subset(len(test), cfg.test_subset, cfg.split_seed)]
     return DataBundle(
@@ -209,16 +218,19 @@ def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> Data
 
 
 def build_datasets(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, task: str,
-                   class_to_idx: Mapping[str, int] | None = None, class_names: Sequence[str] | None = None) -> DataBundle:
+                   class_to_idx: Mapping[str, int] | None = None,
+                   class_names: Sequence[str] | None = None) -> DataBundle:
     """Datasets for ``task`` ('classification' or 'segmentation') per the recipe's data section.
 
     For an image folder, ``class_to_idx`` (folder name -> class index) and ``class_names`` (the name of each
     index) label the images with a trained model's classes instead of the folders' alphabetical order.
     """
     if task == "segmentation" and cfg.dataset != "segmentation":
-        raise ValueError(f"model is a segmentation model but data.dataset={cfg.dataset!r}; use data.dataset=segmentation")
+        raise ValueError(f"model is a segmentation model but data.dataset={cfg.dataset!r}; "
+                         "use data.dataset=segmentation")
     if task == "classification" and cfg.dataset == "segmentation":
-        raise ValueError("data.dataset=segmentation needs a segmentation model (pretrained_cfg task 'segmentation' or model.task=segmentation)")
+        raise ValueError("data.dataset=segmentation needs a segmentation model (pretrained_cfg task 'segmentation' "
+                         "or model.task=segmentation)")
     if task == "segmentation":
         return _segmentation(cfg, aug, model)
     return _classification(cfg, aug, model, class_to_idx if cfg.dataset == "image_folder" else None, class_names)

@@ -90,13 +90,15 @@ class ImageTiles:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
     def window(self, y: int, x: int, size: int) -> torch.Tensor:
-        part = torch.from_numpy(self.pixels[y : y + size, x : x + size].astype(np.float32)).permute(2, 0, 1) / self.scale
+        part = torch.from_numpy(self.pixels[y : y + size, x : x + size].astype(np.float32)).permute(2, 0, 1)
+        part = part / self.scale
         return (part.expand(self.channels, -1, -1) - self.mean) / self.std
 
 
 def _kept_span(origin: int, tile: int, margin: int, full: int) -> tuple[int, int]:
     """``[start, stop)`` a tile at ``origin`` contributes along one axis: its interior, or up to an image border."""
-    return (origin if origin == 0 else origin + margin, origin + tile if origin + tile == full else origin + tile - margin)
+    start = origin if origin == 0 else origin + margin
+    return start, origin + tile if origin + tile == full else origin + tile - margin
 
 
 def _coverage(origins: list[int], tile: int, margin: int, full: int) -> torch.Tensor:
