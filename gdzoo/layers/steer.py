@@ -33,7 +33,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from .gd_conv import GDConv2d
+from .gd_conv import CachedKernelConv, GDConv2d
 
 __all__ = ["steer", "steer_gdconv", "steering_problems"]
 
@@ -88,6 +88,8 @@ def steering_problems(model: nn.Module) -> dict[str, str]:
             reason = _gd_problem(module)
         elif isinstance(module, nn.modules.conv._ConvNd) and not _inside_gd(model, name):
             reason = _conv_problem(module)
+        elif isinstance(module, CachedKernelConv):  # e.g. DAUConv2d: generated kernels steer cannot re-pose
+            reason = f"{type(module).__name__} (only GDConv2d layers are re-posed)"
         else:
             reason = None
         if reason:
