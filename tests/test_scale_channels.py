@@ -101,6 +101,22 @@ def test_pooling_equals_torch_reductions_of_the_independent_outputs(pool: str) -
         torch.testing.assert_close(features, expected, rtol=1e-9, atol=1e-10)
 
 
+def test_window_runs_each_channel_on_its_rescaled_training_frame() -> None:
+    model = tiny()
+    x = torch.randn(2, 1, 40, 40, dtype=torch.float64)
+    scales = (0.7, 1.0, 1.5, 2.0, 3.0)
+    # window 16: 11.2 → 12, 16, 24, 32 (the nearest even sizes: 40 is even), 48 → the whole 40×40 input
+    crops = [x[..., 14:26, 14:26], x[..., 12:28, 12:28], x[..., 8:32, 8:32], x[..., 4:36, 4:36], x]
+    channels = ScaleChannels(model, scales=scales, window=16).eval()
+    with torch.no_grad():
+        expected = torch.stack([steer(model, scale=s)(c) for s, c in zip(scales, crops)], dim=1)
+        torch.testing.assert_close(channels.channel_logits(x), expected, rtol=1e-9, atol=1e-10)
+    odd = torch.randn(1, 1, 41, 41, dtype=torch.float64)
+    with torch.no_grad():  # 41 is odd: 16·1.0 → 17 (the nearest odd size), centred at 20
+        got = ScaleChannels(model, scales=(1.0,), window=16).eval()(odd)
+        torch.testing.assert_close(got, model(odd[..., 12:29, 12:29]))
+
+
 def _map_back(base: nn.Module, copy: nn.Module, scale: float) -> dict[str, torch.Tensor]:
     """Chain rule by hand: the gradient w.r.t. ``base``'s tensors of a loss whose gradient w.r.t. the tensors of
     ``copy = steer(base, scale)`` is in ``copy``'s ``.grad`` (σ_raw' = softplus⁻¹(s·softplus(σ_raw)), μ' = sμ,
@@ -170,6 +186,8 @@ def test_non_steerable_models_are_refused_naming_the_layer() -> None:
     ({"scales": (1.0, 1.0)}, r"scales must not repeat"),
     ({"scales": 2.0}, r"scales must be a non-empty sequence"),
     ({"channel_dropout": 1.0}, r"channel_dropout must be a probability in \[0, 1\), got 1.0"),
+    ({"window": 0}, r"window must be None or a positive int \(the training images' side\), got 0"),
+    ({"window": 28, "where": "features"}, r"window needs where='logits'"),
 ])
 def test_bad_arguments_name_the_value_and_what_is_allowed(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -29,7 +29,7 @@ from torch.func import functional_call
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
-__all__ = ["POOLS", "WHERES", "ScaleChannels", "steered_tensors"]
+__all__ = ["POOLS", "WHERES", "ScaleChannels", "centre_crop", "steered_tensors"]
 
 POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
@@ -101,6 +101,11 @@ class ScaleChannels(nn.Module):
             model's ``forward_head`` once on them; it needs timm's ``forward_features``/``forward_head``.
         channel_dropout: in training, each channel is dropped with this probability (not computed); at least
             one is always kept (a random one when all are dropped). Off in eval.
+        window: the side of the images the model was trained on, for inputs on a larger canvas: channel ``s``
+            then runs on the centred crop of side ≈ ``s·window`` (the training frame rescaled, with the input's
+            parity so it stays exactly centred; the whole input where that is larger). A model with global
+            average pooling learned its averages over its training frame, not over a mostly empty canvas.
+            Only with ``where='logits'`` (the channels' feature maps would differ in size).
 
     ``state_dict()`` has exactly the base model's keys, so its weights load into the plain model and back.
     Norm layers with running statistics update them once per channel in training. Gradient checkpointing in
@@ -121,6 +126,7 @@ class ScaleChannels(nn.Module):
         pool: str = "max",
         where: str = "logits",
         channel_dropout: float = 0.0,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
@@ -134,12 +140,16 @@ class ScaleChannels(nn.Module):
         if isinstance(channel_dropout, bool) or not isinstance(channel_dropout, (int, float)) \
                 or not 0.0 <= channel_dropout < 1.0:
             raise ValueError(f"channel_dropout must be a probability in [0, 1), got {channel_dropout!r}")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be None or a positive int (the training images' side), got {window!r}")
+        if window is not None and where == "features":
+            raise ValueError("window needs where='logits': cropped channels give feature maps of different sizes")
         problems = steering_problems(model)
         if problems:
             listed = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
             raise ValueError(f"{type(model).__name__} cannot be run in scale channels: {listed}")
         self.scales = _check_scales(scales)
-        self.pool, self.where, self.channel_dropout = pool, where, float(channel_dropout)
+        self.pool, self.where, self.channel_dropout, self.window = pool, where, float(channel_dropout), window
         self.model = model
         self._shells: dict[float, tuple[tuple, nn.Module]] = {}
         self.register_state_dict_post_hook(_strip_prefix)
@@ -173,6 +183,8 @@ class ScaleChannels(nn.Module):
         return tensors
 
     def _run(self, scale: float, x: torch.Tensor, features: bool) -> torch.Tensor:
+        if self.window is not None:
+            x = centre_crop(x, scale * self.window)
         if scale == 1.0:
             return self.model.forward_features(x) if features else self.model(x)
         shell = self._shell(scale)
@@ -213,7 +225,24 @@ class ScaleChannels(nn.Module):
     def extra_repr(self) -> str:
         scales = ", ".join(f"{s:g}" for s in self.scales)
         drop = f", channel_dropout={self.channel_dropout:g}" if self.channel_dropout else ""
-        return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}"
+        window = f", window={self.window}" if self.window is not None else ""
+        return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}"
+
+
+def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
+    """The centred crop of ``x`` whose sides are the integers nearest ``side`` with the parity of ``x``'s (so the
+    crop's centre is exactly the input's), at least 1 and at most the input's.
+
+    Example:
+        >>> centre_crop(torch.zeros(1, 1, 72, 72), 28 * 2**0.5).shape  # 39.6 → 40 (even, as 72)
+        torch.Size([1, 1, 40, 40])
+    """
+    crops = []
+    for size in x.shape[-2:]:
+        n = round((side - size % 2) / 2) * 2 + size % 2
+        n = min(size, max(n, 2 - size % 2))
+        crops.append(slice((size - n) // 2, (size - n) // 2 + n))
+    return x[..., crops[0], crops[1]]
 
 
 def _pool(outputs: torch.Tensor, pool: str) -> torch.Tensor:
