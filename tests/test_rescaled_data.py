@@ -30,7 +30,8 @@ def test_scale_one_is_the_image_centred_on_the_canvas(interpolation: str) -> Non
 
 @pytest.mark.parametrize(("scale", "interpolation", "antialias"), [
     (2.0, "bilinear", False), (2.0, "bicubic", True), (0.5, "bilinear", True), (0.5, "bicubic", True)])
-def test_matches_torch_resize_where_the_canvas_makes_it_exact(scale: float, interpolation: str, antialias: bool) -> None:
+def test_matches_torch_resize_where_the_canvas_makes_it_exact(scale: float, interpolation: str,
+                                                               antialias: bool) -> None:
     """Pad the 28×28 image with zeros to 72/s, then ``F.interpolate`` by ``s`` gives the 72×72 canvas directly."""
     torch.manual_seed(1)
     images = torch.rand(2, 1, 28, 28)

@@ -16,7 +16,7 @@ REDUCE = {"max": lambda t: t.amax(1), "mean": lambda t: t.mean(1), "logsumexp": 
 
 
 class TinyNet(nn.Module):
-    """Two GD layers, norms, ReLU, a 2×2 max-pool, a 1×1 conv, global average pooling and a linear head (timm's API)."""
+    """Two GD layers, norms, ReLU, a 2×2 max-pool, a 1×1 conv, global average pooling, a linear head (timm's API)."""
 
     def __init__(self, separated: bool = False, norm: str = "batchnorm") -> None:
         super().__init__()

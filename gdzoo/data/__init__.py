@@ -1,5 +1,5 @@
-"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits, timm transforms, robust image reading,
-rescaled test sets."""
+"""Datasets: Fashion-MNIST (idx files), image folders, segmentation tiles, seeded splits, timm transforms,
+robust image reading, rescaled test sets."""
 
 from .classification import fashion_mnist_dataset, image_folder_dataset
 from .fashion_mnist import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD, find_fashion_mnist, load_fashion_mnist

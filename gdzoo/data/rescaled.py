@@ -36,7 +36,7 @@ def _kernel(t: torch.Tensor, interpolation: str) -> torch.Tensor:
 
 def interpolation_matrix(size_in: int, size_out: int, scale: float, interpolation: str = "bicubic",
                          antialias: bool = True) -> torch.Tensor:
-    """``(size_out, size_in)`` float64 weights: row ``o`` resamples a zero-padded 1-D signal at ``c_in + (o − c_out)/s``.
+    """``(size_out, size_in)`` float64 weights: row ``o`` resamples a zero-padded signal at ``c_in + (o − c_out)/s``.
 
     Example:
         >>> interpolation_matrix(28, 72, 2.0).shape

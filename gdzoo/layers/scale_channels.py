@@ -29,7 +29,7 @@ from torch.func import functional_call
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
-__all__ = ["POOLS", "WHERES", "ScaleChannels", "centre_crop", "steered_tensors"]
+__all__ = ["POOLS", "WHERES", "ScaleChannels", "centre_crop", "pool_channels", "steered_tensors"]
 
 POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
@@ -219,7 +219,7 @@ class ScaleChannels(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = self.channel_outputs(x, self.active_channels(), features=self.where == "features")
-        pooled = _pool(outputs, self.pool)
+        pooled = pool_channels(outputs, self.pool)
         return self.model.forward_head(pooled) if self.where == "features" else pooled
 
     def extra_repr(self) -> str:
@@ -245,8 +245,10 @@ def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
     return x[..., crops[0], crops[1]]
 
 
-def _pool(outputs: torch.Tensor, pool: str) -> torch.Tensor:
-    """Pool ``(N, C, ...)`` over the channel dim 1."""
+def pool_channels(outputs: torch.Tensor, pool: str) -> torch.Tensor:
+    """Pool ``(N, C, ...)`` over the channel dim 1 by ``pool`` (one of :data:`POOLS`)."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if pool == "max":
         return outputs.amax(dim=1)
     if pool == "mean":
