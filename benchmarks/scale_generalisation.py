@@ -19,6 +19,7 @@ Stages (``--stage``):
 - ``select`` (prepared): scores the candidate scale sets × poolings of a trained model on the held-out
   validation images (5000 training images, split seed 0), rescaled to every protocol scale, and writes the
   choice (best mean accuracy over the scales among those within 0.5 points of the best at scale 1).
+- ``cost``: seconds per 200 images of each channel alone (``results/scale/cost.json``).
 - ``doc``: docs/scale.md from the stored cells.
 
 Usage::
@@ -264,6 +265,28 @@ def run_select(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_cost(n: int = 200, repeats: int = 3) -> dict:
+    """Seconds per ``n`` canvas images of each channel alone (ScaleChannels(scales=(s,), window=28)), best of
+    ``repeats``: a channel's cost grows with its frame (≈ s² pixels) and its kernels (≈ s² taps)."""
+    model = load_model("gd_fmnist", None)
+    images, _ = load_fashion_mnist("test")
+    x = normalise(model, rescale_on_canvas(images[:n], 1.0, CANVAS, INTERPOLATION, ANTIALIAS))
+    cost = {"images": n, "threads": torch.get_num_threads(), "seconds": {}}
+    for s in PROTOCOL_SCALES:
+        channel = gdzoo.ScaleChannels(model, scales=(s,), window=FRAME).eval()
+        times = []
+        with torch.no_grad():
+            channel(x[:2])  # builds the steered structure and the kernel cache
+            for _ in range(repeats):
+                start = time.perf_counter()
+                batched(channel, x)
+                times.append(time.perf_counter() - start)
+        cost["seconds"][scale_name(s)] = round(min(times), 3)
+    atomic_write_text(RESULTS / "cost.json", json.dumps(cost, indent=1) + "\n")
+    print(json.dumps(cost))
+    return cost
+
+
 # ---------------------------------------------------------------------------------------------- the doc
 def _row(label: str, values: list[float | None]) -> str:
     return f"| {label} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in values) + " |"
@@ -298,6 +321,22 @@ def table(done: dict) -> list[str]:
     return lines
 
 
+def cost_lines() -> list[str]:
+    path = RESULTS / "cost.json"
+    if not path.is_file():
+        return []
+    cost = json.loads(path.read_text())
+    seconds = cost["seconds"]
+    one = seconds[scale_name(1.0)]
+    return [f"Cost of each channel alone (`--stage cost`, {path.relative_to(ROOT)}): seconds per {cost['images']} "
+            f"canvas images, best of 3, {cost['threads']} thread(s) of the shared CPU; relative to the scale-1 channel "
+            "(the plain model on its 28×28 frame).", "",
+            "| channel scale | " + " | ".join(f"{s:.3g}" for s in PROTOCOL_SCALES) + " |",
+            "|---|" + "---:|" * len(PROTOCOL_SCALES),
+            "| seconds | " + " | ".join(f"{seconds[scale_name(s)]:.2f}" for s in PROTOCOL_SCALES) + " |",
+            "| × scale 1 | " + " | ".join(f"{seconds[scale_name(s)] / one:.1f}" for s in PROTOCOL_SCALES) + " |", ""]
+
+
 def write_doc(n_test: int) -> None:
     path = results_path(n_test, None)
     done = json.loads(path.read_text()) if path.is_file() else {}
@@ -309,7 +348,7 @@ def write_doc(n_test: int) -> None:
              f"The first {n_test} of the 10000 test images at every scale (72×72 canvas, bicubic, antialiased); "
              f"published weights `gd_fmnist.fmnist` and `ff_fmnist.fmnist`, no retraining. "
              f"Evaluation time {seconds / 60:.0f} min on one thread of a shared 2-core CPU.", "",
-             *table(done), "", end]
+             *table(done), "", *cost_lines(), end]
     if start in text and end in text:
         text = text[: text.index(start)] + "\n".join(block) + text[text.index(end) + len(end):]
     else:
@@ -319,7 +358,7 @@ def write_doc(n_test: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("eval", "train", "select", "doc"), default="eval")
+    parser.add_argument("--stage", choices=("eval", "train", "select", "cost", "doc"), default="eval")
     parser.add_argument("--n-test", type=int, default=2000, help="test images per scale (the first n of 10000)")
     parser.add_argument("--weights", default=None, help="eval: a trained gd_fmnist safetensors file instead")
     parser.add_argument("--threads", type=int, default=1)
@@ -345,6 +384,8 @@ def main() -> None:
         run_train(args)
     elif args.stage == "select":
         run_select(args)
+    elif args.stage == "cost":
+        run_cost()
     else:
         write_doc(args.n_test)
 

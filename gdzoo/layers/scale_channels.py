@@ -13,7 +13,8 @@ weights and the whole module trains end to end (gradients of all channels reach 
 The last item changes no tensor: each channel keeps a structural copy made by ``steer`` (its kernel sizes,
 paddings and ``sigma_min``) and is run with :func:`torch.func.functional_call`, its tensors replaced by the
 base model's, re-posed as above (differentiable maps). Pointwise layers, norms, activations and pooling are
-shared unchanged, so a channel costs one forward of the (steered) model: ``n`` channels ≈ ``n×`` the time.
+shared unchanged, so a channel costs one forward of its steered model, which grows with ``s`` (its kernels have
+≈ ``s²`` as many taps; with ``window``, its frame ≈ ``s²`` as many pixels): docs/scale.md has measured costs.
 """
 
 from __future__ import annotations
