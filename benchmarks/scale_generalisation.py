@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "scale"
 RUNS = ROOT / "runs" / "scale"
 DOC = ROOT / "docs" / "scale.md"
+PLOT = ROOT / "docs" / "scale.png"
 
 CANVAS, INTERPOLATION, ANTIALIAS, FRAME = 72, "bicubic", True, 28
 BATCH = 250
@@ -292,19 +293,24 @@ def _row(label: str, values: list[float | None]) -> str:
     return f"| {label} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in values) + " |"
 
 
+def series(done: dict, name: str, path: tuple) -> list[float | None]:
+    """One number per test scale: ``done[name|scale][path...]`` (None where not run yet)."""
+    out = []
+    for s in PROTOCOL_SCALES:
+        value = done.get(f"{name}|{scale_name(s)}")
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        out.append(value)
+    return out
+
+
 def table(done: dict) -> list[str]:
     scales = [scale_name(s) for s in PROTOCOL_SCALES]
     head = "| top-1 (%) at test scale | " + " | ".join(f"{s:.3g}" for s in PROTOCOL_SCALES) + " |"
     lines = [head, "|---|" + "---:|" * len(scales)]
 
     def get(name: str, path: tuple) -> list[float | None]:
-        out = []
-        for s in scales:
-            value = done.get(f"{name}|{s}")
-            for part in path:
-                value = value.get(part) if isinstance(value, dict) else None
-            out.append(value)
-        return out
+        return series(done, name, path)
 
     lines.append(_row("`ff_fmnist` plain, whole 72×72 canvas", get("ff_fmnist", ("plain_canvas",))))
     lines.append(_row("`ff_fmnist` plain, centred 28×28 frame", get("ff_fmnist", ("plain_frame",))))
@@ -319,6 +325,43 @@ def table(done: dict) -> list[str]:
             label = f"channels {set_name}, {pool}" + (" (the issue's prototype rule)" if pool == "maxprob" else "")
             lines.append(_row(label, get("gd_fmnist", ("pooled", set_name, pool))))
     return lines
+
+
+PLOTTED = (("ff_fmnist", ("plain_frame",), "ff_fmnist plain (28×28 frame)", "--"),
+           ("gd_fmnist", ("plain_frame",), "gd_fmnist plain (28×28 frame)", "--"),
+           ("gd_fmnist", ("oracle",), "gd_fmnist steered to the true scale (oracle)", ":"),
+           ("gd_fmnist", ("pooled", "{1, √2, 2}", "max"), "channels {1, √2, 2}, max", "-"),
+           ("gd_fmnist", ("pooled", "{1/√2, 1, √2, 2}", "max"), "channels {1/√2, 1, √2, 2}, max", "-"),
+           ("gd_fmnist", ("pooled", "{1/√2, 1, √2, 2}", "mean"), "channels {1/√2, 1, √2, 2}, mean", "-"),
+           ("gd_fmnist", ("pooled", "{1/2 … 2} (¼ octave)", "max"), "channels {1/2 … 2}, max", "-"))
+
+
+def plot(done: dict) -> None:
+    """docs/scale.png: top-1 against the test scale for the main rows of the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, path, label, style in PLOTTED:
+        if path == ("oracle",):
+            values = [done.get(f"{name}|{scale_name(s)}", {}).get("channel", {}).get(scale_name(s))
+                      for s in PROTOCOL_SCALES]
+        else:
+            values = series(done, name, path)
+        points = [(s, v) for s, v in zip(PROTOCOL_SCALES, values) if v is not None]
+        if points:
+            ax.plot(*zip(*points), style, marker="o", label=label)
+    ax.set(xlabel="test scale factor s", ylabel="top-1 (%)", xscale="log", ylim=(0, 100),
+           title="Rescaled Fashion-MNIST (72×72 canvas), published weights, no retraining")
+    ax.set_xticks(PROTOCOL_SCALES, [f"{s:.3g}" for s in PROTOCOL_SCALES])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
 
 
 def cost_lines() -> list[str]:
@@ -348,12 +391,13 @@ def write_doc(n_test: int) -> None:
              f"The first {n_test} of the 10000 test images at every scale (72×72 canvas, bicubic, antialiased); "
              f"published weights `gd_fmnist.fmnist` and `ff_fmnist.fmnist`, no retraining. "
              f"Evaluation time {seconds / 60:.0f} min on one thread of a shared 2-core CPU.", "",
-             *table(done), "", *cost_lines(), end]
+             *table(done), "", "![top-1 against the test scale](scale.png)", "", *cost_lines(), end]
     if start in text and end in text:
         text = text[: text.index(start)] + "\n".join(block) + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
     atomic_write_text(DOC, text)
+    plot(done)
 
 
 def main() -> None:

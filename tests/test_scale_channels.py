@@ -254,3 +254,13 @@ def test_parameters_are_the_base_models_and_train_mode_reaches_every_channel() -
     with torch.no_grad():
         torch.testing.assert_close(channels.channel_logits(x), independent(model, x), rtol=1e-9, atol=1e-10)
 
+
+
+def test_channels_follow_a_new_head() -> None:
+    model = tiny()
+    channels = ScaleChannels(model, scales=(1.0, 2.0)).eval()
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert channels(x).shape == (1, 3)
+        model.fc = nn.Linear(6, 5).double()  # the structural copies are rebuilt: their tensors' shapes changed
+        torch.testing.assert_close(channels.channel_logits(x), independent(model, x, (1.0, 2.0)), rtol=1e-9, atol=1e-10)

@@ -110,8 +110,9 @@ class ScaleChannels(nn.Module):
 
     ``state_dict()`` has exactly the base model's keys, so its weights load into the plain model and back.
     Norm layers with running statistics update them once per channel in training. Gradient checkpointing in
-    the base model is refused in training (its recomputation would run the unsteered geometry). Build the
-    channels after changing the model's structure (e.g. ``reset_classifier``): each keeps a structural copy.
+    the base model is refused in training (its recomputation would run the unsteered geometry). Each channel keeps
+    a structural copy, rebuilt when the model's tensor names or shapes change (e.g. ``reset_classifier``); other
+    changes of structure (a new drop rate, swapped activations) need a new ScaleChannels.
 
     Example:
         >>> import timm, gdzoo
