@@ -331,6 +331,7 @@ PLOTTED = (("ff_fmnist", ("plain_frame",), "ff_fmnist plain (28×28 frame)", "--
            ("gd_fmnist", ("plain_frame",), "gd_fmnist plain (28×28 frame)", "--"),
            ("gd_fmnist", ("oracle",), "gd_fmnist steered to the true scale (oracle)", ":"),
            ("gd_fmnist", ("pooled", "{1, √2, 2}", "max"), "channels {1, √2, 2}, max", "-"),
+           ("gd_fmnist", ("pooled", "{1 … 2} (¼ octave)", "logsumexp"), "channels {1 … 2} (¼ octave), logsumexp", "-"),
            ("gd_fmnist", ("pooled", "{1/√2, 1, √2, 2}", "max"), "channels {1/√2, 1, √2, 2}, max", "-"),
            ("gd_fmnist", ("pooled", "{1/√2, 1, √2, 2}", "mean"), "channels {1/√2, 1, √2, 2}, mean", "-"),
            ("gd_fmnist", ("pooled", "{1/2 … 2} (¼ octave)", "max"), "channels {1/2 … 2}, max", "-"))
