@@ -117,6 +117,26 @@ def test_window_runs_each_channel_on_its_rescaled_training_frame() -> None:
         torch.testing.assert_close(got, model(odd[..., 12:29, 12:29]))
 
 
+@pytest.mark.parametrize("window", [None, 16])
+def test_below_one_resize_runs_the_plain_model_on_the_enlarged_input(window: int | None) -> None:
+    model = tiny()
+    x = torch.randn(2, 1, 40, 40, dtype=torch.float64)
+    channels = ScaleChannels(model, scales=(0.5, 0.7, 1.0, 2.0), window=window, below_one="resize").eval()
+
+    def enlarged(crop: torch.Tensor, size: int) -> torch.Tensor:
+        return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+    if window is None:  # the whole input enlarged by 1/s: 80 and round(57.1) = 57 pixels
+        inputs = [enlarged(x, 80), enlarged(x, 57), x, x]
+    else:  # the crop of side ≈ 16·s (8, 12: even as 40) enlarged to 16×16; then 16 and 32 as before
+        inputs = [enlarged(x[..., 16:24, 16:24], 16), enlarged(x[..., 14:26, 14:26], 16), x[..., 12:28, 12:28],
+                  x[..., 4:36, 4:36]]
+    with torch.no_grad():
+        outs = [model(inputs[0]), model(inputs[1]), model(inputs[2]), steer(model, scale=2.0)(inputs[3])]
+        expected = torch.stack(outs, dim=1)
+        torch.testing.assert_close(channels.channel_logits(x), expected, rtol=1e-9, atol=1e-10)
+
+
 def _map_back(base: nn.Module, copy: nn.Module, scale: float) -> dict[str, torch.Tensor]:
     """Chain rule by hand: the gradient w.r.t. ``base``'s tensors of a loss whose gradient w.r.t. the tensors of
     ``copy = steer(base, scale)`` is in ``copy``'s ``.grad`` (σ_raw' = softplus⁻¹(s·softplus(σ_raw)), μ' = sμ,
@@ -188,6 +208,8 @@ def test_non_steerable_models_are_refused_naming_the_layer() -> None:
     ({"channel_dropout": 1.0}, r"channel_dropout must be a probability in \[0, 1\), got 1.0"),
     ({"window": 0}, r"window must be None or a positive int \(the training images' side\), got 0"),
     ({"window": 28, "where": "features"}, r"window needs where='logits'"),
+    ({"below_one": "blur"}, r"below_one must be one of \('steer', 'resize'\), got 'blur'"),
+    ({"below_one": "resize", "where": "features"}, r"below_one='resize' needs where='logits'"),
 ])
 def test_bad_arguments_name_the_value_and_what_is_allowed(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -30,10 +30,11 @@ from torch.func import functional_call
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
-__all__ = ["POOLS", "WHERES", "ScaleChannels", "centre_crop", "pool_channels", "steered_tensors"]
+__all__ = ["BELOW_ONE", "POOLS", "WHERES", "ScaleChannels", "centre_crop", "pool_channels", "steered_tensors"]
 
 POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
+BELOW_ONE = ("steer", "resize")
 _PREFIX = "model."
 
 
@@ -107,6 +108,10 @@ class ScaleChannels(nn.Module):
             parity so it stays exactly centred; the whole input where that is larger). A model with global
             average pooling learned its averages over its training frame, not over a mostly empty canvas.
             Only with ``where='logits'`` (the channels' feature maps would differ in size).
+        below_one: how channels with ``s < 1`` are made. ``'steer'`` shrinks the kernels like the others (σ can
+            then fall below a pixel and alias); ``'resize'`` runs the unsteered model on the input enlarged by
+            ``1/s`` (bicubic; with ``window``: the channel's crop resized to ``window × window``), the classic
+            scale channel. Only with ``where='logits'``.
 
     ``state_dict()`` has exactly the base model's keys, so its weights load into the plain model and back.
     Norm layers with running statistics update them once per channel in training. Gradient checkpointing in
@@ -129,6 +134,7 @@ class ScaleChannels(nn.Module):
         where: str = "logits",
         channel_dropout: float = 0.0,
         window: int | None = None,
+        below_one: str = "steer",
     ) -> None:
         super().__init__()
         if pool not in POOLS:
@@ -144,6 +150,10 @@ class ScaleChannels(nn.Module):
             raise ValueError(f"channel_dropout must be a probability in [0, 1), got {channel_dropout!r}")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be None or a positive int (the training images' side), got {window!r}")
+        if below_one not in BELOW_ONE:
+            raise ValueError(f"below_one must be one of {BELOW_ONE}, got {below_one!r}")
+        if below_one == "resize" and where == "features":
+            raise ValueError("below_one='resize' needs where='logits': resized channels give other feature map sizes")
         if window is not None and where == "features":
             raise ValueError("window needs where='logits': cropped channels give feature maps of different sizes")
         problems = steering_problems(model)
@@ -152,6 +162,7 @@ class ScaleChannels(nn.Module):
             raise ValueError(f"{type(model).__name__} cannot be run in scale channels: {listed}")
         self.scales = _check_scales(scales)
         self.pool, self.where, self.channel_dropout, self.window = pool, where, float(channel_dropout), window
+        self.below_one = below_one
         self.model = model
         self._shells: dict[float, tuple[tuple, nn.Module]] = {}
         self.register_state_dict_post_hook(_strip_prefix)
@@ -187,6 +198,9 @@ class ScaleChannels(nn.Module):
     def _run(self, scale: float, x: torch.Tensor, features: bool) -> torch.Tensor:
         if self.window is not None:
             x = centre_crop(x, scale * self.window)
+        if scale < 1.0 and self.below_one == "resize":
+            size = (self.window,) * 2 if self.window is not None else tuple(round(n / scale) for n in x.shape[-2:])
+            return self.model(F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False))
         if scale == 1.0:
             return self.model.forward_features(x) if features else self.model(x)
         shell = self._shell(scale)
@@ -228,7 +242,8 @@ class ScaleChannels(nn.Module):
         scales = ", ".join(f"{s:g}" for s in self.scales)
         drop = f", channel_dropout={self.channel_dropout:g}" if self.channel_dropout else ""
         window = f", window={self.window}" if self.window is not None else ""
-        return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}"
+        below = ", below_one='resize'" if self.below_one == "resize" else ""
+        return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}{below}"
 
 
 def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
