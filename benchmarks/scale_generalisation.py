@@ -9,8 +9,9 @@ Stages (``--stage``):
 
 - ``eval`` (default): the published weights, NO retraining. For every test scale, ``gd_fmnist`` and
   ``ff_fmnist`` plain (on the whole canvas, and on its centred 28×28 training frame), and ``gd_fmnist``
-  steered to every protocol scale (each channel on its rescaled training frame, ``window=28``); every scale
-  set × pooling is then scored from those channel logits (pooling subsets of channels is exactly what
+  steered to every protocol scale (each channel on its rescaled training frame, ``window=28``; the channels
+  under 1 also with ``below_one='resize'``), and both models on the frame resized back to 28×28 (an oracle);
+  every scale set × pooling is then scored from those channel logits (pooling subsets of channels is exactly what
   ``ScaleChannels(scales=subset, pool=...)`` computes: tests/test_scale_channels.py). One JSON cell per
   (weights, test scale) in ``results/scale/eval_<n>.json``, written as it finishes: an interrupted run resumes.
 - ``train`` (prepared, for a later session): ``gd_fmnist`` trained inside ``ScaleChannels`` on 28×28 training
