@@ -15,8 +15,8 @@ import sys as _sys
 __version__ = "0.1.0"
 
 __all__ = [
-    "GDConv2d", "ScaleChannels", "__version__", "conv_to_gd", "fit_gdconv_", "gdify", "generator", "set_generator",
-    "steer",
+    "GDConv2d", "ScaleChannels", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify", "generator",
+    "set_generator", "steer",
 ]
 
 # public name -> submodule that defines it (imported on first access when the package was imported lazily)
@@ -29,6 +29,7 @@ _LAZY = {
     "fit_gdconv_": "layers",
     "gdify": "layers",
     "steer": "layers",
+    "export": "deploy",  # imported on first use, also outside the CLI: it pulls in training and data
 }
 _CLI_MODULES = ("gdzoo", "gdzoo.__main__", "gdzoo.cli", "gdzoo.cli.main")
 

@@ -9,8 +9,15 @@ This module imports nothing, so every layer of gdzoo may use it.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["DerivationSourceUnavailable", "UserError"]
 
 
 class UserError(ValueError):
     """A file, value or recipe the user can fix; the message is one line naming it and the fix."""
+
+
+class DerivationSourceUnavailable(UserError):
+    """Weights derived on first use (``gd_vgg16.tv_in1k``) whose source weights are neither cached nor downloadable.
+
+    The message names the source, its size, and how to provide it offline; the Hub's error stays chained.
+    """

@@ -208,3 +208,26 @@ def test_tampered_shipped_weights_one_line(run, tmp_path, monkeypatch, capsys) -
     monkeypatch.setattr(shipped, "shipped_roots", lambda: [root])
     rc = main(["train", "-c", str(config), "--output", str(tmp_path), "--name", "i", "--pretrained"])
     _one_line(rc, capsys.readouterr().err, "train", f"Shipped weights {weights} are damaged", "Reinstall gdzoo")
+
+
+# j. a --checkpoint / --resume path that does not exist (issue #32, item 3) -------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "--checkpoint", "{missing}"],
+    ["eval", "--model", "ff_fmnist", "--checkpoint", "{missing}/best.safetensors"],
+    ["predict", "{image}", "--checkpoint", "{missing}", "-o", "{out}"],
+    ["predict", "{image}", "--model", "gd_unet", "--checkpoint", "{missing}", "-o", "{out}"],
+    ["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--output", "{out}", "--resume", "{missing}/last.pth"],
+    ["hub", "export", "gd_fmnist", "{missing}/best.safetensors", "--tag", "mine", "--root", "{out}"],
+])
+def test_missing_checkpoint_path_is_named_as_missing(command: list[str], tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "runs" / "table3" / "gd_unet"
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    args = [a.format(missing=missing, image=image, out=tmp_path / "out") for a in command]
+    rc = main(args)
+    _one_line(rc, capsys.readouterr().err, command[0], str(missing), "does not exist")
+    assert not (tmp_path / "out").exists()  # nothing written (train: no run folder)

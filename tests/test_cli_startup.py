@@ -11,7 +11,7 @@ import pytest
 
 from _paths import REPO
 
-HEAVY = ("torch", "timm", "gdzoo.models", "gdzoo.layers", "gdzoo.training", "gdzoo.hub")
+HEAVY = ("torch", "timm", "gdzoo.models", "gdzoo.layers", "gdzoo.training", "gdzoo.hub", "gdzoo.deploy")
 HELP_CALLS = [
     ["--help"],
     ["--version"],
@@ -23,6 +23,8 @@ HELP_CALLS = [
     ["convert", "--help"],
     ["hub", "--help"],
     ["hub", "seed", "--help"],
+    ["export", "--help"],
+    ["export", "gd_unet.monuseg"],  # a usage error: no -o
     ["train", "--nope"],  # a usage error
     ["predict"],  # a usage error: missing arguments
     [],  # no command: the help

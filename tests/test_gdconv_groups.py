@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gdzoo import GDConv2d, gdify
-from gdzoo.layers.fit import _projection_residual, _target_moment, fit_gdconv_
+from gdzoo.layers.fit import fit_gdconv_
+from gdzoo.layers.fit_kernel import _projection_residual, _target_moment
 from gdzoo.layers.gdify import conv_to_gd
 from gdzoo.layers.steer import steer_gdconv
 

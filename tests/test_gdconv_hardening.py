@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import gdzoo.layers.gd_conv as gd_conv_module
+import gdzoo.layers.kernel_cache as kernel_cache_module
 from gdzoo import GDConv2d
 from gdzoo.kernels import derivative_orders, gaussian_derivative_basis
 from gdzoo.kernels.basis import gaussian_derivative_basis_reference
@@ -494,19 +494,19 @@ def test_rfnn_published_weights_load_strict() -> None:
 
 
 def _snapshot_compare(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
-    return gd_conv_module._Snapshot(a).matches(b)
+    return kernel_cache_module._Snapshot(a).matches(b)
 
 
 def _one_read_compare(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
-    bits = gd_conv_module._bits
-    return gd_conv_module._same_bits_one_read(tuple(bits(t) for t in a), tuple(bits(t) for t in b))
+    bits = kernel_cache_module._bits
+    return kernel_cache_module._same_bits_one_read(tuple(bits(t) for t in a), tuple(bits(t) for t in b))
 
 
 @pytest.mark.parametrize("compare", [_snapshot_compare, _one_read_compare], ids=["host-snapshot", "one-read"])
 def test_value_comparison_is_bitwise(compare: Callable) -> None:
     """Both comparison paths (host; accelerators, run here on CPU tensors) see any one-bit change, in small
     tensors (torch.equal) and large ones (bytes)."""
-    large = gd_conv_module._BYTES_MIN_NUMEL + 7
+    large = kernel_cache_module._BYTES_MIN_NUMEL + 7
     a = (torch.randn(5, 3), torch.randn(4, 2, dtype=F64), torch.randn(7).half(), torch.randn(large),
          torch.randn(large, dtype=F64).bfloat16())
     same = tuple(t.clone() for t in a)

@@ -1,8 +1,10 @@
-"""A real 2-process gloo DDP run on CPU (torchrun on 127.0.0.1): both ranks end with identical weights."""
+"""A real 2-process gloo DDP run on CPU (torchrun on 127.0.0.1): both ranks end with identical weights; only rank 0
+prints progress."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +25,7 @@ recipe = load_recipe(None, [
     "name=ddp", "model.name=gd_fmnist", "model.pretrained=false", "data.train_subset=256", "data.val_size=0",
     "data.test_subset=64", "data.batch_size=16", "optim.lr=0.01", "train.epochs=2", "train.device=cpu",
     "augment.enabled=true", "augment.scale=[0.8, 1.0]", "train.checkpoint_every_steps=5",
-    f"output.dir={out}", "output.plots=false", "output.progress=false",
+    f"output.dir={out}", "output.plots=false", "output.log_every_s=0",  # a progress line per step, from rank 0 only
 ])
 result = train(recipe)
 rank = os.environ["RANK"]
@@ -60,6 +62,8 @@ def test_two_process_gloo_ddp_ranks_agree(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
+    steps = re.findall(r"^epoch (\d)/2  step (\d+)/8  ", proc.stdout, re.M)  # stdout is a pipe: progress lines
+    assert steps == [(str(e), str(s)) for e in (1, 2) for s in range(1, 9)]  # once per step: rank 1 prints none
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert rank0.keys() == rank1.keys()
     for key in rank0:

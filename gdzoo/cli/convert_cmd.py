@@ -59,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from ..hub.convert import convert_model, export_converted
 
     source = load_source(args.source, args.checkpoint, args.num_classes)
+    # this process's choice (gdzoo.threads): one intra-op thread for the kernel-space fit's tiny tensors
     model, report = convert_model(
         source, args.target, source_name=args.source, num_images=args.num_images, img_size=args.img_size,
-        refine_steps=args.refine_steps, seed=args.seed, fit_options={"restarts": args.restarts},
+        refine_steps=args.refine_steps, seed=args.seed, fit_options={"restarts": args.restarts, "threads": 1},
     )
     print(report.summary())
     if args.report:

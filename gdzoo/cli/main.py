@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import UserError
-from . import convert_cmd, demo, eval_cmd, hub_cmd, models_table, predict_cmd, train_cmd
+from . import convert_cmd, demo, eval_cmd, export_cmd, hub_cmd, models_table, predict_cmd, train_cmd
 
-SUBCOMMANDS = (models_table, demo, hub_cmd, convert_cmd, train_cmd, eval_cmd, predict_cmd)
+SUBCOMMANDS = (models_table, demo, hub_cmd, convert_cmd, train_cmd, eval_cmd, predict_cmd, export_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

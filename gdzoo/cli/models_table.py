@@ -9,7 +9,9 @@ import fnmatch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list gdzoo's timm models (params, input size, pretrained tags)")
+    p = sub.add_parser("models", help="list gdzoo's timm models (params, input size, pretrained tags)",
+                       description="Parameter counts are those of timm.create_model(<model>): the model's default "
+                                   "num_classes and in_chans (the input_size column's channels).")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter on model names (default: all)")
     p.set_defaults(run=run)
 

@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None, help="start from pretrained weights")
     p.add_argument("--initial-checkpoint", help="weights to start from (.safetensors / .pth / Hub folder)")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--data-dir", help="dataset folder (data.root)")
+    p.add_argument("--data-dir", help="dataset folder (data.root); class folders or images/ + masks/ get a recipe "
+                   "made for them (docs/training.md, 'Fine-tune on your own images')")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--train-subset", type=int, help="seeded subset size of the training pool")
@@ -87,21 +88,57 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides) + list(getattr(args, "dotted_overrides", []) or [])
 
 
+def _folder_plan(args: argparse.Namespace, file_data: dict | None, overrides: list[str]):  # -> FolderPlan | None
+    """The recipe defaults for ``--data-dir`` DIR (a folder of the user's images), or None where they do not apply:
+    no ``--data-dir``, a Fashion-MNIST recipe or a folder of idx files."""
+    from ..data.layout import holds_idx_files
+    from ..training import ConfigError
+    from ..training.config import apply_overrides
+    from ..training.folder_recipe import folder_recipe
+
+    if not args.data_dir:
+        return None
+    user = apply_overrides(file_data or {}, overrides)
+    data, model = user.get("data") or {}, user.get("model") or {}
+    if data.get("dataset") == "fashion_mnist" or holds_idx_files(args.data_dir):
+        return None
+    plan = folder_recipe(args.data_dir, model.get("name"), model.get("pretrained", "auto"),
+                         model.get("initial_checkpoint"), adapt_only=file_data is not None)
+    asked = data.get("dataset")
+    if asked is not None and asked != plan.defaults["data"]["dataset"]:
+        raise ConfigError(f"data.dataset={asked} but {args.data_dir} is a {plan.layout.task} folder "
+                          f"({plan.layout.layout}); use data.dataset={plan.defaults['data']['dataset']}")
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from ..training import ConfigError, recipe_to_yaml
-    from ..training.config import apply_overrides, load_recipe, recipe_from_dict
+    from ..training.config import apply_overrides, merge_recipe_dicts, read_recipe_file, recipe_from_dict
     from ..training.recipes import default_recipe
 
     try:
         overrides = _overrides(args)
-        if args.config:
-            recipe = load_recipe(args.config, overrides)
+        file_data = read_recipe_file(args.config) if args.config else None
+        plan = _folder_plan(args, file_data, overrides)
+        if plan is not None:  # the folder's defaults, under the -c recipe and the overrides
+            base = merge_recipe_dicts(plan.defaults, file_data or {})
+        elif file_data is not None:
+            base = file_data
         else:
             base = default_recipe().to_dict()  # the main job (fine-tunes when pretrained weights exist)
-            recipe = recipe_from_dict(apply_overrides(base, overrides))
+        recipe = recipe_from_dict(apply_overrides(base, overrides))
     except ConfigError as e:
         print(f"gdzoo train: {e}", file=sys.stderr)
         return 2
+    if plan is not None and os.environ.get("RANK", "0") == "0":
+        from pathlib import Path
+
+        from ..training.folder_recipe import describe
+
+        run_dir = Path(recipe.output.dir) / (recipe.output.name or recipe.name)
+        print(describe(plan, recipe, run_dir), file=sys.stderr, flush=True)
     if args.print_config:
         print(recipe_to_yaml(recipe), end="")
         return 0

@@ -10,14 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.gd_fmnist import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD  # one source: the models' pretrained_cfg
+
 __all__ = ["FMNIST_LABELS", "FMNIST_MEAN", "FMNIST_STD", "DEFAULT_FMNIST_DIR", "find_fashion_mnist", "load_fashion_mnist"]
 
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FMNIST_MEAN = (0.2860,)
-FMNIST_STD = (0.3530,)
-FMNIST_LABELS = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

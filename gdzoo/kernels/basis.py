@@ -14,6 +14,7 @@ import math
 import torch
 
 from .gaussian import gaussian_derivative_1d
+from .generator import basis_code
 
 __all__ = [
     "ORDER_RTOL",
@@ -117,11 +118,6 @@ def _basis_vjp(
     return grad_sigma, grad_mu, grad_theta
 
 
-def _forward_ad_possible() -> bool:
-    """Inside ``torch.autograd.forward_ad.dual_level`` or a ``torch.func`` transform (``jvp``, ``jacfwd``...)."""
-    return torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
-
-
 class _GaussianDerivativeBasis(torch.autograd.Function):
     """Basis sampling with an analytic backward (far fewer ops than autograd through the recurrence).
 
@@ -190,6 +186,10 @@ class _GaussianDerivativeBasisFwd(_GaussianDerivativeBasis):
         return d_basis, None, None
 
 
+# basis_code's answers that are autograd Functions of this module
+_FUNCTIONS = {"function": _GaussianDerivativeBasis, "function_fwd": _GaussianDerivativeBasisFwd}
+
+
 def gaussian_derivative_basis(
     sigma: torch.Tensor,
     mu: torch.Tensor,
@@ -224,9 +224,7 @@ def gaussian_derivative_basis(
     """
     max_order = int(orders.max()) if max_order is None else int(max_order)
     need_grad = torch.is_grad_enabled() and (sigma.requires_grad or mu.requires_grad or theta.requires_grad)
-    function = _GaussianDerivativeBasis if torch.compiler.is_compiling() or not _forward_ad_possible() else (
-        _GaussianDerivativeBasisFwd
-    )
+    function = _FUNCTIONS[basis_code(sigma.device, raw=False)]
     # With gradients to come, the forward also evaluates G_{o+1}, G_{o+2} once for the backward.
     basis, _, _ = function.apply(
         sigma, mu, theta, orders, tuple(kernel_size), max_order, 2 if need_grad else 0

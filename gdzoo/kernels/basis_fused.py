@@ -18,13 +18,12 @@ from . import basis_triton
 from .basis import (
     _axis_derivatives,
     _basis_vjp,
-    _forward_ad_possible,
     _shifted_coordinates,
     derivative_orders,  # noqa: F401  (the example's name)
     gaussian_derivative_basis,
     gaussian_derivative_basis_reference,
 )
-from .generator import uses_triton
+from .generator import basis_code
 
 __all__ = ["gaussian_derivative_basis_raw"]
 
@@ -84,15 +83,6 @@ def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
 gd_basis.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _op_serves(sigma_raw: torch.Tensor) -> bool:
-    """Whether the fused op computes this call (see the module docstring for where it steps aside)."""
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():
-        return False
-    if not torch.compiler.is_compiling() and _forward_ad_possible():
-        return False
-    return uses_triton(sigma_raw.device)
-
-
 def gaussian_derivative_basis_raw(
     sigma_raw: torch.Tensor,
     mu: torch.Tensor,
@@ -119,9 +109,9 @@ def gaussian_derivative_basis_raw(
         torch.Size([4, 6, 7, 7])
     """
     kh, kw = kernel_size
-    if _op_serves(sigma_raw):
+    code = basis_code(sigma_raw.device)  # the one place that chooses (see the module docstring)
+    if code == "fused":
         return gd_basis(sigma_raw, mu, theta, orders, float(sigma_min), int(kh), int(kw), int(max_order))
     sigma = sigma_min + F.softplus(sigma_raw)
-    # torch.jit.trace records a custom autograd.Function as an opaque Python call (not serialisable): trace plain ops.
-    generate = gaussian_derivative_basis_reference if torch.jit.is_tracing() else gaussian_derivative_basis
+    generate = gaussian_derivative_basis_reference if code == "plain" else gaussian_derivative_basis
     return generate(sigma, mu, theta, orders, (kh, kw), max_order=max_order)

@@ -8,6 +8,8 @@
 - ``'torch'``: torch ops everywhere (today's code path on CPU, MPS, and without Triton).
 
 Both give the same values and gradients (tests/test_fused_generation.py); the choice is about speed.
+:func:`basis_code` makes the whole choice for each call, in one place: the fused op, one of the two autograd
+Functions of :mod:`.basis`, or plain torch ops.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["GENERATORS", "generator", "get_generator", "set_generator", "triton_available", "triton_interpreting",
-           "uses_triton"]
+__all__ = ["BASIS_CODES", "GENERATORS", "basis_code", "generator", "get_generator", "set_generator", "triton_available",
+           "triton_interpreting", "uses_triton"]
 
 GENERATORS = ("auto", "triton", "torch")
 ENV = "GDZOO_GENERATOR"
@@ -94,3 +96,36 @@ def uses_triton(device: torch.device) -> bool:
         raise RuntimeError(f"generator 'triton' cannot run here ({why}): it needs CUDA tensors, or TRITON_INTERPRET=1 "
                            f"for Triton's CPU interpreter; use 'auto' or 'torch' (${ENV} / gdzoo.set_generator)")
     return True
+
+
+# What computes a basis: the fused custom op (gdzoo::gd_basis), basis.py's autograd.Function with an analytic backward,
+# its variant that also has a forward-mode derivative, or plain torch ops (autograd through them).
+BASIS_CODES = ("fused", "function", "function_fwd", "plain")
+
+
+def _forward_ad_possible() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level`` or a ``torch.func`` transform (``jvp``, ``jacfwd``...)."""
+    return torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+def basis_code(device: torch.device, raw: bool = True) -> str:
+    """Which of :data:`BASIS_CODES` computes a basis for tensors on ``device`` now (the one place that decides).
+
+    ``raw``: the caller holds ``sigma_raw`` (GDConv2d, :func:`~gdzoo.kernels.gaussian_derivative_basis_raw`), so the
+    fused op and, under ``torch.jit.trace``, plain ops (a trace records a custom Function as an opaque Python call,
+    not serialisable) are options; without it (:func:`~gdzoo.kernels.gaussian_derivative_basis`) only the two
+    Functions are. The fused op steps aside for tracing, export and forward-mode AD / ``torch.func`` transforms
+    (outside ``torch.compile``); ``'function_fwd'`` serves the latter, ``'function'`` everything else.
+
+    Example:
+        >>> with generator("torch"):
+        ...     basis_code(torch.device("cpu")), basis_code(torch.device("cpu"), raw=False)
+        ('function', 'function')
+    """
+    compiling = torch.compiler.is_compiling()
+    if raw:
+        if torch.jit.is_tracing():
+            return "plain"
+        if not torch.compiler.is_exporting() and (compiling or not _forward_ad_possible()) and uses_triton(device):
+            return "fused"
+    return "function" if compiling or not _forward_ad_possible() else "function_fwd"

@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import displaced_gaussian_units
-from .gd_conv import CachedKernelConv, _inverse_softplus
+from ._params import inverse_softplus
 from .gd_functional import spatial_conv
+from .kernel_cache import CachedKernelConv
 
 __all__ = ["DAUConv2d", "DAU_GEOMETRY_NAMES", "MIN_SIGMA_MIN"]
 
@@ -143,7 +144,7 @@ class DAUConv2d(CachedKernelConv):
         for axis, limit in enumerate(self.mu_limit):
             self.mu_raw[..., axis].uniform_(-limit, limit)
         sigma = torch.tensor(self.sigma_init - self.sigma_min, dtype=self.sigma_raw.dtype, device=self.sigma_raw.device)
-        self.sigma_raw.copy_(_inverse_softplus(sigma).expand_as(self.sigma_raw))
+        self.sigma_raw.copy_(inverse_softplus(sigma).expand_as(self.sigma_raw))
         self._init_weight()
         if self.bias is not None:
             self.bias.zero_()

@@ -1,14 +1,15 @@
 """``GDConv2d``: a convolution whose filters are learned combinations of Gaussian-derivative kernels.
 
-A thin ``nn.Module`` over :mod:`gdzoo.kernels` (the kernels) and :mod:`gdzoo.layers.gd_functional`
-(the execution paths). It follows ``nn.Conv2d``'s arguments and output shapes.
+A thin ``nn.Module`` over :mod:`gdzoo.kernels` (the kernels), :mod:`gdzoo.layers.gd_functional` (the execution
+paths; :func:`~gdzoo.layers.gd_functional.gd_conv2d` is this layer as a function) and
+:mod:`gdzoo.layers.kernel_cache` (reusing generated kernels). It follows ``nn.Conv2d``'s arguments and output
+shapes. Steering lives in :mod:`gdzoo.layers.steer`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -18,23 +19,22 @@ from ..kernels import derivative_orders
 from ..kernels.basis import ORDER_RTOL, accurate_order
 from ..kernels.basis_fused import gaussian_derivative_basis_raw
 from ..kernels.generator import uses_triton
+from ._params import PADDING_MODES, float_pair, inverse_softplus  # noqa: F401  (PADDING_MODES: as before)
 from .gd_functional import (
-    ConvSpec,
+    IMPLS,
     bases_per_group,
-    combine_dense,
-    combine_separated,
-    gd_conv2d_basis_first,
-    gd_conv2d_dense,
-    gd_conv2d_factorized,
+    check_impl,
+    gd_conv2d_with_kernels,
     group_bases,
-    path_costs,
+    impl_kernels,
+    select_impl,
 )
+from .kernel_cache import CachedKernelConv, _Snapshot
+from .steer import steer_gdconv
 
 __all__ = ["CachedKernelConv", "GDConv2d", "GEOMETRY_NAMES", "IMPLS", "no_weight_decay_names"]
 
 GEOMETRY_NAMES = ("sigma", "mu", "theta")
-IMPLS = ("auto", "dense", "basis", "factorized")
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 RANDOM_SIGMA_RANGE = (0.5, 2.0)  # the authors' init ranges
 RANDOM_MU_RANGE = (-1.0, 1.0)
 # A basis kernel whose squared norm is below this fraction of the largest one in its basis is "degenerate"
@@ -42,176 +42,8 @@ RANDOM_MU_RANGE = (-1.0, 1.0)
 # variance-preserving init must not divide by its norm.
 DEGENERATE_NORM_SQ = 1e-8
 STATE_ORDER = ("sigma_raw", "mu_raw", "theta_raw", "weight", "weight_out", "weight_in", "bias")
-_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-# Host tensors with at least this many elements are snapshot and compared as bytes (one memcmp), several
-# times faster than torch.equal's element loop; smaller ones with torch.equal (less call overhead).
-_BYTES_MIN_NUMEL = 2048
 # Devices whose tensors the cache compares without a device sync: there it always pays.
 _HOST_DEVICES = ("cpu",)
-
-
-def _positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _float_pair(name: str, value: float | Sequence[float]) -> tuple[float, float]:
-    pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"{name} must be a float or a pair of floats, got {value!r}")
-    if not all(math.isfinite(v) for v in pair):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(pair[0]), float(pair[1])
-
-
-def _padding(value: str | int | Sequence[int], stride: tuple[int, int]) -> str | tuple[int, int]:
-    if isinstance(value, str):
-        if value not in ("same", "valid"):
-            raise ValueError(f"padding must be 'same', 'valid', an int >= 0 or a pair of them, got {value!r}")
-        if value == "same" and stride != (1, 1):
-            raise ValueError(f"padding='same' is not supported for strided convolutions (stride={stride})")
-        return value
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
-        raise ValueError(f"padding must be 'same', 'valid', an int >= 0 or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    return y + torch.log(-torch.expm1(-y))
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """``t`` reinterpreted as integers of its element size: equality is then bitwise (NaN == NaN, -0 != 0)."""
-    return t.view(_INT_OF_SIZE[t.element_size()]) if t.is_floating_point() else t
-
-
-def _same_bits_one_read(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
-    """Off the CPU torch.equal waits for the device once per tensor: compare everything, then read one flag."""
-    return not bool(torch.stack([torch.ne(x, y).any() for x, y in zip(a, b)]).any())
-
-
-class _Snapshot:
-    """An exact copy of the bits of some tensors; ``matches`` says whether they still hold exactly those bits."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...]) -> None:
-        self.meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
-        self.host = all(t.device.type == "cpu" for t in tensors)
-        self.copies = tuple(
-            bits.numpy().tobytes() if self.host and bits.numel() >= _BYTES_MIN_NUMEL else bits.clone()
-            for bits in (_bits(t.detach()) for t in tensors)
-        )
-
-    def matches(self, tensors: tuple[torch.Tensor, ...]) -> bool:
-        if tuple((t.shape, t.dtype, t.device) for t in tensors) != self.meta:
-            return False
-        bits = tuple(_bits(t.detach()) for t in tensors)
-        if not self.host:
-            return _same_bits_one_read(self.copies, bits)
-        return all(
-            copy == b.numpy().tobytes() if isinstance(copy, bytes) else torch.equal(copy, b)
-            for copy, b in zip(self.copies, bits)
-        )
-
-
-# fx.symbolic_trace (is_fx_tracing() also answers for torch.export, with a logged warning)
-_is_fx_symbolic_tracing = getattr(
-    torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
-)
-
-
-def _graph_capture() -> bool:
-    """True while the forward is being captured rather than run: ``torch.compile``/``torch.export`` (strict or
-    not, so ONNX's dynamo exporter too), ``torch.jit.trace``/``script`` (and the TorchScript ONNX exporter, which
-    traces), FX symbolic tracing and ``torch.func`` transforms. Cached kernels would become constants there."""
-    return (
-        torch.compiler.is_compiling()  # torch.export sets it too (strict: dynamo; non-strict: explicitly)
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or _is_fx_symbolic_tracing()
-        or torch._C._are_functorch_transforms_active()
-    )
-
-
-class CachedKernelConv(nn.Module):
-    """What GDConv2d and DAUConv2d share: a value-snapshot cache of their generated kernels (left out of pickles,
-    dropped on ``train()`` / ``.to()``), state-dict keys in one order whichever geometry is a buffer, input checks.
-
-    Subclasses set ``_state_order`` and ``in_channels`` and call :meth:`_cached` for their kernels.
-    """
-
-    _state_order: tuple[str, ...] = ()
-    _cache: tuple | None = None
-
-    def _set_spatial(self, kernel_size, stride, padding, dilation, padding_mode: str) -> None:  # noqa: ANN001
-        """Validate and store nn.Conv2d's spatial arguments (clear errors naming the bad value)."""
-        self.kernel_size = _positive_pair("kernel_size", kernel_size)
-        self.stride = _positive_pair("stride", stride)
-        self.dilation = _positive_pair("dilation", dilation)
-        self.padding = _padding(padding, self.stride)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-
-    @property
-    def conv_spec(self) -> ConvSpec:
-        return ConvSpec(self.stride, self.padding, self.dilation, self.padding_mode, self.kernel_size)
-
-    def _cached(self, key: tuple, sources: tuple[torch.Tensor, ...], generate: Callable[[], Any]) -> Any:
-        """``generate()``, reused while gradients are off and ``key`` and the sources' bits are unchanged.
-
-        Version counters are not enough: fused optimizers (``Adam(..., fused=True)``) and writes through
-        ``param.data`` change values without bumping them. So the sources (σ, μ, θ and the combination
-        weights: small next to the kernels) are compared bit for bit with a snapshot taken when the kernels
-        were generated; any difference regenerates. This costs a read of the sources per call: ≈ 30–60 µs on
-        one CPU core for 64→64 channels, N = 10 (41k values), i.e. < 0.1 % of a batch-64 14×14 forward and
-        ≈ 3–5 % at batch 1 (docs/benchmarks.md); on an accelerator, one host-device sync per layer and call, which
-        is why layers whose generation is cheaper than that sync (:meth:`_cache_pays`) regenerate instead.
-        """
-        if torch.is_grad_enabled() or _graph_capture() or not self._cache_pays():
-            return generate()
-        cache = self._cache
-        if cache is None or cache[0] != key or not cache[1].matches(sources):
-            self._cache = cache = (key, _Snapshot(sources), generate())
-        return cache[2]
-
-    def _cache_pays(self) -> bool:
-        """Whether reusing kernels beats regenerating them (overridden where generation is one fused launch)."""
-        return True
-
-    def __getstate__(self) -> dict:
-        """Pickling and ``copy.deepcopy`` leave the kernel cache out (it is rebuilt on demand)."""
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
-        """As ``nn.Module``, with the keys in one order whichever geometry is a parameter or a buffer."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for key in [prefix + name for name in self._state_order if prefix + name in destination]:
-            destination[key] = destination.pop(key)
-
-    def train(self, mode: bool = True):  # noqa: ANN201 - returns self, as nn.Module.train
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
-        self._cache = None
-        return super()._apply(fn, recurse)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        name = type(self).__name__
-        if not x.is_floating_point():  # the kernels would be cast to it: zeros for integers
-            raise RuntimeError(f"{name} expects a floating-point input, got {x.dtype} (as nn.Conv2d, which raises "
-                               "for integer inputs); convert it, e.g. x.float() / 255")
-        if x.dim() not in (3, 4):
-            raise ValueError(f"{name} expects a (N, C, H, W) or (C, H, W) input, got shape {tuple(x.shape)}")
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{name} expects {self.in_channels} input channels, got {x.shape[-3]} (input shape {tuple(x.shape)})"
-            )
 
 
 class GDConv2d(CachedKernelConv):
@@ -263,6 +95,7 @@ class GDConv2d(CachedKernelConv):
     """
 
     no_decay_geometry = GEOMETRY_NAMES  # left out of weight decay (no_weight_decay_names)
+    steer_as_gd = True  # re-posed by gdzoo.layers.steer (which asks this attribute rather than importing the class)
 
     _state_order = STATE_ORDER
 
@@ -315,18 +148,13 @@ class GDConv2d(CachedKernelConv):
             raise ValueError(f"trainable must be a subset of {GEOMETRY_NAMES}, got unknown {unknown}")
         if init not in ("random", "fixed"):
             raise ValueError(f"init must be 'random' or 'fixed', got {init!r}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        if impl == "basis" and separated:
-            raise ValueError("impl='basis' needs separated=False; use 'dense' or 'factorized' with separated=True")
-        if impl == "factorized" and not separated:
-            raise ValueError("impl='factorized' needs separated=True; use 'dense' or 'basis' with separated=False")
+        check_impl(impl, separated)
         if not (isinstance(sigma_min, (int, float)) and not isinstance(sigma_min, bool) and 0 < sigma_min < math.inf):
             raise ValueError(f"sigma_min must be a finite float > 0, got {sigma_min!r}")
-        self.sigma_init = _float_pair("sigma_init", sigma_init)
+        self.sigma_init = float_pair("sigma_init", sigma_init)
         if min(self.sigma_init) <= 0:  # never a valid scale, even when init='random' ignores it
             raise ValueError(f"sigma_init must be > 0 (and > sigma_min for init='fixed'), got {sigma_init!r}")
-        self.mu_init = _float_pair("mu_init", mu_init)
+        self.mu_init = float_pair("mu_init", mu_init)
         if not isinstance(theta_init, (int, float)) or isinstance(theta_init, bool) or not math.isfinite(theta_init):
             raise ValueError(f"theta_init must be a finite float (radians), got {theta_init!r}")
         basis_dtype = torch.promote_types(dtype or torch.get_default_dtype(), torch.float32)
@@ -404,12 +232,12 @@ class GDConv2d(CachedKernelConv):
         if self.sigma_raw.is_meta:  # shapes only (e.g. counting parameters): nothing to draw
             return
         if self.init == "random":
-            self.sigma_raw.copy_(_inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE) - self.sigma_min))
+            self.sigma_raw.copy_(inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE) - self.sigma_min))
             self.mu_raw.uniform_(*RANDOM_MU_RANGE)
             self.theta_raw.uniform_(-math.pi, math.pi)
         else:
             sigma = torch.tensor(self.sigma_init, dtype=self.sigma_raw.dtype, device=self.sigma_raw.device)
-            self.sigma_raw.copy_(_inverse_softplus(sigma - self.sigma_min).expand_as(self.sigma_raw))
+            self.sigma_raw.copy_(inverse_softplus(sigma - self.sigma_min).expand_as(self.sigma_raw))
             self.mu_raw.copy_(torch.tensor(self.mu_init, dtype=self.mu_raw.dtype).expand_as(self.mu_raw))
             self.theta_raw.fill_(self.theta_init)
         self._init_combination()
@@ -465,34 +293,23 @@ class GDConv2d(CachedKernelConv):
 
     def dense_weight(self) -> torch.Tensor:
         """The ``(out, in/groups, kH, kW)`` kernel that ``F.conv2d(..., groups=groups)`` needs to give this layer's output."""
-        basis = self._compute_basis()
-        with torch.autocast(basis.device.type, enabled=False):
-            if self.separated:
-                return combine_separated(self.weight_out.to(basis.dtype), self.weight_in.to(basis.dtype), basis)
-            return combine_dense(self.weight.to(basis.dtype), basis)
+        return impl_kernels("dense", self._compute_basis(), *self._weights())[0]
+
+    def _weights(self) -> tuple[torch.Tensor, ...]:
+        """The combination weights: ``(ω,)``, or ``(λ, β)`` when separated (eq. 4)."""
+        return (self.weight_out, self.weight_in) if self.separated else (self.weight,)
 
     def select_impl(self) -> str:
         """The execution path used by ``forward``: ``impl``, or the cheapest one when ``'auto'``."""
-        if self.impl != "auto":
-            return self.impl
-        costs = path_costs(
-            self.in_channels, self.out_channels, self.num_bases, self.num_kernels,
-            self.kernel_size, self.stride, self.separated, self.groups,
-        )
-        return min(costs, key=costs.__getitem__)
+        return select_impl(self.impl, self.in_channels, self.out_channels, self.num_bases, self.num_kernels,
+                           self.kernel_size, self.stride, self.separated, self.groups)
 
     def _generate(self, impl: str) -> tuple[torch.Tensor, ...]:
-        if impl == "dense":
-            return (self.dense_weight(),)
-        basis = self._compute_basis()
-        if impl == "basis":
-            return (self.weight.to(basis.dtype), basis)
-        return (self.weight_out.to(basis.dtype), self.weight_in.to(basis.dtype), basis)
+        return impl_kernels(impl, self._compute_basis(), *self._weights())
 
     def _kernel_sources(self) -> tuple[torch.Tensor, ...]:
         """Every tensor the generated kernels depend on (the bias is applied live, so it is not one)."""
-        weights = (self.weight_out, self.weight_in) if self.separated else (self.weight,)
-        return (self.sigma_raw, self.mu_raw, self.theta_raw, *weights)
+        return (self.sigma_raw, self.mu_raw, self.theta_raw, *self._weights())
 
     def _cache_key(self, impl: str) -> tuple:
         """What must match besides the sources (their values, shapes, dtypes and devices: the snapshot)."""
@@ -513,26 +330,12 @@ class GDConv2d(CachedKernelConv):
         if hasattr(self, "reparam_conv"):
             return self.reparam_conv(x)
         self._check_input(x)
-        unbatched = x.dim() == 3
-        if unbatched:
-            x = x.unsqueeze(0)
-        impl = self.select_impl()
-        kernels = tuple(k.to(x.dtype) for k in self._kernels(impl))
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        spec, groups = self.conv_spec, self.groups
-        if impl == "dense":
-            y = gd_conv2d_dense(x, kernels[0], bias, spec, groups)
-        elif impl == "basis":
-            y = gd_conv2d_basis_first(x, *kernels, bias, spec, groups)
-        else:
-            y = gd_conv2d_factorized(x, *kernels, bias, spec, groups)
-        return y.squeeze(0) if unbatched else y
+        impl = self.select_impl()  # gd_conv2d's two steps, with this layer's kernels cached
+        return gd_conv2d_with_kernels(x, impl, self._kernels(impl), self.bias, self.conv_spec, self.groups)
 
     # ------------------------------------------------------------------ steering
     def steered(self, scale: float = 1.0, angle: float = 0.0) -> GDConv2d:
         """A copy of this layer for inputs resized by ``scale`` and rotated by ``angle`` degrees (:func:`gdzoo.steer`)."""
-        from .steer import steer_gdconv  # steer builds on this class
-
         return steer_gdconv(self, scale, angle)
 
     # ------------------------------------------------------------------ export

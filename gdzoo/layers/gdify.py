@@ -12,6 +12,7 @@ optimizer factory keeps them out of weight decay.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,8 @@ from .gd_conv import GDConv2d, no_weight_decay_names
 
 __all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay", "select_convs", "unsupported_reason"]
 
-FIT_OPTIONS = ("images", "refine_steps", "refine_lr", "restarts", "steps", "polish_steps", "subspace_candidates", "seed")
+# The options conv_to_gd hands to the fit: fit_gdconv_'s keyword-only parameters, read from its signature.
+FIT_OPTIONS = tuple(name for name, p in inspect.signature(fit_gdconv_).parameters.items() if p.kind is p.KEYWORD_ONLY)
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
@@ -103,8 +105,8 @@ def conv_to_gd(conv: nn.Conv2d, fit: bool = True, **kwargs: Any) -> tuple[GDConv
     """A GDConv2d with ``conv``'s shape and spatial semantics, fitted to its weights when ``fit``.
 
     ``kwargs``: GDConv2d options (``num_bases``, ``order``, ``separated``, ``trainable``,
-    ``sigma_min``, ``impl``, ...) and fit options (``images``, ``refine_steps``, ``refine_lr``,
-    ``restarts``, ``steps``, ``polish_steps``, ``subspace_candidates``, ``seed``).
+    ``sigma_min``, ``impl``, ...) and fit options (:data:`FIT_OPTIONS`: the keyword-only parameters of
+    :func:`~gdzoo.layers.fit.fit_gdconv_`, e.g. ``images``, ``refine_steps``, ``restarts``, ``steps``, ``seed``).
     ``groups`` comes from ``conv`` (grouped and depthwise convs keep it); ``num_bases='groups'`` gives one
     basis per channel group, i.e. one per channel for a depthwise conv (each channel's filter fitted on its own).
 

@@ -29,13 +29,23 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
-from .gd_conv import CachedKernelConv, GDConv2d
+from .kernel_cache import CachedKernelConv
+
+if TYPE_CHECKING:  # annotations only: gd_conv imports this module (GDConv2d.steered), not the other way round
+    from .gd_conv import GDConv2d
 
 __all__ = ["steer", "steer_gdconv", "steering_problems"]
+
+
+def _is_gd_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a GDConv2d (or a subclass): its class sets ``steer_as_gd``. An attribute, not
+    ``isinstance``, so that this module needs no import of the class whose ``steered`` method calls it."""
+    return getattr(type(module), "steer_as_gd", False) is True
 
 
 def _check_transform(scale: float, angle: float) -> tuple[float, float]:
@@ -84,7 +94,7 @@ def steering_problems(model: nn.Module) -> dict[str, str]:
     """``{module name: reason}`` for every part of ``model`` that :func:`steer` cannot re-pose."""
     problems: dict[str, str] = {}
     for name, module in model.named_modules():
-        if isinstance(module, GDConv2d):
+        if _is_gd_layer(module):
             reason = _gd_problem(module)
         elif isinstance(module, nn.modules.conv._ConvNd) and not _inside_gd(model, name):
             reason = _conv_problem(module)
@@ -100,7 +110,7 @@ def steering_problems(model: nn.Module) -> dict[str, str]:
 def _inside_gd(model: nn.Module, name: str) -> bool:
     """True for modules owned by a GDConv2d (its ``reparam_conv``): reported through the GD layer."""
     parent = name.rpartition(".")[0]
-    return bool(name) and isinstance(model.get_submodule(parent) if parent else model, GDConv2d)
+    return bool(name) and _is_gd_layer(model.get_submodule(parent) if parent else model)
 
 
 @torch.no_grad()
@@ -108,13 +118,14 @@ def steer_gdconv(layer: GDConv2d, scale: float = 1.0, angle: float = 0.0) -> GDC
     """A copy of ``layer`` for inputs resized by ``scale`` and rotated by ``angle`` degrees (see the module doc).
 
     Example:
+        >>> from gdzoo.layers import GDConv2d
         >>> layer = GDConv2d(2, 4, 7, num_bases=2, order=2)
         >>> steered = steer_gdconv(layer, scale=2.0, angle=30.0)
         >>> steered.kernel_size, steered.dense_weight().shape
         ((15, 15), torch.Size([4, 2, 15, 15]))
     """
     scale, angle = _check_transform(scale, angle)
-    if not isinstance(layer, GDConv2d):
+    if not _is_gd_layer(layer):
         raise TypeError(f"steer_gdconv needs a GDConv2d, got {type(layer).__name__}")
     problem = _gd_problem(layer)
     if problem:
@@ -164,7 +175,7 @@ def steer(model: nn.Module, scale: float = 1.0, angle: float = 0.0, partial: boo
         raise ValueError(f"{type(model).__name__} cannot be steered: {listed}. Pass partial=True to steer the rest.")
     steered = copy.deepcopy(model)
     for name, module in list(steered.named_modules()):
-        if isinstance(module, GDConv2d) and name not in problems:
+        if _is_gd_layer(module) and name not in problems:
             new = steer_gdconv(module, scale, angle)
             if name:
                 steered.set_submodule(name, new)

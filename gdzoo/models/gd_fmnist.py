@@ -45,6 +45,7 @@ from .pretrained import build_gd_model
 
 __all__ = ["FmnistNet", "ConvNormAct", "FMNIST_MEAN", "FMNIST_STD", "FMNIST_LABELS"]
 
+# Fashion-MNIST's pixel statistics and class names (the one definition; gdzoo.data re-exports them)
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
 FMNIST_LABELS = (

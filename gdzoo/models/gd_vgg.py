@@ -21,12 +21,15 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vgg import VGG
 from timm.models.vgg import _filter_fn as _vgg_filter_fn
 from timm.models.vgg import cfgs as vgg_cfgs
 
+from ..errors import DerivationSourceUnavailable
 from ..layers import GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
 from .derived import Derive
@@ -39,6 +42,8 @@ _logger = logging.getLogger(__name__)
 GD_STEM_ARGS: dict[str, Any] = dict(num_bases=16, order=3)
 # gdzoo tag -> the timm weights it is derived from when the Hub has no copy.
 DERIVED_FROM: dict[str, str] = {"gd_vgg16.tv_in1k": "vgg16.tv_in1k", "gd_vgg16_bn.tv_in1k": "vgg16_bn.tv_in1k"}
+# Download sizes of the sources, for the message when they are missing: 138.4 M float32 parameters each.
+SOURCE_SIZES: dict[str, str] = {"vgg16.tv_in1k": "528 MiB", "vgg16_bn.tv_in1k": "528 MiB"}
 # A derived stem whose output differs from the original first layer's by more than this is refused.
 STEM_OUTPUT_TOLERANCE = 0.01
 # Check images for the derivation: natural-like (1/f) images, as many and as large as keeps it fast.
@@ -66,6 +71,28 @@ def _filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> d
     return _vgg_filter_fn(state_dict)
 
 
+def _load_source(model_tag: str, source_name: str) -> torch.nn.Module:
+    """timm's pretrained ``source_name``; raises :class:`DerivationSourceUnavailable` (the Hub's error chained)
+    when it is not in the HF cache and cannot be downloaded, saying how to provide it offline."""
+    try:
+        return timm.create_model(source_name, pretrained=True)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError) as e:
+        hub_id = timm.models.get_pretrained_cfg(source_name).hf_hub_id or source_name
+        size = SOURCE_SIZES.get(source_name, "")
+        reason = ("HF_HUB_OFFLINE=1" if hf_constants.HF_HUB_OFFLINE else
+                  f"{type(e).__name__}: {' '.join(str(e).split())[:160]}")
+        model = model_tag.split(".")[0]
+        raise DerivationSourceUnavailable(
+            f"pretrained {model_tag} is derived once from timm's {source_name}{f' ({size})' if size else ''}, which is "
+            f"not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) and cannot be downloaded ({reason}). "
+            f"Provide it offline: download {hub_id} once where the Hub is reachable and copy that HF cache here "
+            "(HF_HOME / HF_HUB_CACHE); or convert a local copy of its weights, `gdzoo convert "
+            f"{source_name} --to {model} --tag {model_tag.split('.')[1]} --checkpoint <{source_name.split('.')[0]}"
+            ".safetensors>`, and load the result with timm.create_model('{model}', pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='weights/{model_tag}/model.safetensors'))"
+        ) from e
+
+
 def derive_gd_vgg(model_tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights for ``model_tag`` from timm's pretrained VGG: every layer copied, the GD stem fitted to its first layer.
 
@@ -78,9 +105,10 @@ def derive_gd_vgg(model_tag: str) -> tuple[dict[str, torch.Tensor], dict[str, An
 
     start = time.perf_counter()
     source_name = DERIVED_FROM[model_tag]
-    source = timm.create_model(source_name, pretrained=True)
+    source = _load_source(model_tag, source_name)
     images = natural_images(CHECK_IMAGES, 3, CHECK_SIZE, seed=0)
-    model, report = convert_model(source, model_tag.split(".")[0], images=images, refine_steps=0)
+    model, report = convert_model(source, model_tag.split(".")[0], images=images, refine_steps=0,
+                                  fit_options={"threads": 1})  # tiny tensors: one thread (gdzoo.threads)
     stem_error = report.fit.output_error
     seconds = time.perf_counter() - start
     summary = (f"{model_tag}: derived from timm {source_name} in {seconds:.1f} s: stem kernel rel. error "

@@ -43,7 +43,7 @@ from timm.models._manipulate import adapt_input_conv
 
 from .._io import sha256_file
 from ..errors import UserError
-from ..layers import GDConv2d
+from ..layers import DAUConv2d, GDConv2d
 from .derived import Derive, cached_derived_file, derive_weights_file
 from .shipped import PUBLISHED_ORG, load_manifest, shipped_weights_file
 
@@ -82,10 +82,12 @@ def hub_repo_id(model_name: str, tag: str) -> str:
 def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
     """A state dict from ``.safetensors`` (preferred) or a torch checkpoint read with ``weights_only=True``.
 
-    A file that is damaged, not of its kind, or (a torch file) holds objects other than tensors and plain
-    containers raises :class:`~gdzoo.errors.UserError` naming it; nothing in it is executed.
+    A missing file, or one that is damaged, not of its kind, or (a torch file) holds objects other than tensors and
+    plain containers raises :class:`~gdzoo.errors.UserError` naming it; nothing in it is executed.
     """
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     if path.suffix == ".safetensors":
         check_safetensors_header(path)
         try:
@@ -173,12 +175,54 @@ def _adapt_in_channels(weight: torch.Tensor, in_dim: int, in_chans: int, base_ch
     return adapted.reshape(shape[0], in_chans, *shape[2:]).movedim(1, in_dim).contiguous()
 
 
+def _repeat_in_channels(tensor: torch.Tensor, in_chans: int, base_chans: int) -> torch.Tensor:
+    """Input channels ``0..in_chans-1`` taken cyclically from ``base_chans`` (dim 1): the channels timm's
+    ``adapt_input_conv`` repeats (or truncates) for ``in_chans > 1``, without its rescaling (for geometry)."""
+    index = torch.arange(in_chans, device=tensor.device) % base_chans
+    return tensor.index_select(1, index).contiguous()
+
+
+def _adapt_dau_stem(state_dict: dict[str, torch.Tensor], name: str, in_chans: int, base_chans: int) -> bool:
+    """A DAU stem's weights and per-input geometry for ``in_chans``; True when anything was adapted.
+
+    The unit weights follow ``adapt_input_conv`` (repeat and rescale by ``base_chans / in_chans``); each input
+    channel's σ and μ are those of the source channel it repeats, so every adapted filter is a rescaled copy of
+    a source filter. Summing down to one channel cannot be expressed: the units of the summed channels sit at
+    different places, so that case raises.
+    """
+    keys = [name + "." + key for key in ("weight", "mu_raw", "sigma_raw")]
+    if not all(key in state_dict and state_dict[key].shape[1] == base_chans for key in keys):
+        return False
+    if in_chans == 1 and base_chans > 1:
+        raise UserError(
+            f"cannot adapt the pretrained DAU stem {name} from {base_chans} input channels to 1: each input channel "
+            "has its own unit positions and scales, so their sum is no DAU filter of the same size. Use "
+            f"in_chans={base_chans} (e.g. a grey image repeated) or in_chans >= 2"
+        )
+    weight, mu_key, sigma_key = keys
+    state_dict[weight] = _adapt_in_channels(state_dict[weight], 1, in_chans, base_chans)
+    state_dict[mu_key] = _repeat_in_channels(state_dict[mu_key], in_chans, base_chans)
+    state_dict[sigma_key] = _repeat_in_channels(state_dict[sigma_key], in_chans, base_chans)
+    return True
+
+
+def _adapt_gd_stem(state_dict: dict[str, torch.Tensor], name: str, in_chans: int, base_chans: int) -> bool:
+    """A GD stem's combination weights for ``in_chans`` (its geometry does not depend on the input channels)."""
+    changed = False
+    for suffix, in_dim in ((".weight", 1), (".weight_in", 2)):
+        key = name + suffix
+        if key in state_dict and state_dict[key].shape[in_dim] == base_chans:
+            state_dict[key] = _adapt_in_channels(state_dict[key], in_dim, in_chans, base_chans)
+            changed = True
+    return changed
+
+
 def gd_pretrained_filter(
     state_dict: dict[str, torch.Tensor], model: nn.Module, adapted: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Check the cached file's integrity, then adapt a GD stem to the model's ``in_chans``.
+    """Check the cached file's integrity, then adapt a GD or DAU stem to the model's ``in_chans``.
 
-    The names of the adapted stems are appended to ``adapted``.
+    The names of the adapted stems are appended to ``adapted``. (timm adapts plain ``nn.Conv2d`` stems itself.)
     """
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     verify_cached_weights(cfg)
@@ -190,16 +234,13 @@ def gd_pretrained_filter(
             stem = model.get_submodule(name)
         except AttributeError:
             continue
-        if not isinstance(stem, GDConv2d) or stem.in_channels == base_chans:
+        if not isinstance(stem, (GDConv2d, DAUConv2d)) or stem.in_channels == base_chans:
             continue
-        for suffix, in_dim in ((".weight", 1), (".weight_in", 2)):
-            key = name + suffix
-            if key in state_dict and state_dict[key].shape[in_dim] == base_chans:
-                state_dict[key] = _adapt_in_channels(state_dict[key], in_dim, stem.in_channels, base_chans)
-                if adapted is not None and name not in adapted:
-                    adapted.append(name)
-                    _logger.info("Adapted GD stem %s pretrained weights from %d to %d channel(s)", name, base_chans,
-                                 stem.in_channels)
+        kind, adapt = ("GD", _adapt_gd_stem) if isinstance(stem, GDConv2d) else ("DAU", _adapt_dau_stem)
+        if adapt(state_dict, name, stem.in_channels, base_chans) and adapted is not None and name not in adapted:
+            adapted.append(name)
+            _logger.info("Adapted %s stem %s pretrained weights from %d to %d channel(s)", kind, name, base_chans,
+                         stem.in_channels)
     return state_dict
 
 

@@ -32,7 +32,9 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_recipe",
+    "merge_recipe_dicts",
     "parse_override",
+    "read_recipe_file",
     "recipe_from_dict",
     "recipe_sha256",
     "recipe_to_yaml",
@@ -102,7 +104,8 @@ class DataConfig:
     test_subset: Union[int, float, None] = None  # seeded subset of the test split (samples or tiles) for quick runs
     evaluate_test: bool = True  # false: the test split is never scored (recipe search: the run ends on validation)
     split_seed: int = 0
-    split_by: Literal["image", "group"] = "image"  # segmentation: split by image or by slide/patient group
+    split_by: Literal["image", "group", "class"] = "image"  # segmentation: by image or slide/patient group;
+    # classification: image (random) or class (stratified: every class validated where it can be)
     folds: int = 0  # segmentation: k-fold cross-validation by image (organ-stratified with index.csv); 0: off
     fold: int = 0  # segmentation: which fold is held out as the test split (0..folds-1)
     batch_size: int = 128  # per process
@@ -196,7 +199,8 @@ class OutputConfig:
     overwrite: bool = False  # start afresh over a run in the folder, moving its files to <name>.old-<time>/ first
     best_metric: str = "auto"  # auto: top1 (classification) / dice (segmentation)
     plots: bool = True  # curves.png, filters.png, segmentation examples
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # tqdm bars on a terminal; progress lines in a log (false: neither)
+    log_every_s: float | None = 30.0  # stdout not a terminal: a progress line every N s (0: every step; null: none)
     export: bool = False  # export the best checkpoint to <export_root>/<model>.<export_tag>/
     export_tag: str | None = None  # None: the run name
     export_root: str = "weights"
@@ -322,8 +326,13 @@ def _validate(recipe: Recipe) -> None:
         (0.0 < recipe.train.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
         (recipe.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be >= 0"),
         (recipe.train.eval_every >= 1, "train.eval_every must be >= 1"),
+        (recipe.output.log_every_s is None or recipe.output.log_every_s >= 0,
+         f"output.log_every_s must be >= 0 (seconds between progress lines in a log) or null (none), "
+         f"got {recipe.output.log_every_s}"),
         (recipe.data.evaluate_test or recipe.data.val_size != 0,
          "data.evaluate_test=false needs a validation split to end on (data.val_size is 0)"),
+        (recipe.data.split_by != "class" or recipe.data.dataset != "segmentation",
+         "data.split_by=class stratifies a classification split; segmentation splits by image or group"),
         (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
         (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
         (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -366,6 +375,16 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | No
     """
     data = _read_recipe_file(Path(path), ()) if path is not None else {}
     return recipe_from_dict(apply_overrides(data, overrides or []))
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A recipe file's mapping with its ``base:`` chain merged in, not yet validated (:func:`load_recipe` does both)."""
+    return _read_recipe_file(Path(path), ())
+
+
+def merge_recipe_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recipe mapping ``update`` over ``base``, section by section and key by key (as a ``base:`` file is merged)."""
+    return _merge(base, update)
 
 
 def _read_recipe_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:

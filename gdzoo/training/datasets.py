@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ..data.classification import ImageFileDataset, class_folders, fashion_mnist_dataset, image_folder_dataset, pil_mode
 from ..data.seg_transforms import PairedAugment
 from ..data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs
-from ..data.splits import resolve_count, seeded_permutation, split_indices
+from ..data.splits import resolve_count, seeded_permutation, split_indices, stratified_split_indices
 from ..data.transforms import build_transform, model_in_chans, resolve_data_config_for
 from .config import AugmentConfig, DataConfig
 
@@ -145,7 +145,10 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class
         names = [root.name]
         if val_source is not full:
             val_size = 0
-    train_idx, val_idx = split_indices(len(full), val_size, cfg.train_subset, cfg.split_seed)
+    if cfg.split_by == "class":  # stratified: each class held out in proportion, at least one where it can be
+        train_idx, val_idx = stratified_split_indices(full.labels.tolist(), val_size, cfg.train_subset, cfg.split_seed)
+    else:
+        train_idx, val_idx = split_indices(len(full), val_size, cfg.train_subset, cfg.split_seed)
     if val_source is not full:
         val = _Transformed(val_source, None, eval_tf)
     else:
@@ -161,13 +164,29 @@ def _classification(cfg: DataConfig, aug: AugmentConfig, model: nn.Module, class
     )
 
 
+def _segmentation_splits(root: Path, cfg: DataConfig, val_size: int | float) -> dict[str, list]:
+    """Image/mask pairs per split: the ``ROOT/train/`` (+ ``val/``, ``test/``) folders, else ROOT split by image."""
+    if not (root / "train").is_dir() or (root / "images").is_dir():
+        pairs = find_segmentation_pairs(root)
+        return split_pairs(pairs, root, val_size, cfg.test_size, cfg.split_seed, cfg.split_by, cfg.folds, cfg.fold)
+    if cfg.folds:
+        raise ValueError(f"data.folds={cfg.folds} splits one folder of images; "
+                         f"{root} already has train/ and val/ or test/ folders")
+    train = root / "train"
+    splits = split_pairs(find_segmentation_pairs(train), train, 0 if (root / "val").is_dir() else val_size, 0,
+                         cfg.split_seed, cfg.split_by)
+    for name in ("val", "test"):
+        if (root / name).is_dir():
+            splits[name] = find_segmentation_pairs(root / name)
+    return splits
+
+
 def _segmentation(cfg: DataConfig, aug: AugmentConfig, model: nn.Module) -> DataBundle:
     root = _require_root(cfg)
     data_config = resolve_data_config_for(model, {"mean": cfg.mean, "std": cfg.std})
     data_config["input_size"] = (model_in_chans(model), cfg.tile_size, cfg.tile_size)
-    pairs = find_segmentation_pairs(root)
     val_size = DEFAULT_VAL_SIZE["segmentation"] if cfg.val_size is None else cfg.val_size
-    splits = split_pairs(pairs, root, val_size, cfg.test_size, cfg.split_seed, cfg.split_by, cfg.folds, cfg.fold)
+    splits = _segmentation_splits(root, cfg, val_size)
     common = dict(tile_size=cfg.tile_size, stride=cfg.tile_stride, in_chans=data_config["input_size"][0],
                   mean=data_config["mean"], std=data_config["std"], mask_mode=cfg.mask_mode, num_classes=cfg.num_classes)
     augment = PairedAugment(aug.hflip, aug.vflip, aug.rot90, aug.color_jitter, aug.stain_jitter) if aug.enabled else None

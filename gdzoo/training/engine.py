@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from .distributed import DistInfo, all_reduce_sum
 from .freeze import set_train_mode
 from .metrics import ClassificationMeter, SegmentationMeter
-from .reporting import progress
+from .reporting import ProgressLines, progress
 
 __all__ = ["AMP_DTYPES", "Engine", "LoopState", "NonFiniteLossError", "build_criterion", "soft_dice_loss"]
 
@@ -107,6 +107,7 @@ class Engine:
         scaler: torch.amp.GradScaler | None = None,
         ema: nn.Module | None = None,
         show_progress: bool = True,
+        log_every_s: float | None = None,
     ) -> None:
         self.model, self.train_model = model, train_model
         self.optimizer, self.scheduler, self.criterion = optimizer, scheduler, criterion
@@ -114,6 +115,7 @@ class Engine:
         self.amp_dtype = AMP_DTYPES[amp]
         self.channels_last, self.clip_grad, self.scaler, self.ema = channels_last, clip_grad, scaler, ema
         self.show_progress = show_progress and info.is_primary
+        self.log_every_s = log_every_s  # progress lines when stdout is not a terminal (ProgressLines)
 
     def autocast(self) -> AbstractContextManager:
         """Mixed precision when ``amp`` is bf16/fp16, else a no-op."""
@@ -129,12 +131,16 @@ class Engine:
         return images, target.to(self.device, non_blocking=non_blocking)
 
     def train_one_epoch(
-        self, loader: DataLoader, state: LoopState, steps_per_epoch: int, on_step: Callable[[LoopState], None] | None = None
+        self, loader: DataLoader, state: LoopState, steps_per_epoch: int,
+        on_step: Callable[[LoopState], None] | None = None, epochs: int | None = None,
     ) -> dict[str, float]:
-        """One (possibly resumed) epoch; ``on_step`` runs after every optimizer step (step checkpoints)."""
+        """One (possibly resumed) epoch of a run of ``epochs`` (for the run's ETA; None: this one is the last);
+        ``on_step`` runs after every optimizer step (step checkpoints)."""
         set_train_mode(self.model, True)
         self.train_model.train(self.model.training)
         bar = progress(loader, steps_per_epoch, f"epoch {state.epoch + 1}", self.show_progress, initial=state.step_in_epoch)
+        lines = ProgressLines(self.log_every_s if self.show_progress else None, state.epoch, epochs or state.epoch + 1,
+                              steps_per_epoch, state.step_in_epoch, self.info.world_size)
         start, seen = time.perf_counter(), 0
         for images, target in bar:
             images, target = self._to_device(images, target)
@@ -176,6 +182,8 @@ class Engine:
             if self.show_progress:
                 rate = seen * self.info.world_size / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.0f}")
+                lines.update(state.step_in_epoch, seen, state.sums["loss"] / max(state.sums["samples"], 1),
+                             self.optimizer.param_groups[0]["lr"])
             if on_step is not None:
                 on_step(state)
         bar.close()

@@ -141,6 +141,10 @@ def load_trained_model(
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"--num-classes must be a positive int (the classifier's classes), got {num_classes}; "
                          "leave it out for the run's or the weights' classes")
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise UserError(f"--checkpoint {checkpoint} does not exist; give a gdzoo run folder (runs/<name>), its "
+                        "best.safetensors or last.pth, or a weights/<model>.<tag>/ folder (or leave --checkpoint out "
+                        "for the model's published weights)")
     recipe = find_run_recipe(checkpoint)
     if checkpoint is not None and Path(checkpoint).is_dir() and (Path(checkpoint) / "best.safetensors").is_file():
         checkpoint = Path(checkpoint) / "best.safetensors"

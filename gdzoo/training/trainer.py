@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .._io import FolderLock, atomic_write, atomic_write_text
 from ..data.sampling import EpochSampler, SeededDataset
 from ..data.segmentation import SegmentationTiles
+from ..errors import UserError
 from .checkpoint import capture_rng, check_resumable, load_checkpoint, restore_rng, save_checkpoint
 from .config import Recipe, recipe_sha256, recipe_to_yaml
 from .datasets import DataBundle, build_datasets, dataset_num_classes
@@ -228,6 +229,7 @@ def train(recipe: Recipe, command: str | None = None) -> TrainResult:
     started over unless ``train.resume`` continues it or ``output.overwrite`` moves it aside, and no second process
     writes into it while this one runs (:class:`~gdzoo.training.rundir.RunFolderError` otherwise).
     """
+    _check_resume_file(recipe)
     info = init_distributed(recipe.train.device)
     try:
         lock = _claim_run_dir(recipe, info)
@@ -238,6 +240,15 @@ def train(recipe: Recipe, command: str | None = None) -> TrainResult:
                 lock.release()
     finally:
         cleanup(info)
+
+
+def _check_resume_file(recipe: Recipe) -> None:
+    """A ``train.resume`` path that is no file is refused before anything (the run folder included) is written."""
+    resume = recipe.train.resume
+    if resume and resume != "auto" and not Path(resume).is_file():
+        what = "is a folder, not a checkpoint file" if Path(resume).is_dir() else "does not exist"
+        raise UserError(f"--resume {resume} {what}: give the last.pth of a gdzoo run folder, or --resume alone "
+                        "to continue the recipe's own run folder")
 
 
 def run_dir_of(recipe: Recipe) -> Path:
@@ -326,7 +337,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     if cfg.compile:
         train_model = torch.compile(train_model)
     engine = Engine(model, train_model, optimizer, scheduler, build_criterion(task, cfg.label_smoothing, cfg.loss), info, task,
-                    cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress)
+                    cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress,
+                    recipe.output.log_every_s)
     eval_model = ema.module if ema is not None else model
     val_loader = eval_loader(bundle.val, recipe, info) if bundle.val is not None else None
 
@@ -344,7 +356,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         epoch = state.epoch
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch, state.step_in_epoch * batch_size)
-        stats = engine.train_one_epoch(_loader(train_set, batch_size, sampler, recipe.data.workers, info.device), state, steps_per_epoch, on_step)
+        stats = engine.train_one_epoch(_loader(train_set, batch_size, sampler, recipe.data.workers, info.device), state,
+                                       steps_per_epoch, on_step, cfg.epochs)
         val = None
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             val = engine.evaluate(eval_model, val_loader, bundle.classes, "val")

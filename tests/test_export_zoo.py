@@ -1,0 +1,78 @@
+"""Every published tag exports to ONNX with its weights, every other gdzoo model with random weights (small
+inputs), a subset to pt2 (issue #35). The files are run here by onnxruntime /
+``torch.export.load`` and compared with the eager GD model: max |Δ| ≤ 1e-5 × max |output|, same argmax."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import gdzoo
+from _export_checks import assert_matches, eager_outputs, ort_outputs, pt2_outputs
+from gdzoo.deploy.inputs import check_inputs
+from gdzoo.models import list_gdzoo_models
+from gdzoo.models.shipped import load_manifest
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+MODELS = list_gdzoo_models()
+PT2_SUBSET = ["gd_fmnist_sep", "dau_fmnist", "gd_unet", "gd_convnext_atto"]  # each layer kind; the rest: ONNX
+TAGS = sorted(load_manifest())
+UNPUBLISHED = [m for m in MODELS if not any(tag.split(".")[0] == m for tag in TAGS)]  # the tag test covers the rest
+
+
+def _small_size(model: torch.nn.Module) -> tuple[int, int, int]:
+    """The model's own input size, shrunk to 32×32 for the ImageNet-sized and the U-net models (fast tests)."""
+    chans, height, width = model.pretrained_cfg["input_size"]
+    return (chans, height, width) if height <= 32 else (chans, 32, 32)
+
+
+def _check(path, run, model, size) -> None:  # noqa: ANN001
+    x = check_inputs(model, 3, size).images
+    assert_matches(run(path, x), eager_outputs(model, x))
+
+
+def test_the_matrix_covers_the_zoo() -> None:
+    assert set(timm.list_models("gd_*")) <= set(MODELS) and {"ff_fmnist", "unet5", "dau_fmnist"} <= set(MODELS)
+    assert set(PT2_SUBSET) <= set(MODELS)
+    assert {tag.split(".")[0] for tag in TAGS} | set(UNPUBLISHED) == set(MODELS)  # every model exports, one way
+
+
+@pytest.mark.parametrize("name", UNPUBLISHED)
+def test_every_unpublished_model_exports_to_onnx(tmp_path, name) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    size = _small_size(model)
+    path = tmp_path / f"{name}.onnx"
+    result = gdzoo.export(model, path, input_size=size, dynamic_batch=True, num_images=3)
+    assert result.passed, result.summary()
+    _check(path, ort_outputs, model, size)
+
+
+@pytest.mark.parametrize("name", PT2_SUBSET)
+def test_model_subset_exports_to_pt2(tmp_path, name) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    size = _small_size(model)
+    path = tmp_path / f"{name}.pt2"
+    result = gdzoo.export(model, path, input_size=size, dynamic_batch=True, num_images=3)
+    assert result.passed, result.summary()
+    _check(path, pt2_outputs, model, size)
+    if name == "gd_unet":  # dynamic height and width: a second size
+        _check(path, pt2_outputs, model, (3, 64, 96))
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_every_published_tag_exports_with_its_weights(tmp_path, tag) -> None:
+    """U-nets at 32×32 (gd_unet.monuseg at its full size: the CLI test of tests/test_export.py)."""
+    model = timm.create_model(tag, pretrained=True).eval()
+    size = _small_size(model)
+    path = tmp_path / f"{tag}.onnx"
+    result = gdzoo.export(tag, path, input_size=size, dynamic_batch=True, num_images=4)
+    assert result.passed, result.summary()
+    if "fmnist" in tag:
+        assert result.inputs.startswith("Fashion-MNIST")  # real data (Fashion-MNIST is installed wherever tests run)
+    _check(path, ort_outputs, model, size)
