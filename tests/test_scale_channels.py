@@ -117,6 +117,21 @@ def test_window_runs_each_channel_on_its_rescaled_training_frame() -> None:
         torch.testing.assert_close(got, model(odd[..., 12:29, 12:29]))
 
 
+def test_fill_pads_a_small_input_to_each_channel_frame() -> None:
+    """window 16, fill -2 on a 16×16 input: channel 1.5 sees it padded by 4 (24), 2 by 8 (32); 0.7 is cropped (12)."""
+    model = tiny()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    scales = (0.7, 1.0, 1.5, 2.0)
+    inputs = [x[..., 2:14, 2:14], x, F.pad(x, (4, 4, 4, 4), value=-2.0), F.pad(x, (8, 8, 8, 8), value=-2.0)]
+    channels = ScaleChannels(model, scales=scales, window=16, fill=-2.0).eval()
+    with torch.no_grad():
+        expected = torch.stack([steer(model, scale=s)(c) for s, c in zip(scales, inputs)], dim=1)
+        torch.testing.assert_close(channels.channel_logits(x), expected, rtol=1e-9, atol=1e-10)
+        canvas = torch.full((2, 1, 40, 40), -2.0, dtype=torch.float64)
+        canvas[..., 12:28, 12:28] = x  # the same image on a canvas of background: the same channels
+        torch.testing.assert_close(channels.channel_logits(canvas), expected, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("window", [None, 16])
 def test_below_one_resize_runs_the_plain_model_on_the_enlarged_input(window: int | None) -> None:
     model = tiny()
@@ -208,6 +223,8 @@ def test_non_steerable_models_are_refused_naming_the_layer() -> None:
     ({"channel_dropout": 1.0}, r"channel_dropout must be a probability in \[0, 1\), got 1.0"),
     ({"window": 0}, r"window must be None or a positive int \(the training images' side\), got 0"),
     ({"window": 28, "where": "features"}, r"window needs where='logits'"),
+    ({"fill": 0.0}, r"fill must be None or a finite number, and needs window; got fill=0.0, window=None"),
+    ({"window": 16, "fill": float("nan")}, r"fill must be None or a finite number"),
     ({"below_one": "blur"}, r"below_one must be one of \('steer', 'resize'\), got 'blur'"),
     ({"below_one": "resize", "where": "features"}, r"below_one='resize' needs where='logits'"),
 ])

@@ -30,7 +30,8 @@ from torch.func import functional_call
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
-__all__ = ["BELOW_ONE", "POOLS", "WHERES", "ScaleChannels", "centre_crop", "pool_channels", "steered_tensors"]
+__all__ = ["BELOW_ONE", "POOLS", "WHERES", "ScaleChannels", "centre_crop", "centre_pad", "pool_channels",
+           "steered_tensors"]
 
 POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
@@ -108,6 +109,10 @@ class ScaleChannels(nn.Module):
             parity so it stays exactly centred; the whole input where that is larger). A model with global
             average pooling learned its averages over its training frame, not over a mostly empty canvas.
             Only with ``where='logits'`` (the channels' feature maps would differ in size).
+        fill: with ``window``, a channel whose frame is larger than the input gets the input padded to its frame
+            with this value (the background in the model's input units, e.g. ``-mean/std`` for a black one), so a
+            plain ``window × window`` image is seen as on a canvas; None (default): the channel runs on the input
+            as it is (its convolutions then zero-pad it, which is not the background once inputs are normalised).
         below_one: how channels with ``s < 1`` are made. ``'steer'`` shrinks the kernels like the others (σ can
             then fall below a pixel and alias); ``'resize'`` runs the unsteered model on the input enlarged by
             ``1/s`` (bicubic; with ``window``: the channel's crop resized to ``window × window``), the classic
@@ -135,6 +140,7 @@ class ScaleChannels(nn.Module):
         channel_dropout: float = 0.0,
         window: int | None = None,
         below_one: str = "steer",
+        fill: float | None = None,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
@@ -150,6 +156,10 @@ class ScaleChannels(nn.Module):
             raise ValueError(f"channel_dropout must be a probability in [0, 1), got {channel_dropout!r}")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be None or a positive int (the training images' side), got {window!r}")
+        if fill is not None and (window is None or isinstance(fill, bool) or not isinstance(fill, (int, float))
+                                 or not math.isfinite(fill)):
+            raise ValueError(f"fill must be None or a finite number, and needs window; got fill={fill!r}, "
+                             f"window={window!r}")
         if below_one not in BELOW_ONE:
             raise ValueError(f"below_one must be one of {BELOW_ONE}, got {below_one!r}")
         if below_one == "resize" and where == "features":
@@ -163,6 +173,7 @@ class ScaleChannels(nn.Module):
         self.scales = _check_scales(scales)
         self.pool, self.where, self.channel_dropout, self.window = pool, where, float(channel_dropout), window
         self.below_one = below_one
+        self.fill = None if fill is None else float(fill)
         self.model = model
         self._shells: dict[float, tuple[tuple, nn.Module]] = {}
         self.register_state_dict_post_hook(_strip_prefix)
@@ -198,6 +209,8 @@ class ScaleChannels(nn.Module):
     def _run(self, scale: float, x: torch.Tensor, features: bool) -> torch.Tensor:
         if self.window is not None:
             x = centre_crop(x, scale * self.window)
+            if self.fill is not None:
+                x = centre_pad(x, scale * self.window, self.fill)
         if scale < 1.0 and self.below_one == "resize":
             size = (self.window,) * 2 if self.window is not None else tuple(round(n / scale) for n in x.shape[-2:])
             return self.model(F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False))
@@ -243,7 +256,8 @@ class ScaleChannels(nn.Module):
         drop = f", channel_dropout={self.channel_dropout:g}" if self.channel_dropout else ""
         window = f", window={self.window}" if self.window is not None else ""
         below = ", below_one='resize'" if self.below_one == "resize" else ""
-        return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}{below}"
+        fill = f", fill={self.fill:g}" if self.fill is not None else ""
+        return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}{below}{fill}"
 
 
 def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
@@ -256,10 +270,29 @@ def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
     """
     crops = []
     for size in x.shape[-2:]:
-        n = round((side - size % 2) / 2) * 2 + size % 2
-        n = min(size, max(n, 2 - size % 2))
+        n = min(size, max(_centred_side(side, size), 2 - size % 2))
         crops.append(slice((size - n) // 2, (size - n) // 2 + n))
     return x[..., crops[0], crops[1]]
+
+
+def _centred_side(side: float, size: int) -> int:
+    """The integer nearest ``side`` with the parity of ``size`` (so a crop or pad of ``size`` to it stays centred)."""
+    return round((side - size % 2) / 2) * 2 + size % 2
+
+
+def centre_pad(x: torch.Tensor, side: float, value: float) -> torch.Tensor:
+    """``x`` padded equally on every side with ``value`` to the integers nearest ``side`` with the parity of ``x``'s
+    sides (as :func:`centre_crop` chooses them); sides already that large are left as they are.
+
+    Example:
+        >>> centre_pad(torch.zeros(1, 1, 28, 28), 28 * 2**0.5, -1.0).shape  # 39.6 → 40 (even, as 28)
+        torch.Size([1, 1, 40, 40])
+    """
+    pads = []
+    for size in reversed(x.shape[-2:]):  # F.pad: the last dim first
+        extra = max(0, _centred_side(side, size) - size) // 2
+        pads += [extra, extra]
+    return F.pad(x, pads, value=value) if any(pads) else x
 
 
 def pool_channels(outputs: torch.Tensor, pool: str) -> torch.Tensor:

@@ -325,8 +325,10 @@ def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], D
     hub_id = pretrained_cfg.get("hf_hub_id") or ""
     filename = pretrained_cfg.get("hf_hub_filename") or "model.safetensors"
     model_tag = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
-    if hf_split(hub_id)[0] == f"{PUBLISHED_ORG}/{model_tag}":
-        shipped = shipped_weights_file(model_tag)
+    org, _, repo_tag = hf_split(hub_id)[0].partition("/")
+    # the cfg's own published folder or, for a tag sharing another's weights (gd_fmnist_sc.fmnist), that folder
+    if org == PUBLISHED_ORG and repo_tag in load_manifest():
+        shipped = shipped_weights_file(repo_tag)
         if shipped is not None:
             return str(shipped)
     derive_fn = derive(model_tag) if derive is not None and hub_id else None
