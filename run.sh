@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gdzoo's one entry point for a fresh machine. It sets up .venv (idempotent), then
 #   bash run.sh            runs the main job on its built-in default
-#   bash run.sh test [..]  runs the test suite (extra arguments go to pytest)
+#   bash run.sh test [..]  lints (ruff, rules in pyproject.toml), then runs the test suite (extra arguments go to pytest)
 # Override the torch install with GDZOO_TORCH_SPEC (e.g. "torch==2.9.1 torchvision==0.24.1" on aarch64).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,7 +33,14 @@ if [ ! -f "$fmnist_dir/t10k-images-idx3-ubyte.gz" ]; then
 fi
 
 case "${1:-main}" in
-    test) shift; exec "$py" -m pytest "$@" ;;
+    test)
+        shift
+        if ! "$py" -m ruff check --quiet .; then
+            echo "lint failed: ruff's findings above (rules: pyproject.toml [tool.ruff]); tests not run." \
+                 "'ruff check --fix .' fixes import order; wrap long lines by hand." >&2
+            exit 1
+        fi
+        exec "$py" -m pytest "$@" ;;
     main) exec "$venv/bin/gdzoo" train --overwrite ;;  # a rerun moves the last one to runs/<name>.old-<time>/
     *) echo "usage: bash run.sh [test [pytest args...]]" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ Everything else is in pyproject.toml. Only the folders named in ``gdzoo/models/p
 are copied, so local exports never leak into a wheel. Editable installs read ``weights/`` in place.
 """
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,18 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 MANIFEST = ROOT / "gdzoo" / "models" / "published_weights.json"
-HUB_FILES = ("config.json", "model.safetensors", "README.md")
+
+
+def _repo_files() -> tuple:
+    """``REPO_FILES`` of ``gdzoo/models/weights_files.py`` (it imports nothing: no gdzoo or torch at build time)."""
+    path = ROOT / "gdzoo" / "models" / "weights_files.py"
+    spec = importlib.util.spec_from_file_location("_gdzoo_weights_files", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.REPO_FILES
+
+
+HUB_FILES = _repo_files()
 
 
 class BuildPyWithWeights(build_py):

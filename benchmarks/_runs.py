@@ -48,8 +48,10 @@ def utc_today_at(hhmm: str | None) -> dt.datetime | None:
 def git_commit(paths: tuple[str, ...] = ("gdzoo", "configs")) -> str | None:
     """Short HEAD commit, with ``+dirty`` when ``paths`` have uncommitted changes."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return None
@@ -95,7 +97,8 @@ def device_segments(train_log: str) -> list[tuple[str, int]]:
     return segments
 
 
-def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: int, kill_at: dt.datetime | None) -> tuple[str, float]:
+def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: int,
+                 kill_at: dt.datetime | None) -> tuple[str, float]:
     """Run ``gdzoo <args>`` (adding ``--resume`` when ``run_dir/last.pth`` exists), its output to ``run_dir/train.log``.
 
     Returns ('done' | 'failed' | 'killed', wall seconds summed over this and earlier interrupted attempts).
@@ -140,8 +143,8 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
     return "done", wall
 
 
-def run_queue(cells: Sequence[Any], run_cell: Callable[[Any, dt.datetime | None], str], refresh: Callable[[], None], log: Log,
-              stop_at: str | None = None, kill_at: str | None = None, max_cells: int | None = None) -> int:
+def run_queue(cells: Sequence[Any], run_cell: Callable[[Any, dt.datetime | None], str], refresh: Callable[[], None],
+              log: Log, stop_at: str | None = None, kill_at: str | None = None, max_cells: int | None = None) -> int:
     """Run ``cells`` one at a time with ``run_cell(cell, kill_at)`` ('done' | 'failed' | 'killed'), calling
     ``refresh()`` after each and at the end; stop at ``max_cells``, at ``stop_at`` (HH:MM UTC, launch nothing
     after) or after a kill at ``kill_at``. Returns the exit status: 1 if a cell failed, else 0."""

@@ -35,9 +35,9 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gdconv import Timer, inference, interleaved, train_step  # noqa: E402
+from gdzoo.layers import GDConv2d
 
-from gdzoo.layers import GDConv2d  # noqa: E402
+from bench_gdconv import Timer, inference, interleaved, train_step
 
 KERNELS = (7, 13, 31, 51)
 

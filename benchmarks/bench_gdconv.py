@@ -52,8 +52,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gdzoo.layers import GDConv2d  # noqa: E402
-from gdzoo.layers.gd_functional import DEPTHWISE_COST  # noqa: E402
+from gdzoo.layers import GDConv2d
+from gdzoo.layers.gd_functional import DEPTHWISE_COST
 
 SHAPES = ((1, 32, 28), (32, 32, 28), (64, 64, 14), (64, 128, 56))
 VARIANTS = (  # (label, separated, impl)
@@ -361,7 +361,8 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
         shape = shape_name(res["shape"])
         tr, inf = next(iter(res["train"].values())), next(iter(res["infer"].values()))
         lines.append(
-            f"| {shape} | nn.Conv2d | — | {fmt_ms(tr.ref_seconds)} | {fmt_ms(inf.ref_seconds)} | — | {tr.reps}/{inf.reps} |"
+            f"| {shape} | nn.Conv2d | — | {fmt_ms(tr.ref_seconds)} | {fmt_ms(inf.ref_seconds)} | — | "
+            f"{tr.reps}/{inf.reps} |"
         )
         for label, _, impl in VARIANTS:
             name = variant_name(label, impl)
@@ -392,7 +393,8 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
         "picks the depthwise path when `DEPTHWISE_COST` is below the break-even factor, so it chooses right "
         "when `DEPTHWISE_COST` and the fitted factor are on the same side of the break-even.",
         "",
-        "| shape | layer | auto picks | fastest train | fastest inference | fitted factor train / inference | break-even factor |",
+        "| shape | layer | auto picks | fastest train | fastest inference | fitted factor train / inference | "
+        "break-even factor |",
         "|---|---|---|---|---|---|---:|",
     ]
     for res in results:
@@ -400,7 +402,8 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
         for label, separated, other in (("GD", False, "basis"), ("GD-sep", True, "factorized")):
             impls = ("dense", other)
             fastest = {
-                mode: min(impls, key=lambda i, m=mode: res[m][variant_name(label, i)].ratio) for mode in ("train", "infer")
+                mode: min(impls, key=lambda i, m=mode: res[m][variant_name(label, i)].ratio)
+                for mode in ("train", "infer")
             }
             fits = [
                 fitted_depthwise_cost(
@@ -412,8 +415,9 @@ def render_section(args: argparse.Namespace, results: list[dict], title: str) ->
             break_even = fitted_depthwise_cost(1.0, cin, cout, args.bases, n, k2, separated)
             marks = "".join("✓" if res["auto"][label] == fastest[m] else "✗" for m in ("train", "infer"))
             lines.append(
-                f"| {shape_name(res['shape'])} | {label} | {res['auto'][label]} (train {marks[0]}, inference {marks[1]}) "
-                f"| {fastest['train']} | {fastest['infer']} | {fits[0]:.3g} / {fits[1]:.3g} | {break_even:.3g} |"
+                f"| {shape_name(res['shape'])} | {label} | {res['auto'][label]} (train {marks[0]}, inference "
+                f"{marks[1]}) | {fastest['train']} | {fastest['infer']} | {fits[0]:.3g} / {fits[1]:.3g} | "
+                f"{break_even:.3g} |"
             )
     lines += ["", "### Targets (issue 2)", "", "| target | measured (worst case) | met |", "|---|---|---|"]
     lines += target_rows(results)
@@ -449,7 +453,8 @@ def target_rows(results: list[dict]) -> list[str]:
         row(f"separated inference ≤ {TARGETS['sep_infer']}× at {shape_name(TARGET_SHAPE)}", TARGETS["sep_infer"],
             [(r["infer"][variant_name("GD-sep", "auto")], where)])
     gen = [(r["gen"][lbl], f"{lbl}, {shape_name(r['shape'])}") for r in results for lbl in ("GD", "GD-sep")]
-    row(f"kernel generation ≤ {TARGETS['generation_pct']}% of a dense train step", TARGETS["generation_pct"], gen, pct=True)
+    row(f"kernel generation ≤ {TARGETS['generation_pct']}% of a dense train step", TARGETS["generation_pct"], gen,
+        pct=True)
     cached = [(r["infer"][variant_name(lbl, "dense")], f"{lbl} dense, {shape_name(r['shape'])}")
               for r in results for lbl in ("GD", "GD-sep")]
     row(f"cached inference ≤ {TARGETS['cached_infer']}×", TARGETS["cached_infer"], cached)
@@ -457,9 +462,11 @@ def target_rows(results: list[dict]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 3 repetitions, 1 warm-up")
-    p.add_argument("--out", type=Path, default=None, help="also write the markdown report here (e.g. docs/benchmarks.md)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the markdown report here (e.g. docs/benchmarks.md)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--kernel", type=int, default=7)

@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import timm  # noqa: E402
-from timm.utils.model import reparameterize_model  # noqa: E402
+import timm
+from timm.utils.model import reparameterize_model
 
-import gdzoo  # noqa: E402,F401  (registers the models)
-from gdzoo.deploy.formats import ExportSpec, write_artefact  # noqa: E402
-from gdzoo.deploy.twins import PLAIN_TWINS  # noqa: E402
+import gdzoo  # noqa: F401  (registers the models)
+from gdzoo.deploy.formats import ExportSpec, write_artefact
+from gdzoo.deploy.twins import PLAIN_TWINS
 
 # model -> input (N, C, H, W): the fmnist batch of training; one tile for the U-nets; VGG small (loaded machine)
 SIZES = {
@@ -45,7 +45,7 @@ SIZES = {
 }
 
 
-def onnx_session(model: torch.nn.Module, x: torch.Tensor, folder: Path, name: str):  # noqa: ANN201
+def onnx_session(model: torch.nn.Module, x: torch.Tensor, folder: Path, name: str):
     """Export ``model`` (already plain) to ONNX and open it with onnxruntime, one thread."""
     import onnxruntime as ort
 
@@ -58,7 +58,7 @@ def onnx_session(model: torch.nn.Module, x: torch.Tensor, folder: Path, name: st
     return lambda: session.run(None, feed)
 
 
-def torch_call(model: torch.nn.Module, x: torch.Tensor):  # noqa: ANN201
+def torch_call(model: torch.nn.Module, x: torch.Tensor):
     def run() -> torch.Tensor:
         with torch.inference_mode():
             return model(x)

@@ -50,9 +50,11 @@ def main() -> None:
                 kernel_only = fit_gdconv_(gd, target, bias, threads=1)
                 gd = GDConv2d(3, 64, k, stride=2, padding=k // 2, num_bases=b, order=order, separated=args.separated)
                 refined = fit_gdconv_(gd, target, bias, images=images, refine_steps=args.refine_steps, threads=1)
-                print(f"| {k}x{k}{' sep.' if args.separated else ''} | {b} | {order} | {gd.num_kernels} | {kernel_only.kernel_error:.4f} | "
+                print(f"| {k}x{k}{' sep.' if args.separated else ''} | {b} | {order} | {gd.num_kernels} | "
+                      f"{kernel_only.kernel_error:.4f} | "
                       f"{kernel_only.subspace_bound:.4f} | {refined.output_error_kernel_fit:.4f} | "
-                      f"{refined.output_error:.4f} | {refined.kernel_error:.4f} | {time.time() - start:.0f} |", flush=True)
+                      f"{refined.output_error:.4f} | {refined.kernel_error:.4f} | {time.time() - start:.0f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gdzoo  # noqa: E402,F401  (registers the models)
-from bench_gdconv import SHAPES, Paired, Timer, interleaved  # noqa: E402
-from gdzoo import GDConv2d  # noqa: E402
-from gdzoo.kernels import generator  # noqa: E402
-from gdzoo.kernels.generator import triton_available, triton_interpreting  # noqa: E402
+import gdzoo  # noqa: F401  (registers the models)
+from gdzoo import GDConv2d
+from gdzoo.kernels import generator
+from gdzoo.kernels.generator import triton_available, triton_interpreting
+
+from bench_gdconv import SHAPES, Paired, Timer, interleaved
 
 BEGIN, END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 MODES = (("fp32", "train"), ("fp32", "inference"), ("bf16", "train"), ("bf16", "inference"))
@@ -93,7 +94,7 @@ def model_cases(small: bool) -> list[ModelCase]:
             ModelCase("gd_vgg16", "vgg16", 64, 224)]
 
 
-def autocast(device: torch.device, precision: str):  # noqa: ANN201 - a context manager
+def autocast(device: torch.device, precision: str):  # a context manager
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
@@ -122,7 +123,8 @@ def layer_step(module: nn.Module, x: torch.Tensor, precision: str, mode: str) ->
     return train
 
 
-def bench_layer(case: LayerCase, device: torch.device, timer: Timer, opts: dict) -> dict[tuple[str, str], dict[str, Paired]]:
+def bench_layer(case: LayerCase, device: torch.device, timer: Timer,
+                opts: dict) -> dict[tuple[str, str], dict[str, Paired]]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(case.batch, case.cin, case.hw, case.hw, generator=gen).to(device)
     torch.manual_seed(0)
@@ -188,7 +190,7 @@ class LaunchCounter(TorchDispatchMode):
         super().__init__()
         self.count = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         tensors = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
         if tensors and not func.is_view and str(func.overloadpacket) not in NO_LAUNCH:
@@ -210,7 +212,7 @@ def count_launches(fn: Callable[[], object], device: torch.device) -> int:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def cuda_path():  # noqa: ANN201 - a context manager
+def cuda_path():  # a context manager
     """The generator CUDA takes ('auto'); off CUDA, the fused kernels in Triton's interpreter when it is on, so that
     launch counts on CPU are those of the CUDA path (``gpu_check.sh --cpu`` sets ``TRITON_INTERPRET=1``)."""
     return generator("triton" if triton_available() and triton_interpreting() else "auto")
@@ -233,7 +235,7 @@ def gd_layer_launches(model: nn.Module, case: ModelCase, device: torch.device) -
     for h in hooks:
         h.remove()
 
-    def step(layer: nn.Module, x: torch.Tensor, path) -> Callable[[], None]:  # noqa: ANN001 - a context manager factory
+    def step(layer: nn.Module, x: torch.Tensor, path) -> Callable[[], None]:  # a context manager factory
         grad = None
 
         def run() -> None:
@@ -291,7 +293,8 @@ def fmt_ms(seconds: float) -> str:
 
 
 def machine_line(device: torch.device) -> str:
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     cuda = f"; CUDA {torch.version.cuda}; cuDNN {torch.backends.cudnn.version()}" if device.type == "cuda" else ""
     return f"{dev}; torch {torch.__version__}{cuda}; timm {timm.__version__}; Python {platform.python_version()}"
 
@@ -307,8 +310,8 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         "- Method: each cell is the median over interleaved repetitions of (candidate time / reference time), "
         "the device synchronised around every call; below 1 = faster than the reference. GDConv2d runs "
         "`impl='auto'` (its path is shown). train = zero_grad + forward + backward + SGD step; inference = "
-        "eval + no_grad (kernels cached on CPU; on CUDA the fused generator regenerates them, which costs less than the "
-        "cache's host sync); bf16 = `torch.autocast` bfloat16.",
+        "eval + no_grad (kernels cached on CPU; on CUDA the fused generator regenerates them, which costs less than "
+        "the cache's host sync); bf16 = `torch.autocast` bfloat16.",
         "",
         "### GDConv2d / nn.Conv2d (same kernel size)",
         "",
@@ -321,32 +324,35 @@ def render(args: argparse.Namespace, device: torch.device, layers: list[tuple[La
         lines.append(f"| {case.name} | {case.batch} | {kernel} | nn.Conv2d | — | {times} |")
         for name, impl in res["impl"].items():
             ratios = " | ".join(f"{res[m][name].ratio:.3g}×" for m in MODES)
-            lines.append(f"| {case.name} | {case.batch} | {kernel} B={case.bases} K={case.order} | {name} | {impl} | {ratios} |")
+            lines.append(f"| {case.name} | {case.batch} | {kernel} B={case.bases} K={case.order} | {name} | {impl} | "
+                         f"{ratios} |")
     lines += [
         "",
         "### Training throughput (AMP bf16, channels_last, AdamW)",
         "",
-        "generation = every GDConv2d's kernel generation (forward + backward) alone, in % of the GD model's eager step; "
-        "compiled = both models under `torch.compile` (backend in brackets), GD over reference, and the GD model's "
-        "eager step over its compiled one; launches = kernels per call, "
+        "generation = every GDConv2d's kernel generation (forward + backward) alone, in % of the GD model's eager "
+        "step; compiled = both models under `torch.compile` (backend in brackets), GD over reference, and the GD "
+        "model's eager step over its compiled one; launches = kernels per call, "
         + ("CUDA kernel events" if device.type == "cuda" else
            "counted on CPU as the dispatched operators that launch ≥ 1 kernel on CUDA (views and allocations do not), "
-           f"with the generator CUDA takes ({'the fused Triton kernels, interpreted' if triton_interpreting() and triton_available() else 'torch ops: TRITON_INTERPRET=1 was not set'})")
+           "with the generator CUDA takes "
+           + ("(the fused Triton kernels, interpreted)" if triton_interpreting() and triton_available()
+              else "(torch ops: TRITON_INTERPRET=1 was not set)"))
         + "; per GD layer = one GD layer's forward + backward in the step (bf16, its input as the model feeds it), "
         "mean over the model's GD layers: with that generator, with the torch ops (`GDZOO_GENERATOR=torch`), and "
         "as the same layer made a plain `nn.Conv2d` (`reparameterize()`).",
         "",
-        "| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / compiled "
-        "| generation | launches step / generation | launches per GD layer / torch ops / plain conv |",
+        "| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / "
+        "compiled | generation | launches step / generation | launches per GD layer / torch ops / plain conv |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, res in models:
         p, g, c = res["paired"], res["generation"], res["compiled"]
         note = "".join(f", {k}={v:.3g}" for k, v in case.kwargs)
         lines.append(
-            f"| {case.name}{note} | {case.size}×{case.size} | {case.batch} | {case.batch / p.seconds:.4g} | {case.reference} "
-            f"| {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {c.ratio:.3g}× ({res['compile_backend']}) "
-            f"| {res['eager_over_compiled']:.3g}× | {100 * g.ratio:.3g}% "
+            f"| {case.name}{note} | {case.size}×{case.size} | {case.batch} | {case.batch / p.seconds:.4g} | "
+            f"{case.reference} | {case.batch / p.ref_seconds:.4g} | {p.ratio:.3g}× | {c.ratio:.3g}× "
+            f"({res['compile_backend']}) | {res['eager_over_compiled']:.3g}× | {100 * g.ratio:.3g}% "
             f"| {res['launches_step']} / {res['launches_generation']} "
             f"| {res['launches_per_gd_layer']:.3g} / {res['launches_per_gd_layer_torch']:.3g} / "
             f"{res['launches_per_plain_layer']:.3g} |")

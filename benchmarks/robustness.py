@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-
-import timm
 
 import gdzoo
 from gdzoo._io import atomic_write_text
@@ -151,7 +149,8 @@ def write_doc(done: dict) -> None:
         "# Robustness to rotation and rescaling: steering trained GD models",
         "",
         "Top-1 (%) on the whole Fashion-MNIST test set (10,000 images) with the published weights of Table 1's",
-        f"60000-image runs (the paper's protocol; `<model>.{WEIGHTS_TAG}`, e.g. `timm.create_model('gd_fmnist.{WEIGHTS_TAG}',",
+        f"60000-image runs (the paper's protocol; `<model>.{WEIGHTS_TAG}`, e.g. "
+        f"`timm.create_model('gd_fmnist.{WEIGHTS_TAG}',",
         "pretrained=True)`; a default tag holds the best published run, the zoo recipe's where it has run:",
         "docs/zoo_fmnist.md). *plain*: the",
         "model as published; *steered*: `gdzoo.steer(model, scale=s, angle=a)` with the true transform (no",
@@ -163,8 +162,8 @@ def write_doc(done: dict) -> None:
         "",
         "## Rotation",
         "",
-        "| angle | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS) + " |",
-        "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE)),
+        "| angle | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS)
+        + " |", "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE)),
     ]
     for a in ANGLES:
         row = []
@@ -174,8 +173,8 @@ def write_doc(done: dict) -> None:
                 row.append(_fmt(_get(done, m, "steered", 1.0, a)))
         lines.append(f"| {a}° | " + " | ".join(row) + " |")
     lines += ["", "## Scale", "",
-              "| scale | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS) + " |",
-              "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE))]
+              "| scale | " + " | ".join(f"`{m}`" + ("" if m not in STEERABLE else f" | `{m}` steered") for m in MODELS)
+              + " |", "|---:|" + "---:|" * (len(MODELS) + len(STEERABLE))]
     for s in SCALES:
         row = []
         for m in MODELS:
@@ -185,7 +184,8 @@ def write_doc(done: dict) -> None:
         lines.append(f"| {s}× | " + " | ".join(row) + " |")
     lines += ["", f"## Label-free test-time steering (`{TTS_MODEL}`)", "",
               f"Each batch of {BATCH} test images is classified by the steered model of lowest mean prediction",
-              f"entropy among a grid (rotation: every {TTS_ANGLE_GRID[1]}°; scale: {', '.join(map(str, TTS_SCALE_GRID))});",
+              f"entropy among a grid (rotation: every {TTS_ANGLE_GRID[1]}°; scale: "
+              f"{', '.join(map(str, TTS_SCALE_GRID))});",
               "no label is used. *recovered*: the share of the gap between plain and true-transform steering that",
               "the label-free choice closes.", "",
               "| transform | plain | steered (true transform) | label-free | recovered |", "|---|---:|---:|---:|---:|"]

@@ -97,7 +97,7 @@ def normalise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batched(fn, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+def batched(fn, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([fn(chunk) for chunk in x.split(BATCH)])
 
 
@@ -248,7 +248,7 @@ def run_train(args: argparse.Namespace) -> Path:
                       f"≈ {per_step * steps_per_epoch * args.epochs / 3600:.1f} h", flush=True)
                 return run
         state = dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1)
-        atomic_write(ckpt, lambda tmp: torch.save(state, tmp))
+        atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
         print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / seen:.4f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)
     weights = run / "model.safetensors"

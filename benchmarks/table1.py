@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 from _runs import ROOT, Log, cpu_name, device_segments, git_commit, run_queue, run_training
+
 RESULTS = ROOT / "results" / "table1"
 ZOO_FINAL = ROOT / "results" / "zoo_fmnist" / "final"  # benchmarks/zoo_fmnist.py --final: the zoo recipe at 60000
 RUNS = ROOT / "runs" / "table1"
@@ -64,9 +65,9 @@ def rfnn_note(cells: dict) -> str:
     """What the RFNN column is: fixed geometry (rerun), with the learned-geometry runs as a labelled ablation."""
     rerun = [n for n in SIZES if cells.get(("rfnn_fmnist", n))]
     missing = [n for n in SIZES if n not in rerun]
-    return ("**RFNN correction:** RFNN fixes its Gaussian geometry; the first RFNN column here (and its 60000 run's weights, "
-            "`rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the frozen σ, μ, θ back on "
-            "(fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
+    return ("**RFNN correction:** RFNN fixes its Gaussian geometry; the first RFNN column here (and its 60000 run's "
+            "weights, `rfnn_fmnist.fmnist_table1`) learned it, because the trainer's `freeze: none` switched the "
+            "frozen σ, μ, θ back on (fixed 2026-11-30: the geometry is now a buffer, tests/test_training_freeze.py). "
             + ("The column was rerun with the geometry fixed at every size (2026-12-07), and "
                "`rfnn_fmnist.fmnist_table1` is its 60000 run" if not missing else
                "The column is being rerun with the geometry fixed: "
@@ -78,11 +79,16 @@ def rfnn_note(cells: dict) -> str:
 
 # Paper Table 1 (test accuracy %), columns Free-Form, RFNN, DAU-ConvNet, Ours, Ours-few, Ours-separated.
 PAPER = {
-    1000: {"ff_fmnist": 78.8, "rfnn_fmnist": 79.4, "dau_fmnist": 79.9, "gd_fmnist": 80.5, "gd_fmnist_few": 79.7, "gd_fmnist_sep": 78.9},
-    5000: {"ff_fmnist": 84.3, "rfnn_fmnist": 86.2, "dau_fmnist": 86.4, "gd_fmnist": 88.3, "gd_fmnist_few": 88.4, "gd_fmnist_sep": 88.7},
-    10000: {"ff_fmnist": 86.4, "rfnn_fmnist": 88.4, "dau_fmnist": 89.1, "gd_fmnist": 90.5, "gd_fmnist_few": 90.1, "gd_fmnist_sep": 89.3},
-    30000: {"ff_fmnist": 87.7, "rfnn_fmnist": 90.4, "dau_fmnist": 90.9, "gd_fmnist": 92.2, "gd_fmnist_few": 92.4, "gd_fmnist_sep": 91.4},
-    60000: {"ff_fmnist": 89.3, "rfnn_fmnist": 91.2, "dau_fmnist": 92.1, "gd_fmnist": 93.1, "gd_fmnist_few": 92.8, "gd_fmnist_sep": 91.4},
+    1000: {"ff_fmnist": 78.8, "rfnn_fmnist": 79.4, "dau_fmnist": 79.9, "gd_fmnist": 80.5, "gd_fmnist_few": 79.7,
+           "gd_fmnist_sep": 78.9},
+    5000: {"ff_fmnist": 84.3, "rfnn_fmnist": 86.2, "dau_fmnist": 86.4, "gd_fmnist": 88.3, "gd_fmnist_few": 88.4,
+           "gd_fmnist_sep": 88.7},
+    10000: {"ff_fmnist": 86.4, "rfnn_fmnist": 88.4, "dau_fmnist": 89.1, "gd_fmnist": 90.5, "gd_fmnist_few": 90.1,
+            "gd_fmnist_sep": 89.3},
+    30000: {"ff_fmnist": 87.7, "rfnn_fmnist": 90.4, "dau_fmnist": 90.9, "gd_fmnist": 92.2, "gd_fmnist_few": 92.4,
+            "gd_fmnist_sep": 91.4},
+    60000: {"ff_fmnist": 89.3, "rfnn_fmnist": 91.2, "dau_fmnist": 92.1, "gd_fmnist": 93.1, "gd_fmnist_few": 92.8,
+            "gd_fmnist_sep": 91.4},
 }
 # Models whose 60000-sample run was exported as the published Hub folder weights/<model>.fmnist, until the zoo
 # recipe's final run of the model (docs/zoo_fmnist.md) replaced it; see exports_weights.
@@ -347,7 +353,8 @@ def best_baseline(means: dict[str, float]) -> str:
 
 
 def target_misses(cells: dict) -> list[str]:
-    """Issue 6's targets the finished cells miss: a GD column not ahead of the best baseline, gd_fmnist < 93.1 at 60000."""
+    """Issue 6's targets the finished cells miss: a GD column not ahead of the best baseline,
+    gd_fmnist < 93.1 at 60000."""
     misses = []
     for n in SIZES:
         means = row_means(cells, n)
@@ -357,7 +364,8 @@ def target_misses(cells: dict) -> list[str]:
                               + (" (not all seeds run yet)" if partial(cells[(m, n)], n) else ""))
     ours = _mean(cells, "gd_fmnist", FULL)
     if ours is not None and ours < PAPER[FULL]["gd_fmnist"]:
-        misses.append(f"`gd_fmnist` at {FULL}: {ours:.2f}, {PAPER[FULL]['gd_fmnist'] - ours:.2f} points short of the paper's 93.1")
+        misses.append(f"`gd_fmnist` at {FULL}: {ours:.2f}, {PAPER[FULL]['gd_fmnist'] - ours:.2f} points short of the "
+                      "paper's 93.1")
     return misses
 
 
@@ -366,12 +374,13 @@ def shortfalls(cells: dict) -> list[str]:
     lines = ["### Where we fall short", ""]
     lines += [f"- {m}" for m in target_misses(cells)] or ["- Nowhere among the finished cells."]
     lines += ["",
-              "What was tried: first the paper's protocol (below), identical for every column, with no per-model tuning, "
-              "no augmentation and no weight decay, so that the columns stay comparable. The 1000-sample misses are "
-              "within one standard deviation of the three subsets (0.2–0.8 points). At 60000 samples every model ends "
-              f"with training accuracy far above its test accuracy ({overfit_at_full(cells)}): they overfit, and there "
-              "is no validation split to stop early. So two regularisers were then tried on every column at once, at "
-              "10000 samples where a run costs minutes rather than an hour, and augmentation also on `gd_fmnist` at "
+              "What was tried: first the paper's protocol (below), identical for every column, with no per-model "
+              "tuning, no augmentation and no weight decay, so that the columns stay comparable. The 1000-sample "
+              "misses are within one standard deviation of the three subsets (0.2–0.8 points). At 60000 samples every "
+              f"model ends with training accuracy far above its test accuracy ({overfit_at_full(cells)}): they "
+              "overfit, and there is no validation split to stop early. So two regularisers were then tried on every "
+              "column at once, at 10000 samples where a run costs minutes rather than an hour, and augmentation also "
+              "on `gd_fmnist` at "
               "60000 (`python benchmarks/table1_variants.py`, [table1_variants.md](table1_variants.md)):", ""]
     lines += variant_summary(cells)
     return lines
@@ -380,8 +389,10 @@ def shortfalls(cells: dict) -> list[str]:
 def overfit_at_full(cells: dict) -> str:
     """'Free-Form 99.85 / 90.15, ...': last-epoch training top-1 (running mean over the epoch) / test top-1 at 60000."""
     pairs = [(m, r) for m in MODELS for r in cells.get((m, FULL), []) if r.get("last_train_top1") is not None]
+    if not pairs:
+        return "not recorded"
     return "last-epoch train / test top-1: " + ", ".join(
-        f"{PAPER_NAMES[m]} {r['last_train_top1']:.2f} / {r['test_top1']:.2f}" for m, r in pairs) if pairs else "not recorded"
+        f"{PAPER_NAMES[m]} {r['last_train_top1']:.2f} / {r['test_top1']:.2f}" for m, r in pairs)
 
 
 def variant_summary(cells: dict) -> list[str]:
@@ -389,9 +400,12 @@ def variant_summary(cells: dict) -> list[str]:
     from table1_variants import summary_lines  # imported here: table1_variants builds on this module
 
     total_h = sum(r["wall_s"] for v in cells.values() for r in v) / 3600
-    return summary_lines(cells) + ["", "Numbers in brackets: change against the protocol's run of the same cell. Not tried yet, because "
-                              "adopting any of these for the table means rerunning the whole grid for every column (the "
-                              f"{sum(len(v) for v in cells.values())} runs above took {total_h:.1f} h of one core here): a variant as the protocol at every "
+    return summary_lines(cells) + ["",
+                                   "Numbers in brackets: change against the protocol's run of the same cell. Not tried "
+                                   "yet, because "
+                              "adopting any of these for the table means rerunning the whole grid for every column "
+                              f"(the {sum(len(v) for v in cells.values())} runs above took {total_h:.1f} h of one core "
+                              "here): a variant as the protocol at every "
                               "size, longer schedules with augmentation, dropout.", ""]
 
 
@@ -400,10 +414,12 @@ def published_weights_sentence() -> str:
     table1 = [m for m in PUBLISHED if exports_weights(m)]
     zoo = [m for m in MODELS if zoo_published(m)]
     names = lambda ms: ", ".join(f"`{m}`" for m in ms)  # noqa: E731
-    text = f"For {names(table1)} this run is exported to `weights/<model>.fmnist/` (the published weights)." if table1 else ""
+    text = (f"For {names(table1)} this run is exported to `weights/<model>.fmnist/` (the published weights)."
+            if table1 else "")
     if zoo:
         text += (" " if text else "") + (f"The published weights of {names(zoo)} come from the zoo recipe "
-                                         f"([zoo_fmnist.md](zoo_fmnist.md), the \"{ZOO_ROW}\" row above), not from this table's runs.")
+                                         f"([zoo_fmnist.md](zoo_fmnist.md), the \"{ZOO_ROW}\" row above), not from "
+                                         "this table's runs.")
     return text
 
 
@@ -415,21 +431,28 @@ def readme_block(cells: dict) -> list[str]:
         row = []
         for m in MODELS:
             values = [r["test_top1"] for r in cells.get((m, n), [])]
-            row.append(f"{statistics.mean(values):.2f}{partial(values, n)} ({PAPER[n][m]:.1f})" if values else f"— ({PAPER[n][m]:.1f})")
+            row.append(f"{statistics.mean(values):.2f}{partial(values, n)} ({PAPER[n][m]:.1f})" if values
+                       else f"— ({PAPER[n][m]:.1f})")
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     zoo = load_zoo_finals()
     if zoo:
-        lines.append(f"| {ZOO_ROW} | " + " | ".join(f"{zoo[m]['test_top1']:.2f} ({PAPER[FULL][m]:.1f})" if m in zoo else f"— ({PAPER[FULL][m]:.1f})"
+        lines.append(f"| {ZOO_ROW} | "
+                     + " | ".join(f"{zoo[m]['test_top1']:.2f} ({PAPER[FULL][m]:.1f})" if m in zoo
+                                  else f"— ({PAPER[FULL][m]:.1f})"
                                                   for m in MODELS) + " |")
     misses = target_misses(cells)
     not_run = any(not cells.get((m, n)) for m in MODELS for n in SIZES)
     lines += ["", "Test top-1 (%), ours (paper); 1000 and 5000: mean of 3 subsets"
               + ("; `*`: not all subsets run yet" if any_partial(cells) else "")
               + ("; —: not run yet" if not_run or (zoo and zoo.keys() != set(MODELS)) else "")
-              + ". Targets of the paper's protocol (a GD column ahead of every baseline in its row, `gd_fmnist` ≥ 93.1 at 60000): "
-              + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses else "met in every finished cell.")
-              + (f" \"{ZOO_ROW}\": one recipe for every column, trained on all 60000 images (paper's 60000 in brackets; "
-                 "docs/zoo_fmnist.md); such a run became the published `.fmnist` weights where it did not score below them." if zoo else ""),
+              + ". Targets of the paper's protocol (a GD column ahead of every baseline in its row, `gd_fmnist` ≥ 93.1 "
+                "at 60000): "
+              + (f"missed in {len(misses)} place{'s' if len(misses) != 1 else ''}, listed in docs/table1.md." if misses
+                 else "met in every finished cell.")
+              + (f" \"{ZOO_ROW}\": one recipe for every column, trained on all 60000 images (paper's 60000 in "
+                 "brackets; docs/zoo_fmnist.md); such a run became the published `.fmnist` weights where it did not "
+                 "score below "
+                 "them." if zoo else ""),
               "", rfnn_note(cells), README_MARKERS[1]]
     return lines
 
@@ -452,14 +475,17 @@ def rfnn_ablation(cells: dict) -> list[str]:
     if not learned:
         return []
     lines = ["### RFNN, geometry learned (ablation)", "",
-             "The first RFNN column, whose σ, μ, θ trained (see the correction above), beside the rerun with them fixed. "
+             "The first RFNN column, whose σ, μ, θ trained (see the correction above), beside the rerun with them "
+             "fixed. "
              "Same protocol, commands and seeds; `results/table1/rfnn_learned_geometry/`.", "",
-             "| train samples | RFNN, geometry fixed (the column) | RFNN, geometry learned | learned − fixed |", "|---|---:|---:|---:|"]
+             "| train samples | RFNN, geometry fixed (the column) | RFNN, geometry learned | learned − fixed |",
+             "|---|---:|---:|---:|"]
     for n in SIZES:
         fixed, free = cells.get(("rfnn_fmnist", n), []), learned.get(("rfnn_fmnist", n), [])
         gap = "—"
         if fixed and free:
-            gap = f"{statistics.mean(r['test_top1'] for r in free) - statistics.mean(r['test_top1'] for r in fixed):+.2f}"
+            diff = statistics.mean(r["test_top1"] for r in free) - statistics.mean(r["test_top1"] for r in fixed)
+            gap = f"{diff:+.2f}"
         lines.append(f"| {n} | {fmt_cell(fixed, n)} | {fmt_cell(free, n)} | {gap} |")
     return lines + [""]
 
@@ -473,7 +499,8 @@ def write_table(log: Log | None = None) -> None:
     lines = [
         "# Table 1 on Fashion-MNIST: our runs beside the paper",
         "",
-        "<!-- Generated by `python benchmarks/table1.py --table-only` from results/table1/*.json; edit the script, not this file. -->",
+        "<!-- Generated by `python benchmarks/table1.py --table-only` from results/table1/*.json; edit the script, not "
+        "this file. -->",
         "",
         f"Test top-1 accuracy (%) on the full 10,000-image Fashion-MNIST test set. Generated "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {len(all_runs)} finished runs "
@@ -514,7 +541,8 @@ def write_table(log: Log | None = None) -> None:
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## GD variants vs the baselines", "",
               "Target (issue 6): every GD column ahead of every baseline (Free-Form, RFNN, DAU-ConvNet) at every size; "
-              "gd_fmnist ≥ 93.1 at 60000. A margin is the GD column minus the best baseline of its row; where DAU-ConvNet "
+              "gd_fmnist ≥ 93.1 at 60000. A margin is the GD column minus the best baseline of its row; where "
+              "DAU-ConvNet "
               "has not run, the best of Free-Form and RFNN (marked \"no DAU run\").", "",
               "| train samples | best baseline | " + " | ".join(f"`{m}` margin" for m in GD_MODELS) + " |",
               "|---|---:|" + "---:|" * len(GD_MODELS)]
@@ -528,7 +556,8 @@ def write_table(log: Log | None = None) -> None:
         partial_base = "*" if any(partial(cells[(m, n)], n) for m in BASELINES if m in means) else ""
         no_dau = "" if "dau_fmnist" in means else "; no DAU run"
         row = [f"{gaps[m]:+.2f}{partial(cells[(m, n)], n)}" if m in gaps else "—" for m in GD_MODELS]
-        lines.append(f"| {n} | {means[best]:.2f}{partial_base} ({PAPER_NAMES[best]}{no_dau}) | " + " | ".join(row) + " |")
+        lines.append(f"| {n} | {means[best]:.2f}{partial_base} ({PAPER_NAMES[best]}{no_dau}) | " + " | ".join(row)
+                     + " |")
     if all(b in zoo for b in REQUIRED_BASELINES):
         best, gaps = best_baseline(zoo), margins(zoo)
         no_dau = "" if "dau_fmnist" in zoo else "; no DAU run"
@@ -540,18 +569,21 @@ def write_table(log: Log | None = None) -> None:
     lines += shortfalls(cells)
 
     # Speed: seconds per epoch at each size and a 60000-image epoch extrapolated from the measured rate.
-    cpus = sorted({f"{r.get('cpu')} ({r.get('device')}, {r.get('threads')} thread{'s' if r.get('threads') != 1 else ''})" for r in all_runs})
+    cpus = sorted({f"{r.get('cpu')} ({r.get('device')}, {r.get('threads')} "
+                   f"thread{'s' if r.get('threads') != 1 else ''})" for r in all_runs})
     lines += ["", "## Wall-clock on this machine", "",
               "Training seconds per epoch (mean over a cell's runs and epochs; validation and test excluded), and "
               "the time of a 60000-image epoch extrapolated from the median training rate (img/s) over all of a "
-              "column's runs. Runs were one at a time, each with one PyTorch thread, on: " + ("; ".join(cpus) if cpus else "—") + ". "
+              "column's runs. Runs were one at a time, each with one PyTorch thread, on: "
+              + ("; ".join(cpus) if cpus else "—") + ". "
               "Other work on the machine during a run slows it, so these are indicative.", "",
               "| | " + " | ".join(f"`{m}`" for m in MODELS) + " |", "|---|" + "---:|" * len(MODELS)]
     for n in SIZES:
         lines.append(f"| s / epoch at {n} | " + " | ".join(_cell_means(cells, n, "sec_per_epoch", "{:.1f} s")) + " |")
     row = []
     for m in MODELS:
-        rates = [r["train_img_per_s"] for v in (cells.get((m, n), []) for n in SIZES) for r in v if r.get("train_img_per_s")]
+        rates = [r["train_img_per_s"] for v in (cells.get((m, n), []) for n in SIZES) for r in v
+                 if r.get("train_img_per_s")]
         row.append(f"{FULL / statistics.median(rates):.0f} s ({statistics.median(rates):.0f} img/s)" if rates else "—")
     lines.append("| 60000-image epoch (extrapolated) | " + " | ".join(row) + " |")
     lines += ["", "Wall time of a whole run (training, validation, test, start-up; mean over a cell's runs, seconds):",
@@ -561,27 +593,29 @@ def write_table(log: Log | None = None) -> None:
 
     # Protocol and commands.
     lines += ["", "## Protocol", "",
-              "- Recipes: `configs/table1/<model>.yaml`, one per column, identical except `model.name`. Paper protocol: "
-              "Adam, batch 32, cosine learning-rate decay in Keras' `CosineDecay` form with floor α = 0.01 "
+              "- Recipes: `configs/table1/<model>.yaml`, one per column, identical except `model.name`. Paper "
+              "protocol: Adam, batch 32, cosine learning-rate decay in Keras' `CosineDecay` form with floor α = 0.01 "
               "(see docs/training.md for the paper's misprinted formula), lr 0.01, `norm='fixed'` (BatchNorm with γ, "
               "running mean and variance fixed to 1, 0, 1; only β trains), no augmentation, no weight decay.",
               f"- Epochs: every cell gets at least {MIN_STEPS:,} optimizer steps and at least {MIN_EPOCHS} epochs: "
-              f"`epochs = max({MIN_EPOCHS}, ceil({MIN_STEPS} / ceil(n / {BATCH})))`. Small subsets need many passes to converge, "
-              f"large ones are bounded by {MIN_EPOCHS} epochs. Linear warmup over the first {WARMUP_STEPS} steps, then cosine "
-              f"decay to α·lr at the last step.",
+              f"`epochs = max({MIN_EPOCHS}, ceil({MIN_STEPS} / ceil(n / {BATCH})))`. Small subsets need many passes to "
+              f"converge, large ones are bounded by {MIN_EPOCHS} epochs. Linear warmup over the first {WARMUP_STEPS} "
+              "steps, then cosine decay to α·lr at the last step.",
               "",
               "  | train samples | steps / epoch | epochs | optimizer steps | validate every (epochs) |",
               "  |---|---:|---:|---:|---:|"]
     for n in SIZES:
         s = schedule(n)
-        lines.append(f"  | {n} | {s['steps_per_epoch']} | {s['epochs']} | {s['steps']:,} | {s['eval_every'] if n < FULL else '— (no validation)'} |")
+        lines.append(f"  | {n} | {s['steps_per_epoch']} | {s['epochs']} | {s['steps']:,} | "
+                     f"{s['eval_every'] if n < FULL else '— (no validation)'} |")
     lines += ["",
-              f"- Model selection: below 60000 samples, {VAL_SIZE} images are held out of the 60000-image training pool "
-              f"as a validation split (`data.val_size={VAL_SIZE}`, drawn with `data.split_seed`), the training subset is "
-              f"drawn from the remaining 55000, validation runs about every {VAL_EVERY_STEPS} steps and after the last epoch, "
-              "and the weights with the best validation top-1 are evaluated once on the test set. The test set plays "
-              "no part in any choice. At 60000 samples the model trains on the whole training set (the paper's column), "
-              "so there is no validation split: the last epoch's weights are evaluated (nothing is selected). "
+              f"- Model selection: below 60000 samples, {VAL_SIZE} images are held out of the 60000-image training "
+              f"pool as a validation split (`data.val_size={VAL_SIZE}`, drawn with `data.split_seed`), the training "
+              f"subset is drawn from the remaining 55000, validation runs about every {VAL_EVERY_STEPS} steps and "
+              "after the last epoch, and the weights with the best validation top-1 are evaluated once on the test "
+              "set. The test set plays no part in any choice. At 60000 samples the model trains on the whole training "
+              "set (the paper's column), so there is no validation split: the last epoch's weights are evaluated "
+              "(nothing is selected). "
               + published_weights_sentence(),
               "- Seeds: seed s sets both the training subset / validation split (`data.split_seed=s`) and the "
               "initialisation and data order (`train.seed=s`), so the three runs at 1000 and 5000 samples are three "
@@ -603,8 +637,10 @@ def write_table(log: Log | None = None) -> None:
     for n in SIZES:
         for m in MODELS:
             for r in cells.get((m, n), []):
-                lines.append(f"| `{cell_name(m, n, r['seed'])}` | {r['test_top1']:.2f} | {format(r['val_top1'], '.2f') if r['val_top1'] is not None else '—'} | "
-                             f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} | {r['wall_s']:.0f} | {r.get('device')} |")
+                lines.append(f"| `{cell_name(m, n, r['seed'])}` | {r['test_top1']:.2f} | "
+                             f"{format(r['val_top1'], '.2f') if r['val_top1'] is not None else '—'} | "
+                             f"{r['best_epoch']} / {r['epochs']} | {r['sec_per_epoch']} | {r['wall_s']:.0f} | "
+                             f"{r.get('device')} |")
     if not all_runs:
         lines.append("| (none yet) | | | | | | |")
     DOC.write_text("\n".join(lines) + "\n")
@@ -641,8 +677,8 @@ def main(argv: list[str] | None = None) -> int:
             print(human_command(*c) + ("  --resume" if (RUNS / cell_name(*c) / "last.pth").is_file() else ""))
         return 0
     log(f"grid: sizes {sorted(args.sizes)}, models {args.models}")
-    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_table(log), log,
-                     args.stop_at, args.kill_at, args.max_cells)
+    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_table(log),
+                     log, args.stop_at, args.kill_at, args.max_cells)
 
 if __name__ == "__main__":
     sys.exit(main())

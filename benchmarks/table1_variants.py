@@ -24,8 +24,20 @@ import shlex
 import sys
 
 from _runs import ROOT, Log, run_queue, run_training
-from table1 import (FULL, GD_MODELS, MODELS, PAPER, PAPER_NAMES, cell_name, collect_result, load_results, margins, row_means, seeds_for,
-                    train_args)
+from table1 import (
+    FULL,
+    GD_MODELS,
+    MODELS,
+    PAPER,
+    PAPER_NAMES,
+    cell_name,
+    collect_result,
+    load_results,
+    margins,
+    row_means,
+    seeds_for,
+    train_args,
+)
 
 RESULTS = ROOT / "results" / "table1_variants"
 RUNS = ROOT / "runs" / "table1_variants"
@@ -102,7 +114,8 @@ def summary_lines(protocol: dict[tuple[str, int], list[dict]]) -> list[str]:
             after, before = margins(means), margins(base_means)
             if after:
                 line += ". GD margins over the best baseline: " + ", ".join(
-                    f"{PAPER_NAMES[m]} {after[m]:+.2f}" + (f" (protocol {before[m]:+.2f})" if m in before else "") for m in after)
+                    f"{PAPER_NAMES[m]} {after[m]:+.2f}"
+                    + (f" (protocol {before[m]:+.2f})" if m in before else "") for m in after)
                 line += f" ({sum(d > 0 for d in after.values())} of {len(after)} GD columns ahead)"
             if n == FULL and "gd_fmnist" in means:
                 line += f". `gd_fmnist` against the 93.1 target: {means['gd_fmnist'] - PAPER[FULL]['gd_fmnist']:+.2f}"
@@ -122,16 +135,20 @@ def write_doc(log: Log | None = None) -> None:
         "(recipe, training subset, validation split, seed, epochs, and the selection: best validation top-1 below "
         "60000 samples, the last epoch at 60000; see [table1.md](table1.md), \"Protocol\"). A variant's run never "
         "replaces the published weights. Test top-1 (%) on the 10,000 test images; a cell's value is the mean "
-        "of its runs. \"margin\" is the GD column minus the best baseline in the same row (Free-Form, RFNN and, where it ran, "
-        "DAU-ConvNet).",
+        "of its runs. \"margin\" is the GD column minus the best baseline in the same row (Free-Form, RFNN and, where "
+        "it ran, DAU-ConvNet).",
         "",
         "Variants:",
         "",
     ]
-    lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}." for v, (desc, overrides) in VARIANTS.items()]
+    lines += [f"- `{v}`: {desc}. Overrides: {', '.join(f'`--set {o}`' for o in overrides)}."
+              for v, (desc, overrides) in VARIANTS.items()]
     for n in sizes_of(variants):
-        lines += ["", f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} {', '.join(map(str, seeds_for(n)))})", "",
-                  "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | " + " | ".join(f"`{m}` margin" for m in GD_MODELS) + " |",
+        lines += ["",
+                  f"## {n} training samples (seed{'s' if len(seeds_for(n)) > 1 else ''} "
+                  f"{', '.join(map(str, seeds_for(n)))})", "",
+                  "| training | " + " | ".join(f"{PAPER_NAMES[m]} (`{m}`)" for m in MODELS) + " | "
+                  + " | ".join(f"`{m}` margin" for m in GD_MODELS) + " |",
                   "|---|" + "---:|" * (len(MODELS) + len(GD_MODELS))]
         for label, cells in rows.items():
             means = row_means(cells, n)
@@ -144,8 +161,10 @@ def write_doc(log: Log | None = None) -> None:
     if not sizes_of(variants):
         lines += ["", "No variant run has finished yet."]
     lines += ["", "## Commands", "", "```bash",
-              "python benchmarks/table1_variants.py               # every variant, every column, at 10000 samples (resumable)",
-              "python benchmarks/table1_variants.py --table-only  # regenerate this file", "```", "", "One cell, e.g.:", "", "```bash"]
+              "python benchmarks/table1_variants.py               # every variant, every column, at 10000 samples "
+              "(resumable)",
+              "python benchmarks/table1_variants.py --table-only  # regenerate this file", "```", "", "One cell, e.g.:",
+              "", "```bash"]
     lines += [shlex.join(["gdzoo", *variant_args(v, "gd_fmnist", DEFAULT_SIZES[0], 0)]) for v in VARIANTS]
     lines += ["```", ""]
     DOC.write_text("\n".join(lines))
@@ -155,8 +174,10 @@ def write_doc(log: Log | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants to run (default: all)")
-    p.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES, help=f"training sizes, up to {FULL} (default: {DEFAULT_SIZES})")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="variants to run (default: all)")
+    p.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES,
+                   help=f"training sizes, up to {FULL} (default: {DEFAULT_SIZES})")
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS, help="columns to run (default: all)")
     p.add_argument("--stop-at", help="HH:MM UTC: launch no new cell after this time")
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running cell at this time (it resumes next time)")
@@ -172,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sizes must be in 1..{FULL}, got {bad}")
     todo = [(v, m, n, s) for v in args.variants for n in sorted(args.sizes) for s in seeds_for(n) for m in MODELS
             if m in args.models and not (RESULTS / v / f"{cell_name(m, n, s)}.json").is_file()]
-    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_doc(log), log,
-                     args.stop_at, args.kill_at)
+    return run_queue(todo, lambda cell, kill_at: run_cell(*cell, log, args.threads, kill_at), lambda: write_doc(log),
+                     log, args.stop_at, args.kill_at)
 
 
 if __name__ == "__main__":

@@ -51,16 +51,20 @@ SEARCH_MODELS = ["ff_fmnist", "gd_fmnist"]
 SEARCH_TRAIN, SEARCH_VAL = 20000, 5000
 PAPER_OURS = PAPER[FULL]["gd_fmnist"]  # the paper's "Ours" at 60000 (Table 1): issue 15's target
 STRETCH = 93.5  # issue 15's stretch target for gd_fmnist
-# A training top-1 (without augmentation) less than this many points above the test top-1 reads as underfitting. Table 1's
-# paper-protocol gd_fmnist, which overfits, scores 99.22 on its 60000 training images against 92.56 on the test set:
-#   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 --set data.train_subset=null --split train
+# A training top-1 (without augmentation) less than this many points above the test top-1 reads as underfitting.
+# Table 1's paper-protocol gd_fmnist, which overfits, scores 99.22 on its 60000 training images against 92.56 on the
+# test set:
+#   gdzoo eval --model gd_fmnist --checkpoint weights/gd_fmnist.fmnist_table1 --set data.val_size=0 \
+#     --set data.train_subset=null --split train
 UNDERFIT_GAP = 2.0
-AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"  # tried before the zoo recipe
+# tried before the zoo recipe
+AUGMENT_AT_FULL = ROOT / "results" / "table1_variants" / "augment" / "gd_fmnist_60000_s0.json"
 # name -> (what it is, the settings that tell the candidates apart, set on configs/zoo/<model>.yaml). Every candidate
 # sets all of them, so its meaning does not depend on what base.yaml holds; base.yaml is the chosen one
 # (BASE_CANDIDATE). A 60-epoch run of gd_fmnist on 55000 images takes about 3 h on one core of this machine (300 img/s):
 # the longer schedules are a stage of their own (issue 33), resumable across sessions.
-_LS_EMA_RE = "flips, random resized crops, an EMA of the weights (decay 0.9995), label smoothing 0.1 and random erasing (p 0.25)"
+_LS_EMA_RE = ("flips, random resized crops, an EMA of the weights (decay 0.9995), label smoothing 0.1 and random "
+              "erasing (p 0.25)")
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment": ("flips and random resized crops (area 80-100 %)",
                 ["augment.re_prob=0", "train.label_smoothing=0", "train.ema=false", "train.epochs=30"]),
@@ -69,16 +73,19 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "augment_ls_ema_re": (_LS_EMA_RE + ", 30 epochs",
                           ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true", "train.epochs=30"]),
     "augment_ls_ema_re_e60": (_LS_EMA_RE + ", 60 epochs",
-                              ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true", "train.epochs=60"]),
+                              ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true",
+                               "train.epochs=60"]),
     "augment_ls_ema_re_e100": (_LS_EMA_RE + ", 100 epochs",
-                               ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true", "train.epochs=100"]),
+                               ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true",
+                                "train.epochs=100"]),
 }
 BASE_CANDIDATE = "augment_ls_ema_re"  # the candidate configs/zoo/base.yaml is (test_zoo_fmnist_script checks it)
 EXPORT_ROOT = "runs/zoo_fmnist/export"  # final runs export here; publish() copies the folder into weights/
 
 
 def learned_fixed_geometry(model: str, folder: Path) -> bool:
-    """Whether the weights in ``folder`` carry another Gaussian geometry (``*_raw``) than the one the architecture fixes."""
+    """Whether the weights in ``folder`` carry another Gaussian geometry (``*_raw``) than the one the architecture
+    fixes."""
     import timm
     import torch
     from safetensors.torch import load_file
@@ -90,7 +97,8 @@ def learned_fixed_geometry(model: str, folder: Path) -> bool:
 # Checks that a published file is not the model its name promises: a correct final replaces such a file whatever it
 # scores. model -> (why, check(model, published folder) -> True when the file is wrong).
 NOT_WHAT_THE_NAME_PROMISES = {
-    "rfnn_fmnist": ("the published file had learned its Gaussian geometry, which RFNN fixes (RFNN correction in docs/table1.md)",
+    "rfnn_fmnist": ("the published file had learned its Gaussian geometry, which RFNN fixes (RFNN correction in "
+                    "docs/table1.md)",
                     learned_fixed_geometry),
 }
 
@@ -123,8 +131,10 @@ SEARCH_STAGES = (
                 "a third of the data, for CPU; its choice underfits at 60000 images (see the final runs)"),
     SearchStage("search_full", FULL - SEARCH_VAL, ("augment_ema", "augment_ls_ema_re"),
                 "the final size, because the regularisers chosen at 20000 images held the final runs back"),
-    SearchStage("search_long", FULL - SEARCH_VAL, ("augment_ls_ema_re", "augment_ls_ema_re_e60", "augment_ls_ema_re_e100"),
-                "the schedule: every final run underfits at 30 epochs (clean train top-1 less than 2 points above test)"),
+    SearchStage("search_long", FULL - SEARCH_VAL,
+                ("augment_ls_ema_re", "augment_ls_ema_re_e60", "augment_ls_ema_re_e100"),
+                "the schedule: every final run underfits at 30 epochs (clean train top-1 less than 2 points above "
+                "test)"),
 )
 STAGES = {stage.name: stage for stage in SEARCH_STAGES}
 
@@ -139,7 +149,8 @@ def search_args(candidate: str, model: str, stage: str = "search") -> list[str]:
 def final_args(model: str) -> list[str]:
     """``gdzoo train`` arguments of one final run: the zoo file as written, exported as ``<model>.fmnist`` to
     ``EXPORT_ROOT`` (``publish`` decides whether it replaces the published folder)."""
-    return ["train", "-c", f"configs/zoo/{model}.yaml", "--no-progress", "--export", "--set", f"output.export_root={EXPORT_ROOT}"]
+    return ["train", "-c", f"configs/zoo/{model}.yaml", "--no-progress", "--export",
+            "--set", f"output.export_root={EXPORT_ROOT}"]
 
 
 def publish(model: str, record: dict, log: Log | None = None) -> dict:
@@ -159,8 +170,8 @@ def publish(model: str, record: dict, log: Log | None = None) -> dict:
         shutil.copytree(staged, incoming)
         swap_into_place(incoming, target)  # as `gdzoo hub export` does: readers never see a half-written folder
     if log:
-        log(f"{'publish' if record['published'] else 'keep   '} weights/{model}.fmnist: zoo final {record['test_top1']}, "
-            f"published before {replaced}")
+        log(f"{'publish' if record['published'] else 'keep   '} weights/{model}.fmnist: zoo final "
+            f"{record['test_top1']}, published before {replaced}")
     return record
 
 
@@ -184,7 +195,8 @@ def collect(model: str, args: list[str], run_dir: Path, wall_s: float, threads: 
         "git": git_commit(("gdzoo", "configs/zoo")),
         "finished_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
     }
-    if final["split"] == "val":  # search: the last epoch's validation score (what the final run keeps is its last epoch)
+    # search: the last epoch's validation score (what the final run keeps is its last epoch)
+    if final["split"] == "val":
         record["val_top1_last"] = round(last["val_top1"], 2)
         record["val_top1_best"] = round(max(r["val_top1"] for r in rows if "val_top1" in r), 2)
         record["val_samples"] = final["samples"]
@@ -201,7 +213,8 @@ def clean_train_top1(run_dir: Path, threads: int = 1) -> float:
     train``): next to the test top-1 it tells a recipe that holds the model back from one that lets it overfit."""
     out = run_dir / "train_split_metrics.json"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    subprocess.run([sys.executable, "-m", "gdzoo", "eval", "--checkpoint", str(run_dir), "--split", "train", "--output", str(out)],
+    subprocess.run([sys.executable, "-m", "gdzoo", "eval", "--checkpoint", str(run_dir), "--split", "train", "--output",
+                    str(out)],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return round(json.loads(out.read_text())["top1"], 2)
 
@@ -249,7 +262,8 @@ def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetim
             record = publish(model, record, log)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
-        log(f"done   {name}: " + ", ".join(f"{k} {record[k]}" for k in ("val_top1_last", "test_top1", "last_train_top1") if k in record))
+        log(f"done   {name}: "
+            + ", ".join(f"{k} {record[k]}" for k in ("val_top1_last", "test_top1", "last_train_top1") if k in record))
     return status
 
 
@@ -275,13 +289,15 @@ def search_means(search: dict) -> dict[str, float]:
 
 
 def chosen_candidate(search: dict, candidates: tuple[str, ...]) -> str | None:
-    """A stage's choice: the candidate with the best mean validation top-1 (None until every one has run on every column)."""
+    """A stage's choice: the candidate with the best mean validation top-1
+    (None until every one has run on every column)."""
     means = search_means(search)
     return max(means, key=means.get) if means and means.keys() == set(candidates) else None
 
 
 def zoo_choice() -> tuple[str, str] | None:
-    """``(stage, candidate)`` of the zoo recipe: the choice of the latest stage that has run every candidate on every column."""
+    """``(stage, candidate)`` of the zoo recipe: the choice of the latest stage that has run every candidate on every
+    column."""
     for stage in reversed(SEARCH_STAGES):
         chosen = chosen_candidate(load_search(stage.name), stage.candidates)
         if chosen is not None:
@@ -313,7 +329,8 @@ def target_verdict(final: dict) -> str:
             f"{ours - STRETCH:+.2f} against the stretch target {STRETCH}")
     if base:
         best = max(base, key=base.get)
-        text += f", {ours - base[best]:+.2f} against the best baseline with the same recipe (`{best}`, {base[best]:.2f})"
+        text += (f", {ours - base[best]:+.2f} against the best baseline with the same recipe "
+                 f"(`{best}`, {base[best]:.2f})")
     text += "."
     if ours < PAPER_OURS:
         augment = json.loads(AUGMENT_AT_FULL.read_text())["test_top1"] if AUGMENT_AT_FULL.is_file() else None
@@ -323,15 +340,16 @@ def target_verdict(final: dict) -> str:
                  + "). Not tried, for CPU: schedules longer than 30 epochs, dropout, wider models.")
         clean = final["gd_fmnist"].get("train_top1_clean")
         if clean is not None:
-            text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} above "
-                     "its test top-1")
+            text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} "
+                     "above its test top-1")
             text += (f", so at 60000 images the recipe holds the model back (it underfits) rather than letting it "
                      f"overfit. {search_verdict()}" if clean - ours < UNDERFIT_GAP else ".")
     return text
 
 
 def search_verdict() -> str:
-    """What the searches say about an underfitting final: which stage chose the recipe, and where the schedule stands."""
+    """What the searches say about an underfitting final: which stage chose the recipe,
+    and where the schedule stands."""
     first, full = STAGES["search"], STAGES["search_full"]
     search = load_search(full.name)
     chosen = chosen_candidate(search, full.candidates)
@@ -364,64 +382,77 @@ def search_table(stage: SearchStage, choice: tuple[str, str] | None) -> list[str
     """One stage's section of the doc: its validation top-1 per candidate and column, and its mean."""
     search = load_search(stage.name)
     means, chosen = search_means(search), chosen_candidate(search, stage.candidates)
-    lines = [f"### Stage `{stage.name}`: {stage.train} training images", "", f"Why: {stage.why}. Validation top-1 (%):", "",
-             "| candidate | recipe | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
+    lines = [f"### Stage `{stage.name}`: {stage.train} training images", "", f"Why: {stage.why}. Validation top-1 (%):",
+             "", "| candidate | recipe | " + " | ".join(f"`{m}`" for m in SEARCH_MODELS) + " | mean |",
              "|---|---|" + "---:|" * (len(SEARCH_MODELS) + 1)]
     for c in stage.candidates:
         cells, best = search.get(c, {}), c == chosen
         vals = [f"{cells[m]['val_top1_last']:.2f}" if m in cells else "not run yet" for m in SEARCH_MODELS]
         mean = f"{means[c]:.2f}" if c in means else "—"
-        lines.append(f"| `{c}`{' (best)' if best else ''} | {CANDIDATES[c][0]} | " + " | ".join(vals) + f" | {'**' + mean + '**' if best else mean} |")
+        lines.append(f"| `{c}`{' (best)' if best else ''} | {CANDIDATES[c][0]} | " + " | ".join(vals)
+                     + f" | {'**' + mean + '**' if best else mean} |")
     decided = "decides the zoo recipe" if choice and choice[0] == stage.name else "does not decide the recipe"
-    status = f"Best: `{chosen}`; this stage {decided}." if chosen else "Not every candidate has run on every column yet."
+    status = (f"Best: `{chosen}`; this stage {decided}." if chosen
+              else "Not every candidate has run on every column yet.")
     return lines + ["", status, ""]
 
 
 def write_doc(log: Log | None = None) -> None:
     final, choice = load_zoo_finals(), zoo_choice()
     lines = ["# Fashion-MNIST zoo recipe", "",
-             "<!-- Generated by `python benchmarks/zoo_fmnist.py --table-only`; edit the script, not this file. -->", "",
-             "docs/table1.md reproduces the paper's protocol; the published `*.fmnist` weights are a different product: the "
-             "best these architectures can be, trained by one recipe that is the same for every column "
+             "<!-- Generated by `python benchmarks/zoo_fmnist.py --table-only`; edit the script, not this file. -->",
+             "", "docs/table1.md reproduces the paper's protocol; the published `*.fmnist` weights are a different "
+             "product: the best these architectures can be, trained by one recipe that is the same for every column "
              "(`configs/zoo/base.yaml`; `configs/zoo/<model>.yaml` only names the model).", "",
              "## Choosing the recipe on validation data", "",
-             f"A candidate trains on part of the 60000 training images and is scored after its last epoch on {SEARCH_VAL} "
-             "other training images, the same ones in every stage (split seed 0; `data.evaluate_test=false`, so no search "
-             "run reads the test set). Last-epoch rather than best-epoch accuracy, because the final run keeps its last "
+             "A candidate trains on part of the 60000 training images and is scored after its last epoch on "
+             f"{SEARCH_VAL} other training images, the same ones in every stage (split seed 0; "
+             "`data.evaluate_test=false`, so no search run reads the test set). Last-epoch rather than best-epoch "
+             "accuracy, because the final run keeps its last "
              "epoch. The recipe is the choice of the latest stage that has run every candidate on every column.", ""]
     for stage in SEARCH_STAGES:
         lines += search_table(stage, choice)
-    lines += [f"The zoo recipe: `{choice[1]}` (stage `{choice[0]}`)." if choice else "No stage has run every candidate on every column yet.",
+    lines += [f"The zoo recipe: `{choice[1]}` (stage `{choice[0]}`)." if choice
+              else "No stage has run every candidate on every column yet.",
               "", "## Final runs: all 60000 training images, test top-1 on the 10,000 test images", ""]
     if final:
         clean = lambda r: f"{r['train_top1_clean']:.2f}" if "train_top1_clean" in r else "—"  # noqa: E731
         lines += ["| column | test top-1 | train top-1, no augmentation | last-epoch train top-1, augmented | epochs | "
                   "s / epoch | `weights/<model>.fmnist` |", "|---|---:|---:|---:|---:|---:|---|"]
         lines += [f"| `{m}` | {final[m]['test_top1']:.2f} | {clean(final[m])} | {final[m]['last_train_top1']:.2f} | "
-                  f"{final[m]['epochs']} | {final[m]['sec_per_epoch']} | {publication(final[m])} |" for m in MODELS if m in final]
-        lines += ["", "The train top-1 without augmentation is the last epoch's weights scored on all 60000 training images "
-                  "as the test set is scored (`gdzoo eval --checkpoint runs/zoo_fmnist/final/<model> --split train`); the "
-                  "augmented one is the running mean over the last epoch's batches."]
-        lines += ["", "A final run replaces the published `<model>.fmnist` only when it does not score below the weights it "
-                  "would replace, so the default weights never get worse, or when the published file is not the model its name "
-                  "promises (`NOT_WHAT_THE_NAME_PROMISES`: Table 1's RFNN file had learned its geometry); Table 1's "
-                  "paper-protocol runs stay published as `<model>.fmnist_table1` either way."]
+                  f"{final[m]['epochs']} | {final[m]['sec_per_epoch']} | {publication(final[m])} |" for m in MODELS
+                  if m in final]
+        lines += ["",
+                  "The train top-1 without augmentation is the last epoch's weights scored on all 60000 training "
+                  "images as the test set is scored (`gdzoo eval --checkpoint runs/zoo_fmnist/final/<model> --split "
+                  "train`); the augmented one is the running mean over the last epoch's batches."]
+        lines += ["",
+                  "A final run replaces the published `<model>.fmnist` only when it does not score below the weights "
+                  "it would replace, so the default weights never get worse, or when the published file is not the "
+                  "model its name promises (`NOT_WHAT_THE_NAME_PROMISES`: Table 1's RFNN file had learned its "
+                  "geometry); Table 1's paper-protocol runs stay published as `<model>.fmnist_table1` either way."]
         margins = final_margins(final)
         if margins:
-            lines += ["", "GD margin over the best baseline that ran: " + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
+            lines += ["",
+                      "GD margin over the best baseline that ran: "
+                      + ", ".join(f"`{m}` {d:+.2f}" for m, d in margins.items()) + "."]
         if "gd_fmnist" in final:
             lines += ["", target_verdict(final)]
     else:
         lines.append("No final run has finished yet.")
     for recipe, records in load_superseded().items():
-        lines += ["", f"Final runs of an earlier recipe, `{recipe}` (not comparable with the table above; their published "
+        lines += ["",
+                  f"Final runs of an earlier recipe, `{recipe}` (not comparable with the table above; their published "
                   "files stay until a final of the current recipe replaces them): " + ", ".join(
                       f"`{m}` {r['test_top1']:.2f} ({publication(r)})" for m, r in records.items()) + "."]
     lines += ["", "## Commands", "", "```bash",
-              "python benchmarks/zoo_fmnist.py --search    # every stage's candidates on " + ", ".join(SEARCH_MODELS) + " (resumable)",
-              "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images; weights/<model>.fmnist when not worse",
+              "python benchmarks/zoo_fmnist.py --search    # every stage's candidates on " + ", ".join(SEARCH_MODELS)
+              + " (resumable)",
+              "python benchmarks/zoo_fmnist.py --final     # every column on all 60000 images; weights/<model>.fmnist "
+              "when not worse",
               "python benchmarks/zoo_fmnist.py --table-only",
-              shlex.join(["gdzoo", *search_args(BASE_CANDIDATE, "gd_fmnist", SEARCH_STAGES[-1].name)]) + "   # one search cell",
+              shlex.join(["gdzoo", *search_args(BASE_CANDIDATE, "gd_fmnist", SEARCH_STAGES[-1].name)])
+              + "   # one search cell",
               shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", ""]
     DOC.write_text("\n".join(lines))
     if log:
@@ -431,12 +462,14 @@ def write_doc(log: Log | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     stage = p.add_mutually_exclusive_group(required=True)
-    stage.add_argument("--search", action="store_true", help="the candidates on a validation split (never the test set)")
+    stage.add_argument("--search", action="store_true",
+                       help="the candidates on a validation split (never the test set)")
     stage.add_argument("--final", action="store_true", help="configs/zoo/<model>.yaml on all 60000 images, exported")
     stage.add_argument("--table-only", action="store_true", help="only regenerate docs/zoo_fmnist.md")
     p.add_argument("--models", nargs="+", choices=MODELS, help="columns to run (default: SEARCH_MODELS / all)")
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
-    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES), help="search stages to run (default: all)")
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
+                   help="search stages to run (default: all)")
     p.add_argument("--stop-at", help="HH:MM UTC: launch no new cell after this time")
     p.add_argument("--kill-at", help="HH:MM UTC: stop the running cell at this time (it resumes next time)")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per training process (default 1)")
@@ -459,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "final":  # record the exported files' hashes, so pretrained=True accepts them
             subprocess.run([sys.executable, "-m", "gdzoo", "hub", "manifest"], cwd=ROOT, check=True)
 
-    return run_queue(cells, lambda cell, kill: run_cell(kind, cell, log, args.threads, kill), refresh, log, args.stop_at, args.kill_at)
+    return run_queue(cells, lambda cell, kill: run_cell(kind, cell, log, args.threads, kill), refresh, log,
+                     args.stop_at, args.kill_at)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["LOCK_NAME", "FolderLock", "atomic_write", "atomic_write_text", "is_atomic_temp", "remove_stale_temp_files",
-           "sha256_file", "use_default_permissions"]
+           "sha256_file", "sha256_file_once", "use_default_permissions"]
 
 LOCK_NAME = ".gdzoo.lock"
 # atomic_write's temp files: mkstemp(prefix=".<name>.", suffix=".tmp") adds 8 characters of [a-z0-9_]
@@ -142,3 +143,34 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# sha256_file_once's memory: (path, inode, size, mtime, ctime) -> hex digest.
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+# A file changed less than this long before it was hashed is hashed again next time: a second write within the
+# filesystem's timestamp granularity could leave inode, size, mtime and ctime as they were ("racy git").
+_RACY_NS = 2_000_000_000
+
+
+def sha256_file_once(path: str | os.PathLike) -> str:
+    """:func:`sha256_file`, computed once per process for a file that has not changed since (same inode, size,
+    mtime and ctime), so that resolving the same weights twice in one command reads them once.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "w"; _ = f.write_bytes(b"abc")
+        >>> sha256_file_once(f) == sha256_file(f) == hashlib.sha256(b"abc").hexdigest()
+        True
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = sha256_file(path)
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+            _DIGESTS[key] = digest
+    return digest
+
+
+sha256_file_once.cache_clear = _DIGESTS.clear  # type: ignore[attr-defined]  # as functools' caches: forget them all

@@ -48,13 +48,14 @@ def _grid(nrows: int, ncols: int, cell: float, header: float, title: str, hspace
     left = min(0.3 / width, 0.2)  # room for the row labels
     axes = fig.subplots(
         nrows, ncols, squeeze=False,
-        gridspec_kw={"top": top, "bottom": 0.1 * cell / height, "left": left, "right": 0.99, "hspace": hspace, "wspace": 0.15},
+        gridspec_kw={"top": top, "bottom": 0.1 * cell / height, "left": left, "right": 0.99, "hspace": hspace,
+                     "wspace": 0.15},
     )
     fig.suptitle(title, fontsize=8, y=1.0 - 0.05 / height, va="top", linespacing=1.2)
     return fig, axes
 
 
-def _show(ax, kernel: torch.Tensor) -> None:  # noqa: ANN001 - matplotlib Axes
+def _show(ax, kernel: torch.Tensor) -> None:  # matplotlib Axes
     limit = float(kernel.abs().max()) or 1.0
     ax.imshow(kernel.numpy(), cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
     ax.set_xticks([])
@@ -161,7 +162,8 @@ def plot_filters(
     weight = weight.detach().float().cpu()
     n_out, n_in = min(max_out, weight.shape[0]), min(max_in, weight.shape[1])
     if title is None:
-        title = f"{type(layer).__name__} filters\nout 0–{n_out - 1} of {weight.shape[0]}, in 0–{n_in - 1} of {weight.shape[1]}"
+        title = (f"{type(layer).__name__} filters\n"
+                 f"out 0–{n_out - 1} of {weight.shape[0]}, in 0–{n_in - 1} of {weight.shape[1]}")
     fig, axes = _grid(n_out, n_in, cell, FILTERS_HEADER, title, hspace=0.15)
     for o in range(n_out):
         for i in range(n_in):

@@ -54,7 +54,8 @@ class Newcomer:
         env.update(extra)
         return env
 
-    def run(self, args: list[str], cwd: Path | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    def run(self, args: list[str], cwd: Path | None = None, timeout: float = 600,
+            **env: str) -> subprocess.CompletedProcess:
         """Run ``python ARGS`` in the newcomer's venv, by default in an empty work folder."""
         work = cwd or self.root / "work"
         work.mkdir(exist_ok=True)

@@ -19,6 +19,7 @@ IMAGENET_STEM = SHARED / "data" / "imagenet_stem"
 
 def missing_data(what: str, path: Path) -> str:
     """Skip reason for shared data not found at ``path``: where it was looked for and how to point at it."""
-    where = f"${SHARED_ENV}={os.environ[SHARED_ENV]}" if os.environ.get(SHARED_ENV) else "../shared beside the repository"
+    where = (f"${SHARED_ENV}={os.environ[SHARED_ENV]}" if os.environ.get(SHARED_ENV)
+             else "../shared beside the repository")
     return (f"{what} not found at {path} (looked in {where}); set {SHARED_ENV} to the folder holding "
             f"data/nuclei and data/imagenet_stem to run this test")

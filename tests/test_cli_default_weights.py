@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 
 import gdzoo  # noqa: F401  (registers the models with timm)
-from _paths import REPO
 from gdzoo.cli.main import main
 from gdzoo.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from gdzoo.training.inference import published_tag
+
+from _paths import REPO
 
 try:
     FMNIST: Path | None = find_fashion_mnist(splits=("test",))
@@ -67,7 +68,8 @@ def test_predict_without_flags_uses_the_published_weights(tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "gdzoo", "predict", "--model", "gd_fmnist", str(tmp_path / "in"),
-                           "-o", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           "-o", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "gdzoo predict: using the published weights gd_fmnist.fmnist (pass --random-init" in proc.stderr
     with open(tmp_path / "out" / "predictions.csv", newline="") as f:
@@ -87,7 +89,8 @@ def test_predict_without_flags_uses_the_published_weights(tmp_path: Path) -> Non
 @pytest.mark.parametrize("command", ["eval", "predict"])
 def test_a_model_without_published_weights_is_refused(tmp_path: Path, command: str, capsys) -> None:  # type: ignore[no-untyped-def]
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
-    args = ["--model", "gd_convnext_atto"] + ([str(tmp_path / "x.png"), "-o", str(tmp_path / "o")] if command == "predict" else [])
+    args = ["--model",
+            "gd_convnext_atto"] + ([str(tmp_path / "x.png"), "-o", str(tmp_path / "o")] if command == "predict" else [])
     assert main([command, *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -104,6 +107,7 @@ def test_random_init_is_untrained_on_purpose(tmp_path: Path, capsys) -> None:  #
     assert main(["predict", "--model", "gd_fmnist", "--random-init", str(image), "-o", str(tmp_path / "out")]) == 0
     assert "published weights" not in capsys.readouterr().err
     assert (tmp_path / "out" / "predictions.csv").is_file()
-    assert main(["predict", "--model", "gd_fmnist", "--random-init", "--pretrained", str(image), "-o", str(tmp_path / "o2")]) == 2
+    assert main(["predict", "--model", "gd_fmnist", "--random-init", "--pretrained", str(image), "-o",
+                 str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--random-init means untrained weights" in err[0], err

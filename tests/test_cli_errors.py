@@ -30,8 +30,8 @@ RECIPE = {
 def _gdzoo(*args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "GDZOO_DEBUG"}
     full_env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env})
-    return subprocess.run([sys.executable, "-m", "gdzoo", *args], env=full_env, capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "gdzoo", *args], env=full_env, capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
 
 
 def _one_line(rc: int, stderr: str, command: str, *needles: str) -> str:
@@ -72,14 +72,15 @@ def test_disk_full_names_the_file_and_keeps_the_last_checkpoint(run, tmp_path, m
 
     def full_disk(obj, f, *args, **kwargs):  # what torch.save says when the disk fills up
         Path(f).write_bytes(b"PK\x03\x04partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: "
-                           "file write failed")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
 
     real_usage = shutil.disk_usage
     monkeypatch.setattr(torch, "save", full_disk)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=4096))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    rc = main(["train", "-c", str(config), "--output", str(tmp_path / "runs"), "--name", "full", "--epochs", "2", "--resume"])
+    rc = main(["train", "-c", str(config), "--output", str(tmp_path / "runs"), "--name", "full", "--epochs", "2",
+               "--resume"])
     err = capsys.readouterr().err
     line = _one_line(rc, err, "train", "disk full", str(run_dir / "last.pth"), "last good checkpoint")
     assert "MiB free" in line
@@ -108,7 +109,8 @@ def test_resume_into_another_model_names_both(run, tmp_path) -> None:
     done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "c2", "--epochs", "2",
                   "--resume", str(last), "--set", "model.in_chans=3", GDZOO_DEBUG="1")
     assert done.returncode == 2 and "Traceback" in done.stderr  # GDZOO_DEBUG=1 shows where
-    assert done.stderr.strip().splitlines()[-1].startswith(f"gdzoo train: cannot resume from {last}: it holds ff_fmnist")
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"gdzoo train: cannot resume from {last}: it holds ff_fmnist")
     assert "stem.conv.weight is (16, 1, 3, 3) there, (16, 3, 3, 3) here" in done.stderr
 
 
@@ -133,10 +135,12 @@ def test_malicious_checkpoint_is_named_never_unpickled(run, tmp_path) -> None:
     _one_line(done.returncode, done.stderr, "eval", str(evil), "not a gdzoo checkpoint")
     assert not marker.exists()
     # --debug: the traceback, then the same line (still no advice to load it with weights_only=False)
-    done = _gdzoo("--debug", "train", "-c", str(config), "--output", str(tmp_path), "--name", "d", "--resume", str(evil))
+    done = _gdzoo("--debug", "train", "-c", str(config), "--output", str(tmp_path), "--name", "d", "--resume",
+                  str(evil))
     assert done.returncode == 2 and "Traceback" in done.stderr and "weights_only=False" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"gdzoo train: {evil} is not a gdzoo checkpoint")
-    done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "d", "--resume", str(evil), "--debug")
+    done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "d", "--resume", str(evil),
+                  "--debug")
     assert done.returncode == 2 and "Traceback" in done.stderr  # after the command too
 
 
@@ -156,7 +160,8 @@ def test_garbage_config_json_names_file_and_position(run, tmp_path) -> None:
     folder = tmp_path / "garbage"
     shutil.copytree(REPO / "weights" / "ff_fmnist.fmnist", folder)
     (folder / "config.json").write_text('{"architecture": "ff_fmnist", oops\n')
-    done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "e", "--model", f"local-dir:{folder}")
+    done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "e", "--model",
+                  f"local-dir:{folder}")
     _one_line(done.returncode, done.stderr, "train", str(folder / "config.json"), "not valid JSON", "line 1, column 31")
 
 
@@ -166,7 +171,8 @@ def test_wrong_architecture_folder_says_what_it_holds(run, tmp_path) -> None:
     shutil.copytree(REPO / "weights" / "gd_fmnist.fmnist", folder)
     text = (folder / "config.json").read_text().replace('"architecture": "gd_fmnist"', '"architecture": "gd_unet"')
     (folder / "config.json").write_text(text)
-    done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "f", "--model", f"local-dir:{folder}")
+    done = _gdzoo("train", "-c", str(config), "--output", str(tmp_path), "--name", "f", "--model",
+                  f"local-dir:{folder}")
     _one_line(done.returncode, done.stderr, "train", str(folder), "holds gd_fmnist", "asks for gd_unet")
     done = _gdzoo("eval", "--model", "gd_unet", "--checkpoint", "weights/gd_fmnist.fmnist")
     _one_line(done.returncode, done.stderr, "eval", "weights/gd_fmnist.fmnist holds gd_fmnist", "gd_unet")

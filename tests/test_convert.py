@@ -1,4 +1,5 @@
-"""gdzoo convert end to end offline (a locally saved VGG16 at 32x32) and the Table-2 cats/dogs recipes for a few steps."""
+"""gdzoo convert end to end offline (a locally saved VGG16 at 32x32) and the Table-2 cats/dogs recipes for a few
+steps."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_written_folder_loads_and_follows_the_source(converted) -> None:
     folder = out / "weights" / "gd_vgg16.test"
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     model = timm.create_model("gd_vgg16", pretrained=True, num_classes=10,
-                              pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"), num_classes=10)).eval()
+                              pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"),
+                                                          num_classes=10)).eval()
     assert isinstance(model.features[0], GDConv2d)
     report = json.loads((out / "report.json").read_text())
     x = natural_images(4, 3, 32, seed=0)  # the images the converter checked on (seed 0)
@@ -71,7 +73,8 @@ def _tiny_image_folder(root: Path) -> None:
             Image.fromarray(pixels).save(root / "train" / cls / f"{i}.png")
 
 
-@pytest.mark.parametrize("recipe_name, stem_type", [("gd_vgg16_cats_dogs", GDConv2d), ("vgg16_cats_dogs", torch.nn.Conv2d)])
+@pytest.mark.parametrize("recipe_name, stem_type",
+                         [("gd_vgg16_cats_dogs", GDConv2d), ("vgg16_cats_dogs", torch.nn.Conv2d)])
 def test_table2_recipes_train_only_the_first_layer(tmp_path: Path, recipe_name: str, stem_type: type) -> None:
     _tiny_image_folder(tmp_path / "data")
     recipe = load_recipe(REPO / "configs" / f"{recipe_name}.yaml", [

@@ -1,4 +1,5 @@
-"""The GPU path, proven on CUDA: the layer against a float64 CPU reference, AMP, the kernel cache, compile, models, train, DDP.
+"""The GPU path, proven on CUDA: the layer against a float64 CPU reference, AMP, the kernel cache, compile, models,
+train, DDP.
 
 Every test here carries the ``cuda`` marker and is skipped when ``torch.cuda.is_available()`` is false.
 ``GDZOO_CHECK_DEVICE=cpu`` runs the same bodies on CPU (``bash benchmarks/gpu_check.sh --cpu`` does, so CI
@@ -25,10 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from _gd_reference import assert_close_norm, assert_close_scaled, reference_forward, reference_params
-from _paths import REPO
 from gdzoo import GDConv2d
 from gdzoo.models import list_gdzoo_models
+
+from _gd_reference import assert_close_norm, assert_close_scaled, reference_forward, reference_params
+from _paths import REPO
 
 DEVICE = os.environ.get("GDZOO_CHECK_DEVICE", "cuda")
 ON_CPU = DEVICE == "cpu"
@@ -282,9 +284,11 @@ def test_eval_forward_of_a_gd_model_never_syncs_the_host(device: torch.device) -
 # ---------------------------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("model_name", ["gd_fmnist", "gd_fmnist_sep"])
 def test_compile_fullgraph_matches_eager(device: torch.device, model_name: str) -> None:
-    """``torch.compile(fullgraph=True)`` (a graph break raises): train forward/backward and cached eval agree with eager.
+    """``torch.compile(fullgraph=True)`` (a graph break raises): train forward/backward and cached eval agree with
+    eager.
 
-    Inductor on CUDA; the ``eager`` backend on CPU (the same Dynamo capture, so graph breaks still fail, without a build).
+    Inductor on CUDA; the ``eager`` backend on CPU
+    (the same Dynamo capture, so graph breaks still fail, without a build).
     """
     if ON_CPU and model_name != "gd_fmnist":
         pytest.skip("one model is enough for the CPU plumbing run")
@@ -379,12 +383,14 @@ def _data_overrides(tmp_path: Path) -> list[str]:
     except FileNotFoundError:
         _write_image_folder(tmp_path / "images")
         return ["--set", "data.dataset=image_folder", "--set", f"data.root={tmp_path / 'images'}",
-                "--set", "data.train_subset=null", "--set", "data.val_size=16"]  # 80 images: the recipe's 512 don't exist
+                # 80 images: the recipe's 512 don't exist
+                "--set", "data.train_subset=null", "--set", "data.val_size=16"]
 
 
 def test_gdzoo_train_tiny_recipe_with_bf16_amp(device: torch.device, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """``gdzoo train -c configs/tiny_fmnist.yaml --amp bf16 --channels-last`` for one short epoch of gd_fmnist (in-process)."""
+    """``gdzoo train -c configs/tiny_fmnist.yaml --amp bf16 --channels-last`` for one short epoch of gd_fmnist
+    (in-process)."""
     from gdzoo.cli.main import main
 
     args = ["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"),
@@ -415,7 +421,8 @@ original_init, trainer.init_distributed = trainer.init_distributed, recording_in
 
 out = sys.argv[1]
 recipe = load_recipe(None, [
-    "name=ddp", "model.name=gd_fmnist", "model.pretrained=false", "data.dataset=image_folder", f"data.root={out}/images",
+    "name=ddp", "model.name=gd_fmnist", "model.pretrained=false",
+    "data.dataset=image_folder", f"data.root={out}/images",
     "data.val_size=16", "data.batch_size=16", "optim.lr=0.01", "train.epochs=1", "train.device=cuda",
     "train.amp=bf16", f"output.dir={out}", "output.plots=false", "output.progress=false",
 ])
@@ -438,7 +445,8 @@ if world == 1:  # gdzoo wraps in DDP only from 2 ranks: check DDP over nccl on t
     ddp_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model(x).square().mean().backward()
-    rel = max(((a - p.grad).norm() / p.grad.norm().clamp_min(1e-12)).item() for a, p in zip(ddp_grads, model.parameters()))
+    rel = max(((a - p.grad).norm() / p.grad.norm().clamp_min(1e-12)).item()
+              for a, p in zip(ddp_grads, model.parameters()))
     dist.destroy_process_group()
     print(f"single-rank nccl DDP grads: largest relative difference {rel:.3g}", flush=True)
 """
@@ -464,7 +472,8 @@ def test_ddp_torchrun_nccl(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     for rank in range(world):
-        assert f"rank {rank} of {world} backend {'nccl' if world > 1 else 'none'} device cuda:{rank}" in proc.stdout, proc.stdout
+        backend = "nccl" if world > 1 else "none"
+        assert f"rank {rank} of {world} backend {backend} device cuda:{rank}" in proc.stdout, proc.stdout
     weights = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(world)]
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])

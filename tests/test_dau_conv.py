@@ -16,7 +16,6 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import gdzoo  # noqa: F401  (registers the models)
 from gdzoo.layers import DAUConv2d, GDConv2d, no_weight_decay_names
@@ -32,7 +31,8 @@ def ref_unit(kh: int, kw: int, mu1: float, mu2: float, sigma: float) -> torch.Te
     mu1 = min(max(mu1, -(kw - 1) / 2), (kw - 1) / 2)
     mu2 = min(max(mu2, -(kh - 1) / 2), (kh - 1) / 2)
     g = torch.tensor(
-        [[math.exp(-((c - (kw - 1) / 2 - mu1) ** 2 + (r - (kh - 1) / 2 - mu2) ** 2) / (2 * sigma**2)) for c in range(kw)]
+        [[math.exp(-((c - (kw - 1) / 2 - mu1) ** 2 + (r - (kh - 1) / 2 - mu2) ** 2)
+                   / (2 * sigma**2)) for c in range(kw)]
          for r in range(kh)],
         dtype=F64,
     )
@@ -300,8 +300,10 @@ def test_dau_fmnist_is_the_fmnist_topology_with_dau_layers() -> None:
     assert no_conv(dau) == no_conv(ours)
     # 4 per unit (w, μ1, μ2, σ) × 10 units × Σ in·out = 40 · 3600, plus 144 norm β and the 64→10 classifier
     trainable = sum(p.numel() for p in dau.parameters() if p.requires_grad)
-    assert trainable == sum(p.numel() for p in dau.parameters()) == 40 * (16 + 16 * 32 + 32 * 32 + 32 * 64) + 144 + 650 == 144_794
-    assert {n for n in dau.no_weight_decay()} == {f"{m}.conv.{g}_raw" for m in ("stem", "stages.0", "stages.1", "stages.2")
+    assert trainable == sum(p.numel() for p in dau.parameters()) == 40 * (16 + 16 * 32 + 32 * 32 + 32
+                                                                          * 64) + 144 + 650 == 144_794
+    assert {n for n in dau.no_weight_decay()} == {f"{m}.conv.{g}_raw" for m in ("stem", "stages.0", "stages.1",
+                                                                                "stages.2")
                                                   for g in ("mu", "sigma")}
     with torch.no_grad():
         assert dau.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)

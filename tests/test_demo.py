@@ -13,8 +13,9 @@ import timm
 import torch
 from PIL import Image
 
-from _paths import MONUSEG, SHARED_ENV, missing_data
 from gdzoo.cli.main import main
+
+from _paths import MONUSEG, SHARED_ENV, missing_data
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -100,7 +101,8 @@ def test_missing_monuseg_is_one_line_and_the_rest_runs(capsys, tmp_path: Path, m
     (["--models", "nope*"], "--models 'nope*' matches no gdzoo model"),
     (["--images", "0"], "--images must be between 1 and 10000"),
     (["--crop", "4"], "--crop must be at least 16"),
-    (["--models", "gd_unet", "--monuseg", "/nonexistent/monuseg"], "--monuseg /nonexistent/monuseg does not hold images/"),
+    (["--models", "gd_unet", "--monuseg", "/nonexistent/monuseg"],
+     "--monuseg /nonexistent/monuseg does not hold images/"),
 ])
 def test_bad_arguments_are_one_line_errors(capsys, args: list[str], message: str) -> None:
     assert main(["demo", *args]) == 2

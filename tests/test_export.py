@@ -15,11 +15,12 @@ import torch
 
 import gdzoo
 from _export_checks import assert_matches, eager_outputs, ort_outputs, pt2_outputs
-from _paths import MONUSEG, REPO
 from gdzoo.deploy import api as deploy_api
 from gdzoo.deploy.inputs import check_inputs
 from gdzoo.deploy.twins import twin_state_dict
 from gdzoo.errors import UserError
+
+from _paths import MONUSEG, REPO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 pytest.importorskip("onnxruntime")
@@ -145,7 +146,7 @@ def test_verification_fails_on_a_wrong_artefact(tmp_path, monkeypatch) -> None:
     """A file whose weights drifted from the GD model's (the first convolution scaled by 1.001) is caught."""
     write = deploy_api.write_artefact
 
-    def corrupted(fmt, model, spec, path, architecture):  # noqa: ANN001
+    def corrupted(fmt, model, spec, path, architecture):
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         with torch.no_grad():
             conv.weight.mul_(1 + 1e-3)
@@ -162,7 +163,7 @@ def test_a_damaged_file_is_reported(tmp_path, monkeypatch) -> None:
     """A written file that its runtime cannot load (truncated) is an error naming the file, not a pass."""
     write = deploy_api.write_artefact
 
-    def truncated(fmt, model, spec, path, architecture):  # noqa: ANN001
+    def truncated(fmt, model, spec, path, architecture):
         write(fmt, model, spec, path, architecture)
         path.write_bytes(path.read_bytes()[:200])
 

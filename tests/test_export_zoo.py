@@ -33,7 +33,7 @@ def _small_size(model: torch.nn.Module) -> tuple[int, int, int]:
     return (chans, height, width) if height <= 32 else (chans, 32, 32)
 
 
-def _check(path, run, model, size) -> None:  # noqa: ANN001
+def _check(path, run, model, size) -> None:
     x = check_inputs(model, 3, size).images
     assert_matches(run(path, x), eager_outputs(model, x))
 

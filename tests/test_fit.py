@@ -1,4 +1,5 @@
-"""Fitting a GDConv2d to free-form filters: exact recovery of GD-generated kernels, real ImageNet filters, output refinement."""
+"""Fitting a GDConv2d to free-form filters: exact recovery of GD-generated kernels, real ImageNet filters,
+output refinement."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from gdzoo import GDConv2d
 from gdzoo.layers.fit import combination_lstsq, fit_gd_kernel, fit_gdconv_, natural_images, subspace_bound
 
-from _paths import IMAGENET_STEM as STEM, missing_data
+from _paths import IMAGENET_STEM as STEM
+from _paths import missing_data
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,10 +30,11 @@ def squeezenet_stem() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("kernel_size, sigma", [(5, (1.0, 1.4)), (3, (0.7, 0.9))])
 def test_recovers_a_gd_generated_kernel(kernel_size: int, sigma: tuple[float, float]) -> None:
     torch.manual_seed(0)
-    source = GDConv2d(3, 8, kernel_size, bias=False, num_bases=2, order=2, init="fixed", sigma_init=sigma, mu_init=(0.3, -0.2),
-                      theta_init=0.5)
+    source = GDConv2d(3, 8, kernel_size, bias=False, num_bases=2, order=2, init="fixed", sigma_init=sigma,
+                      mu_init=(0.3, -0.2), theta_init=0.5)
     target = source.dense_weight().detach()
-    gd = GDConv2d(3, 8, kernel_size, bias=False, num_bases=2, order=2)  # random geometry: nothing shared with the source
+    # random geometry: nothing shared with the source
+    gd = GDConv2d(3, 8, kernel_size, bias=False, num_bases=2, order=2)
     report = fit_gdconv_(gd, target)
     assert report.kernel_error < 5e-4
     independent = (gd.dense_weight().detach() - target).norm() / target.norm()

@@ -19,10 +19,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gdzoo
 import gdzoo.layers.gd_conv as gd_conv_module
-from _gd_reference import assert_close_scaled, reference_basis
 from gdzoo.kernels import derivative_orders, generator
 from gdzoo.kernels.basis_fused import gaussian_derivative_basis_raw
 from gdzoo.kernels.generator import get_generator, set_generator, triton_available, uses_triton
+
+from _gd_reference import assert_close_scaled, reference_basis
 
 pytestmark = [
     pytest.mark.skipif(not triton_available(), reason="triton is not installed (it ships with torch's Linux wheels)"),
@@ -48,7 +49,7 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.ops: Counter[str] = Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
@@ -63,7 +64,7 @@ def _geometry(b: int, order: int, dtype: torch.dtype, seed: int) -> tuple[torch.
     return tuple(t.to(dtype).requires_grad_(True) for t in (raw, mu, theta))
 
 
-def _basis_and_grads(name: str, raw, mu, theta, order, kernel_size, weights):  # noqa: ANN001, ANN202
+def _basis_and_grads(name: str, raw, mu, theta, order, kernel_size, weights):
     orders = torch.tensor(derivative_orders(order))
     with generator(name):
         basis = gaussian_derivative_basis_raw(raw, mu, theta, orders, kernel_size, 0.1, order)

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _gd_reference import assert_close_scaled, reference_basis
 from gdzoo import GDConv2d
 from gdzoo.layers.gd_functional import gd_conv2d
+
+from _gd_reference import assert_close_scaled, reference_basis
 
 F64 = torch.float64
 

@@ -9,7 +9,6 @@ Gradients against ``torch.autograd.gradcheck``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
@@ -155,7 +154,8 @@ def test_gradcheck(cin: int, cout: int, groups: int, num_bases: int, separated: 
     (dict(groups=0), "groups must be a positive int, got 0"),
     (dict(groups=True), "groups must be a positive int, got True"),
     (dict(groups=2.0), "groups must be a positive int, got 2.0"),
-    (dict(in_channels=5, groups=2), r"in_channels \(5\) and out_channels \(12\) must both be divisible by groups \(2\)"),
+    (dict(in_channels=5, groups=2),
+     r"in_channels \(5\) and out_channels \(12\) must both be divisible by groups \(2\)"),
     (dict(out_channels=9, groups=2, in_channels=4), r"out_channels \(9\) .* divisible by groups \(2\)"),
     (dict(groups=4, num_bases=6), r"with groups=4, num_bases \(6\) must be a multiple of groups"),
     (dict(groups=4, num_bases=3), r"out_channels \(12\) must be divisible by num_bases \(3\)|with groups=4"),

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _gd_reference import reference_basis
 from gdzoo import GDConv2d
 from gdzoo.kernels import derivative_orders
 from gdzoo.kernels.basis import ORDER_RTOL, accurate_order
 from gdzoo.layers import DAUConv2d
+
+from _gd_reference import reference_basis
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -68,7 +69,7 @@ def test_float64_layers_and_larger_sigma_min_allow_higher_orders() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.bool])
 @pytest.mark.parametrize("make", [lambda: GDConv2d(1, 2, 3), lambda: DAUConv2d(1, 2, 3)], ids=["GDConv2d", "DAUConv2d"])
-def test_integer_inputs_raise_as_nn_conv2d_does(make, dtype: torch.dtype) -> None:  # noqa: ANN001
+def test_integer_inputs_raise_as_nn_conv2d_does(make, dtype: torch.dtype) -> None:
     x = torch.ones(1, 1, 5, 5, dtype=dtype)
     with pytest.raises(RuntimeError):
         F.conv2d(x, torch.ones(2, 1, 3, 3), torch.zeros(2))

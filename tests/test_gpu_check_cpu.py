@@ -1,10 +1,11 @@
-"""``bash benchmarks/gpu_check.sh --cpu``: the GPU check's tests and timings, run on CPU with tiny sizes (CI keeps it working)."""
+"""``bash benchmarks/gpu_check.sh --cpu``: the GPU check's tests and timings, run on CPU with tiny sizes
+(CI keeps it working)."""
 
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 from _paths import REPO
 
 LAYER_HEADER = "| shape | batch | kernel | layer | path | fp32 train | fp32 inference | bf16 train | bf16 inference |"
-MODEL_HEADER = ("| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / compiled "
-                "| generation | launches step / generation | launches per GD layer / torch ops / plain conv |")
+MODEL_HEADER = ("| model | input | batch | img/s | reference | reference img/s | time ratio | compiled ratio | eager / "
+                "compiled | generation | launches step / generation | launches per GD layer / torch ops / plain conv |")
 MAX_LAUNCHES_PER_GD_LAYER = 12  # issue 30's target (≈ 93 with the torch generator)
 
 
@@ -45,7 +46,8 @@ def test_gpu_check_cpu_mode(tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     final = [line for line in proc.stderr.splitlines() if re.search(r"\d+ passed.* in [\d.]+s", line)]
-    assert len(final) == 1 and not re.search(r"\d+ (failed|errors?)\b", final[0]), proc.stderr[-3000:]  # cuda tests ran on CPU
+    # cuda tests ran on CPU
+    assert len(final) == 1 and not re.search(r"\d+ (failed|errors?)\b", final[0]), proc.stderr[-3000:]
     report = proc.stdout
     assert (tmp_path / "report.md").read_text() == report
     assert (REPO / "docs" / "benchmarks.md").read_bytes() == docs, "--cpu must not touch the docs' GPU section"
@@ -116,7 +118,7 @@ def test_launch_counter_counts_kernel_launching_operators_only() -> None:
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
 
-    def count(fn) -> int:  # noqa: ANN001
+    def count(fn) -> int:
         with LaunchCounter() as counter:
             fn()
         return counter.count

@@ -34,7 +34,8 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def load_in_subprocess(load_expr: str, env: dict[str, str]) -> dict:
-    """Evaluate ``load_expr`` (a model) in a fresh process; return its output on a fixed input and its stem weight sum."""
+    """Evaluate ``load_expr`` (a model) in a fresh process; return its output on a fixed input and its stem weight
+    sum."""
     code = f"""
 import json, torch, timm, gdzoo
 torch.manual_seed(0)
@@ -86,10 +87,12 @@ def test_export_writes_timm_hub_format(exported: dict[str, HubFolder]) -> None:
 
     with safe_open(folder.path / "model.safetensors", framework="pt") as f:
         meta = f.metadata()
-    assert meta["model"] == "gd_fmnist" and meta["tag"] == "test" and "gdzoo_version" in meta and "config_sha256" in meta
+    assert meta["model"] == "gd_fmnist" and meta["tag"] == "test"
+    assert "gdzoo_version" in meta and "config_sha256" in meta
     card = (folder.path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: timm\n")
-    for needle in ("license:", "datasets:", "fashion_mnist", "metrics:", "top1", "12.50", "gdzoo train", "@inproceedings"):
+    for needle in ("license:", "datasets:", "fashion_mnist", "metrics:", "top1", "12.50", "gdzoo train",
+                   "@inproceedings"):
         assert needle in card
     assert verify_folder(folder, org=ORG) == []
     assert not list(folder.path.parent.glob(".*")), "no temporary files left beside the folder"
@@ -109,7 +112,8 @@ def test_card_metrics_are_the_hubs_model_index(exported: dict[str, HubFolder]) -
     results = ModelCard(text).data.eval_results
     got = {(r.dataset_split, r.metric_type): r.metric_value for r in results}
     assert got == {("test", "top1"): 12.5, ("val", "top1"): 14.25}
-    assert {r.task_type for r in results} == {"image-classification"} and {r.dataset_type for r in results} == {"fashion_mnist"}
+    assert {r.task_type for r in results} == {"image-classification"}
+    assert {r.dataset_type for r in results} == {"fashion_mnist"}
     assert card_metrics(text) == {"test/top1": 12.5, "val/top1": 14.25}
 
 
@@ -150,7 +154,8 @@ def test_local_endpoint_download_then_offline_reuse(exported: dict[str, HubFolde
     assert blobs == downloaded, "timm fetched config + weights; blobs are named by the server's sha256 ETags"
     # The server is gone: the same load must now come from the cache alone.
     offline = load_in_subprocess(
-        f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
+        "timm.create_model('gd_fmnist', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
         {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
     )
     assert "error" not in offline, offline.get("error")
@@ -159,7 +164,8 @@ def test_local_endpoint_download_then_offline_reuse(exported: dict[str, HubFolde
 
 def test_offline_and_not_cached_names_repo_and_seed_command(tmp_path: Path) -> None:
     got = load_in_subprocess(
-        f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.absent'))",
+        "timm.create_model('gd_fmnist', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.absent'))",
         {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"},
     )
     assert f"{ORG}/gd_fmnist.absent" in got["error"]
@@ -174,10 +180,12 @@ def test_missing_repo_and_missing_file_404(exported: dict[str, HubFolder], tmp_p
     with serve_hub([HubFolder(partial)], org=ORG) as url:
         env = {"HF_HUB_CACHE": str(tmp_path / "c"), "HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1"}
         no_repo = load_in_subprocess(
-            f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/nope.x'))", env
+            f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/nope.x'))",
+            env
         )
         no_file = load_in_subprocess(
-            f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.partial'))",
+            "timm.create_model('gd_fmnist', pretrained=True, "
+            f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.partial'))",
             env,
         )
     assert f"{ORG}/nope.x" in no_repo["error"] and "does not exist" in no_repo["error"]
@@ -199,7 +207,8 @@ def test_corrupted_cached_weights_are_detected(exported: dict[str, HubFolder], t
     blob.write_bytes(bytes(data))
     assert verify_cached_repo(folder.repo_id(ORG), cache), "gdzoo hub verify must flag it"
     got = load_in_subprocess(
-        f"timm.create_model('gd_fmnist', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
+        "timm.create_model('gd_fmnist', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(hf_hub_id='{ORG}/gd_fmnist.test'))",
         {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
     )
     assert "corrupted" in got["error"] and f"{ORG}/gd_fmnist.test" in got["error"]
@@ -241,7 +250,8 @@ def test_num_classes_change_reinitialises_only_the_classifier(exported: dict[str
     folder = exported["gd_fmnist"]
     state = load_file(folder.path / "model.safetensors")
     model = timm.create_model(
-        "gd_fmnist", pretrained=True, num_classes=3, pretrained_cfg_overlay={"file": str(folder.path / "model.safetensors")}
+        "gd_fmnist", pretrained=True, num_classes=3,
+        pretrained_cfg_overlay={"file": str(folder.path / "model.safetensors")}
     )
     classifier = model.pretrained_cfg["classifier"]
     assert model.get_classifier().out_features == 3
@@ -253,7 +263,8 @@ def test_num_classes_change_reinitialises_only_the_classifier(exported: dict[str
 def test_features_only_pretrained_loads_the_backbone(exported: dict[str, HubFolder]) -> None:
     file = exported["gd_fmnist"].path / "model.safetensors"
     state = load_file(file)
-    feats = timm.create_model("gd_fmnist", pretrained=True, features_only=True, pretrained_cfg_overlay={"file": str(file)})
+    feats = timm.create_model("gd_fmnist", pretrained=True, features_only=True,
+                              pretrained_cfg_overlay={"file": str(file)})
     loaded = feats.state_dict()
     shared = [k for k in loaded if k in state]
     assert shared, "feature model shares parameter names with the classifier model"
@@ -295,7 +306,8 @@ def test_cli_seed_verify_push_dry_run(exported: dict[str, HubFolder], tmp_path: 
 
     def gdzoo(*args: str) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "GDZOO_HF_ORG": ORG, **env}
-        return subprocess.run([sys.executable, "-c", cli, *args], env=full_env, capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-c", cli, *args], env=full_env, capture_output=True, text=True,
+                              timeout=300)
 
     seeded = gdzoo("hub", "seed", folder)
     assert seeded.returncode == 0, seeded.stderr

@@ -47,7 +47,8 @@ def test_16bit_png_and_tiff_are_scaled_not_clipped(tmp_path: Path) -> None:
     eight = read_image(tmp_path / "g8.png")
     for name in ("g16.png", "g16.tif"):
         sixteen = read_image(tmp_path / name)
-        assert sixteen.pixels.dtype == np.uint16 and sixteen.scale == 65535 and int(sixteen.pixels.max()) == int(gray16.max())
+        assert sixteen.pixels.dtype == np.uint16 and sixteen.scale == 65535
+        assert int(sixteen.pixels.max()) == int(gray16.max())
         torch.testing.assert_close(normalised(sixteen), normalised(eight), atol=1e-6, rtol=0)
         expected = (gray8.astype(np.float64) / 255 - MEAN[0]) / STD[0]  # channel 0 in float64
         np.testing.assert_allclose(normalised(sixteen)[0].numpy(), expected, atol=1e-5)
@@ -56,12 +57,14 @@ def test_16bit_png_and_tiff_are_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
     got = normalised(read_image(tmp_path / "ramp.png"), 1)[0].numpy()
     np.testing.assert_allclose(got, (ramp / 65535.0 - MEAN[0]) / STD[0], atol=1e-5)
-    np.testing.assert_array_equal(read_image(tmp_path / "ramp.png").as_uint8()[..., 0], np.rint(ramp / 257).astype(np.uint8))
+    np.testing.assert_array_equal(read_image(tmp_path / "ramp.png").as_uint8()[..., 0],
+                                  np.rint(ramp / 257).astype(np.uint8))
 
 
 def test_exif_orientation_6_equals_the_image_rotated_by_hand(tmp_path: Path) -> None:
     upright = smooth_rgb(48, 80)
-    stored = np.rot90(upright, 1)  # a camera held sideways stores the scene rotated; Orientation 6 says "turn 90° clockwise"
+    # a camera held sideways stores the scene rotated; Orientation 6 says "turn 90° clockwise"
+    stored = np.rot90(upright, 1)
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "exif6.jpg", quality=95, exif=exif.tobytes())
@@ -98,7 +101,8 @@ def test_gray_and_colour_meet_the_models_channels(tmp_path: Path) -> None:
     Image.fromarray(rgb[..., 2]).save(tmp_path / "gray.png")
     one = read_image(tmp_path / "rgb.png", channels=1).pixels[..., 0].astype(float)
     rgb = rgb.astype(np.int64)
-    luma = rgb[..., 0] * 299 / 1000 + rgb[..., 1] * 587 / 1000 + rgb[..., 2] * 114 / 1000  # ITU-R 601-2, as PIL documents
+    # ITU-R 601-2, as PIL documents
+    luma = rgb[..., 0] * 299 / 1000 + rgb[..., 1] * 587 / 1000 + rgb[..., 2] * 114 / 1000
     assert np.abs(one - luma).max() <= 1
     gray = read_image(tmp_path / "gray.png", channels=3)
     window = normalised(gray)
@@ -136,7 +140,8 @@ def test_pils_decompression_bomb_limit_is_kept_unless_ours_replaces_it(tmp_path:
         read_image(tmp_path / "big.png")
     assert read_image(tmp_path / "big.png", max_bytes=10**6).pixels.shape == (64, 64, 3)  # our limit instead
     with ThreadPoolExecutor(4) as pool:
-        assert all(d.height == 64 for d in pool.map(lambda p: read_image(p, max_bytes=10**6), [tmp_path / "big.png"] * 16))
+        assert all(d.height == 64 for d in pool.map(lambda p: read_image(p, max_bytes=10**6),
+                                                    [tmp_path / "big.png"] * 16))
     assert Image.MAX_IMAGE_PIXELS == 1000  # restored after reads from several threads
 
 
@@ -191,7 +196,8 @@ def conv_model() -> nn.Module:
 
 
 @pytest.mark.parametrize(("height", "width", "tile", "overlap", "batch"),
-                         [(300, 70, 32, 8, 1), (300, 70, 32, 8, 7), (97, 41, 32, 10, 64), (20, 50, 32, 8, 2), (90, 20, 32, 6, 3)])
+                         [(300, 70, 32, 8, 1), (300, 70, 32, 8, 7), (97, 41, 32, 10, 64), (20, 50, 32, 8, 2),
+                          (90, 20, 32, 6, 3)])
 def test_streamed_bands_equal_the_naive_tiling(height: int, width: int, tile: int, overlap: int, batch: int) -> None:
     model, image = conv_model(), torch.randn(3, height, width)
     expected = naive_tiled(model, image, tile, overlap)
@@ -208,7 +214,7 @@ def test_bands_arrive_while_tiles_still_run_so_memory_stays_bounded() -> None:
     done: list[int] = []
     seen_at_first_band = None
     largest = 0
-    for first, band in predict_tiled_rows(model, image, tile, overlap, batch, on_batch=done.append):
+    for _, band in predict_tiled_rows(model, image, tile, overlap, batch, on_batch=done.append):
         seen_at_first_band = seen_at_first_band if seen_at_first_band is not None else sum(done)
         largest = max(largest, band.shape[1])
     windows = len(axis_origins(1000, tile, stride)) * len(axis_origins(64, tile, stride))
@@ -221,7 +227,8 @@ def test_image_tiles_match_the_float_tensor_path_including_padding() -> None:
     model = conv_model()
     for height, width in [(50, 90), (20, 50), (100, 10)]:  # needs no pad / reflect pad / replicate pad
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        tensor = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        tensor = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+                  - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
         from_pixels = predict_tiled(model, ImageTiles(pixels, 255.0, MEAN, STD, 3, 32), 32, 8, 5)
         torch.testing.assert_close(from_pixels, predict_tiled(model, tensor, 32, 8, 5), atol=1e-5, rtol=1e-5)
 
@@ -237,4 +244,5 @@ def test_banded_copy_out_of_pil_equals_numpys_whole_copy(mode: str) -> None:
         img = Image.fromarray(rng.integers(0, 256, (37, 23, len(mode)), dtype=np.uint8).squeeze(-1) if mode == "L"
                               else rng.integers(0, 256, (37, 23, len(mode)), dtype=np.uint8), mode)
     assert img.mode == mode
-    np.testing.assert_array_equal(_as_array(img, band_pixels=23 * 5), np.asarray(img))  # bands of 5 rows, a short last one
+    # bands of 5 rows, a short last one
+    np.testing.assert_array_equal(_as_array(img, band_pixels=23 * 5), np.asarray(img))

@@ -128,12 +128,13 @@ def random_geometry(b: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.
     return sigma, mu, theta
 
 
-def basis(sigma: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, order: int, size: tuple[int, int]) -> torch.Tensor:
+def basis(sigma: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, order: int,
+          size: tuple[int, int]) -> torch.Tensor:
     """gdzoo's basis for the full order-``order`` enumeration."""
     return gaussian_derivative_basis(sigma, mu, theta, torch.tensor(derivative_orders(order)), size)
 
 
-def single(p: int, q: int, sigma, mu, theta: float, size: tuple[int, int]) -> torch.Tensor:  # noqa: ANN001
+def single(p: int, q: int, sigma, mu, theta: float, size: tuple[int, int]) -> torch.Tensor:
     """gdzoo's kernel φ_{p,q} for one geometry, through ``gaussian_derivative_basis``."""
     return gaussian_derivative_basis(
         torch.tensor([[sigma]], dtype=F64), torch.tensor([[mu]], dtype=F64), torch.tensor([[theta]], dtype=F64),
@@ -265,7 +266,8 @@ def test_kernel_coordinates_convention(size: tuple[int, int]) -> None:
 # 2-D kernels vs autograd of the rotated, shifted, anisotropic Gaussian
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "size, order, seed", [((5, 5), 3, 0), ((4, 4), 3, 1), ((5, 4), 2, 2), ((3, 6), 3, 3), ((7, 7), 4, 4), ((1, 1), 2, 5)]
+    "size, order, seed",
+    [((5, 5), 3, 0), ((4, 4), 3, 1), ((5, 4), 2, 2), ((3, 6), 3, 3), ((7, 7), 4, 4), ((1, 1), 2, 5)]
 )
 def test_basis_vs_autograd_reference(size: tuple[int, int], order: int, seed: int) -> None:
     """Every φ^{b,n} (random σ, μ, θ per kernel, B=2) equals the autograd reference, float64."""
@@ -374,7 +376,8 @@ def test_basis_backward_vs_naive_autograd(size: tuple[int, int], order: int) -> 
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11, msg=name)
 
 
-@pytest.mark.parametrize("which", [(True, True, True), (True, False, False), (False, True, False), (False, False, True)])
+@pytest.mark.parametrize("which",
+                         [(True, True, True), (True, False, False), (False, True, False), (False, False, True)])
 def test_basis_gradcheck(which: tuple[bool, bool, bool]) -> None:
     """torch.autograd.gradcheck of the basis for every subset of σ, μ, θ requiring grad (float64)."""
     orders = torch.tensor(derivative_orders(2))

@@ -40,8 +40,8 @@ CLS_MODELS = [m for m in list_gdzoo_models() if m not in SEG_MODELS + SC_MODELS 
 MAX_SIZE = 64  # spatial cap for test inputs (VGG's 224 → 64)
 
 TORCHSCRIPT_SKIP = (
-    "GDConv2d (and DAUConv2d, built the same way) is not TorchScript-compilable: it keeps a Python-side kernel cache keyed on parameter "
-    "values, a dataclass ConvSpec and property-based geometry (TorchScript is also deprecated in "
+    "GDConv2d (and DAUConv2d, built the same way) is not TorchScript-compilable: it keeps a Python-side kernel cache "
+    "keyed on parameter values, a dataclass ConvSpec and property-based geometry (TorchScript is also deprecated in "
     "torch 2.x); GD models are checked with torch.jit.trace and FX instead"
 )
 
@@ -507,7 +507,8 @@ UNET_CONVS = {"gd_unet": (5, 4), "unet5": (5, None), "gd_unet_k7b2": (7, 2)}
 
 
 def test_unet_variant_is_gd_unet_with_its_arguments() -> None:
-    """gd_unet_k7b2 is gd_unet(kernel_size=7, filters_per_basis=2): same keys and shapes, 27.6 % of unet5's parameters."""
+    """gd_unet_k7b2 is gd_unet(kernel_size=7, filters_per_basis=2): same keys and shapes,
+    27.6 % of unet5's parameters."""
     variant = timm.create_model("gd_unet_k7b2").state_dict()
     spelled = timm.create_model("gd_unet", kernel_size=7, filters_per_basis=2).state_dict()
     assert {k: v.shape for k, v in variant.items()} == {k: v.shape for k, v in spelled.items()}
@@ -582,7 +583,8 @@ def test_unet_convs(model_name: str) -> None:
     assert len(spatial) == 14 and all(m.kernel_size == (size, size) for m in spatial)
     assert _param_count(model) == UNET_PARAMS[model_name]
     if per_basis is not None:
-        assert all(isinstance(m, GDConv2d) and m.order == 2 and m.out_channels // m.num_bases == per_basis for m in spatial)
+        assert all(isinstance(m, GDConv2d) and m.order == 2 and m.out_channels
+                   // m.num_bases == per_basis for m in spatial)
     else:
         assert all(type(m) is nn.Conv2d for m in spatial)
     assert model.head.kernel_size == (1, 1)
@@ -606,7 +608,8 @@ def test_unet_features_only(model_name: str) -> None:
 
 
 def _padded_encoder_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Reference: the encoder levels run on x zero-padded (bottom/right) to a multiple of 8, each cropped to ceil(H / r)."""
+    """Reference: the encoder levels run on x zero-padded (bottom/right) to a multiple of 8,
+    each cropped to ceil(H / r)."""
     h, w = x.shape[-2:]
     y = torch.nn.functional.pad(x, (0, -w % 8, 0, -h % 8))
     maps = []
@@ -618,7 +621,8 @@ def _padded_encoder_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor
 
 @pytest.mark.parametrize("model_name", SEG_MODELS)
 def test_unet_forward_intermediates_final_feeds_the_head(model_name: str) -> None:
-    """timm's contract: ``forward_head(forward_intermediates(x)[0]) == forward(x)``; intermediates are the cropped levels."""
+    """timm's contract: ``forward_head(forward_intermediates(x)[0]) == forward(x)``;
+    intermediates are the cropped levels."""
     model = timm.create_model(model_name).eval()
     x = torch.randn(2, 3, 37, 45)
     with torch.no_grad():

@@ -10,11 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from _paths import MONUSEG, missing_data
 from gdzoo.data.seg_transforms import PairedAugment, hed_jitter
-from gdzoo.data.segmentation import SegPair, SegmentationTiles, find_segmentation_pairs, fold_assignment, image_strata, split_pairs
+from gdzoo.data.segmentation import (
+    SegmentationTiles,
+    SegPair,
+    find_segmentation_pairs,
+    fold_assignment,
+    image_strata,
+    split_pairs,
+)
 from gdzoo.training.config import ConfigError, load_recipe, recipe_from_dict
 from gdzoo.training.engine import build_criterion, soft_dice_loss
+
+from _paths import MONUSEG, missing_data
 
 needs_monuseg = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
                                    reason=missing_data("MoNuSeg images", MONUSEG / "images"))
@@ -211,7 +219,8 @@ def test_dice_ce_is_cross_entropy_plus_dice_and_only_for_segmentation() -> None:
     prob = torch.sigmoid(one[:, 0])
     dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(one[:, 0], target.float())
-    assert build_criterion("segmentation", loss="dice_ce")(one, target).item() == pytest.approx((bce + dice).item(), abs=1e-6)
+    dice_ce = build_criterion("segmentation", loss="dice_ce")
+    assert dice_ce(one, target).item() == pytest.approx((bce + dice).item(), abs=1e-6)
     with pytest.raises(ValueError, match="loss='dice_ce' is for segmentation models; this is a classification model"):
         build_criterion("classification", loss="dice_ce")
     with pytest.raises(ValueError, match="loss must be 'cross_entropy' or 'dice_ce', got 'l1'"):

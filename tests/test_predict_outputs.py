@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import gdzoo  # noqa: F401  (registers the models with timm)
+import gdzoo  # registers the models with timm
 import gdzoo.data.images
 from gdzoo.cli.main import main
 
@@ -84,7 +84,8 @@ def test_classification_runs_into_one_folder_merge_by_input_path(tmp_path: Path,
     assert list(csv_rows(out)) == [str(c)] and list(journal(out)["written"]) == [str(c)]
 
 
-def test_a_run_finishing_while_another_predicts_into_the_same_folder_loses_no_rows(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_finishing_while_another_predicts_into_the_same_folder_loses_no_rows(  # type: ignore[no-untyped-def]
+        tmp_path: Path, capsys, monkeypatch) -> None:
     """Run B (other inputs) starts and finishes while run A is predicting: A's final write must keep B's rows."""
     first = [tiny_gray(tmp_path / "one" / f"a{i}.png", i) for i in range(3)]
     second = [tiny_gray(tmp_path / "two" / f"b{i}.png", 10 + i) for i in range(2)]

@@ -18,7 +18,7 @@ import timm
 import torch
 from PIL import Image
 
-import gdzoo  # noqa: F401  (registers the models with timm)
+import gdzoo  # registers the models with timm
 import gdzoo.data.images
 import gdzoo.training.tiling
 from gdzoo.cli.main import main
@@ -82,14 +82,16 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def masks_of(folder: Path) -> dict[str, np.ndarray]:
-    return {str(p.relative_to(folder))[: -len("_mask.png")]: np.asarray(Image.open(p)) for p in sorted(folder.rglob("*_mask.png"))}
+    return {str(p.relative_to(folder))[: -len("_mask.png")]: np.asarray(Image.open(p))
+            for p in sorted(folder.rglob("*_mask.png"))}
 
 
 def stamps(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*.png"))}
 
 
-def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(folders, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(  # type: ignore[no-untyped-def]
+        folders, tmp_path: Path, capsys) -> None:
     inputs, twins = folders
     out = tmp_path / "out"
     assert main(["predict", *SEG, str(inputs), str(tmp_path / "missing.png"), "-o", str(out)]) == 1
@@ -113,7 +115,8 @@ def test_predict_folder_writes_every_good_image_names_every_bad_one_and_resumes(
 
     # the good image against tiled inference done here on the numpy-normalised pixels
     model = timm.create_model("gd_unet", pretrained=True).eval()
-    mean, std = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1, 1), torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(3, 1, 1)
     x = (torch.from_numpy(np.array(Image.open(inputs / "good.png"))).permute(2, 0, 1).float() / 255 - mean) / std
     expected = (predict_tiled(model, x, 128, 32, 4).argmax(0).numpy() > 0).astype(np.uint8) * 255
     np.testing.assert_array_equal(got["good"], expected)
@@ -162,7 +165,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(folders, tmp_path: Path, ca
     assert main(["predict", *SEG, "--batch-size", "1", *map(str, good), "-o", str(out)]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     monkeypatch.undo()
-    assert sorted(p.name for p in out.iterdir() if p.name != ".gdzoo.lock") == ["good_mask.png", "good_overlay.png", "gray_mask.png", "gray_overlay.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".gdzoo.lock") == ["good_mask.png", "good_overlay.png",
+                                                                                "gray_mask.png", "gray_overlay.png"]
     assert main(["predict", *SEG, *map(str, good), "-o", str(out)]) == 0  # no half-written rgba file above, and now:
     assert "1 written, 2 already done" in capsys.readouterr().out
     for name, mask in masks_of(full).items():
@@ -225,7 +229,8 @@ def test_classification_csv_has_an_error_column_and_resumes(tmp_path: Path, caps
     assert not (tmp_path / "out" / "predictions.csv").exists()
     assert main([*args, "-o", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
-    assert "5 already done (skipped)" in captured.out  # img0..img4; broken.png is tried again and "Traceback" not in captured.err
+    # img0..img4; broken.png is tried again
+    assert "5 already done (skipped)" in captured.out and "Traceback" not in captured.err
     assert main([*args, "-o", str(tmp_path / "fresh")]) == 1
     capsys.readouterr()
     assert (tmp_path / "out" / "predictions.csv").read_text() == (tmp_path / "fresh" / "predictions.csv").read_text()
@@ -256,7 +261,8 @@ def test_eval_skips_and_counts_corrupt_files_or_stops_when_strict(tmp_path: Path
             good += [(path, int(labels[i]))] if split == "test" else []
     (root / "test" / "c0" / "bad.png").write_text("nope")
     (root / "test" / "c3" / "cut.png").write_bytes(good[0][0].read_bytes()[:50])
-    args = ["eval", "--model", "gd_fmnist", "--pretrained", "--data-dir", str(root), "--set", "data.dataset=image_folder",
+    args = ["eval", "--model", "gd_fmnist", "--pretrained", "--data-dir", str(root), "--set",
+            "data.dataset=image_folder",
             "--set", "data.val_size=0", "--set", "data.train_subset=null", "--batch-size", "8"]
 
     assert main([*args, "--strict", "--output", str(tmp_path / "strict.json")]) == 2

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _newcomer import last_json
-from _paths import MONUSEG, REPO, missing_data
 from gdzoo.data.fashion_mnist import find_fashion_mnist
 from gdzoo.hub import HubFolder
 from gdzoo.hub.card import card_metrics
 from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
+
+from _newcomer import last_json
+from _paths import MONUSEG, REPO, missing_data
 
 TOLERANCE = 0.05  # percentage points
 
@@ -39,7 +40,8 @@ with torch.no_grad():
     for i in range(0, len(labels), 1000):
         x = (torch.from_numpy(images[i:i + 1000].copy()).float() / 255 - mean) / std
         correct += int((model(x).argmax(1).numpy() == labels[i:i + 1000]).sum())
-print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels)), "file": model.pretrained_cfg["file"]}))
+print(json.dumps({"value": 100 * correct / len(labels), "count": int(len(labels)),
+                  "file": model.pretrained_cfg["file"]}))
 """
 
 MONUSEG_DICE = """
@@ -61,7 +63,8 @@ for image_id in test_ids:
     x = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
     pred = predict_tiled(model, x, tile=128, overlap=32, batch_size=16).argmax(0).numpy() > 0
     tp += int((pred & truth).sum()); fp += int((pred & ~truth).sum()); fn += int((~pred & truth).sum())
-print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids), "file": model.pretrained_cfg["file"]}))
+print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_ids),
+                  "file": model.pretrained_cfg["file"]}))
 """
 
 # tag -> (the card metric that is recomputed, evaluation program, its data folder). MoNuSeg weights trained on all
@@ -75,7 +78,8 @@ EVALUATIONS = {
 
 
 def test_the_paper_reproductions_weights_are_published() -> None:
-    """Fashion-MNIST weights (trained on all 60000 images; the paper protocol's too) and Table 3's, promised to users."""
+    """Fashion-MNIST weights (trained on all 60000 images; the paper protocol's too) and Table 3's,
+    promised to users."""
     fmnist = ("gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "ff_fmnist", "rfnn_fmnist")
     required = {f"{m}.{tag}" for m in fmnist for tag in ("fmnist", "fmnist_table1")}
     required |= {"gd_unet.monuseg", "unet5.monuseg", "gd_unet_k7b2.monuseg"}
@@ -98,11 +102,14 @@ def test_published_weights_reproduce_their_card(name: str, newcomer) -> None:
         root = None
     if root is None:
         pytest.skip(missing_data(f"evaluation data for '{folder.tag}'", MONUSEG) if folder.tag == "monuseg"
-                    else f"evaluation data for '{folder.tag}' is not installed (set GDZOO_FMNIST_DIR for Fashion-MNIST)")
+                    else f"evaluation data for '{folder.tag}' is not installed "
+                         "(set GDZOO_FMNIST_DIR for Fashion-MNIST)")
     stated = card_metrics((folder.path / "README.md").read_text())[metric]
     got = last_json(newcomer.run(["-c", program, name, str(root)]))
-    assert got["file"].startswith(str(newcomer.root / "venv")) and got["file"].endswith(f"gdzoo/_weights/{name}/model.safetensors")
-    assert got["value"] == pytest.approx(stated, abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
+    assert got["file"].startswith(str(newcomer.root
+                                      / "venv")) and got["file"].endswith(f"gdzoo/_weights/{name}/model.safetensors")
+    assert got["value"] == pytest.approx(stated,
+                                         abs=TOLERANCE), f"{name}: card says {metric} = {stated}, measured {got}"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in PUBLISHED_WEIGHTS if n.endswith(".monuseg")))

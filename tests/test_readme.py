@@ -64,7 +64,7 @@ RULES: tuple[Rule, ...] = (
          "serves until Ctrl-C; serve_hub is tested with real timm downloads from it in tests/test_hub.py"),
     Rule(r'create_model\("gd_vgg16(_bn)?", pretrained=True\)', "skip",
          "downloads timm's vgg16.tv_in1k (528 MB); the derivation runs offline on a stand-in in "
-         "tests/test_front_door.py, the offline error in tests/test_derived_offline.py"),
+         "tests/test_fresh_install.py, the offline error in tests/test_derived_offline.py"),
     Rule(r"--data-dir\b|\bmy_images/|\bmy_slides/", "skip",
          "needs the reader's own image folders; the commands run verbatim on folders built in "
          "tests/test_finetune_folder.py", section="Fine-tune on your own images"),

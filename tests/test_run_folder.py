@@ -26,7 +26,8 @@ NOT_OURS = ("notes.tmp", ".x.tmp", ".last.pth.short.tmp", "last.pth.abcdefgh.tmp
 
 
 def _train(output: Path, name: str, *extra: str) -> int:
-    return main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--output", str(output), "--name", name, *TINY, *extra])
+    return main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--output", str(output), "--name", name,
+                 *TINY, *extra])
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -59,7 +60,8 @@ def _holder(folder: Path) -> subprocess.Popen:
 def test_a_finished_run_is_refused_without_resume_and_left_byte_identical(finished: Path, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     run = _copy(finished, tmp_path)
-    (run / LOCK_NAME).unlink(missing_ok=True)  # a run folder written before the lock existed: refusing must not even add one
+    # a run folder written before the lock existed: refusing must not even add one
+    (run / LOCK_NAME).unlink(missing_ok=True)
     before = _snapshot(run)
     capsys.readouterr()
     assert _train(tmp_path, "run") == 2
@@ -82,7 +84,8 @@ def test_a_partial_run_without_checkpoint_is_refused_too(finished: Path, tmp_pat
 
 
 def test_a_run_killed_before_any_progress_starts_over(tmp_path: Path, single_thread: None) -> None:
-    """config.yaml, classes.json and an empty metrics.jsonl: nothing to lose, so the folder is reused (the benchmarks)."""
+    """config.yaml, classes.json and an empty metrics.jsonl: nothing to lose, so the folder is reused
+    (the benchmarks)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("name: other\n")
@@ -117,8 +120,10 @@ def test_a_folder_held_by_a_live_process_is_refused(tmp_path: Path, capsys: pyte
         capsys.readouterr()
         assert _train(tmp_path, "run") == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and f"in use by another gdzoo process (pid {holder.pid})" in err and str(run) in err
-        assert sorted(p.name for p in run.iterdir()) == sorted([LOCK_NAME, STALE[0]])  # nothing written, nothing removed
+        assert len(err.splitlines()) == 1 and str(run) in err
+        assert f"in use by another gdzoo process (pid {holder.pid})" in err
+        # nothing written, nothing removed
+        assert sorted(p.name for p in run.iterdir()) == sorted([LOCK_NAME, STALE[0]])
         assert _train(tmp_path, "run", "--resume") == 2
     finally:
         holder.kill()
@@ -161,7 +166,8 @@ def test_predict_removes_its_stale_temp_files(finished: Path, tmp_path: Path) ->
     (out / "other" / ".b_mask.png.abcdefgh.tmp").write_bytes(b"x")
     (out / "notes.tmp").write_text("kept")
     assert main(["predict", str(images), "--checkpoint", str(finished / "best.safetensors"), "-o", str(out)]) == 0
-    assert not (out / ".predictions.csv.abcdefgh.tmp").exists() and not (out / "sub" / ".a_mask.png.abcdefgh.tmp").exists()
+    assert not (out / ".predictions.csv.abcdefgh.tmp").exists() and not (out / "sub"
+                                                                         / ".a_mask.png.abcdefgh.tmp").exists()
     assert (out / "other" / ".b_mask.png.abcdefgh.tmp").exists() and (out / "notes.tmp").exists()
     assert (out / "predictions.csv").is_file()
 

@@ -12,9 +12,9 @@ import torch
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import scale_generalisation as sg  # noqa: E402
+from gdzoo import ScaleChannels
 
-from gdzoo import ScaleChannels  # noqa: E402
+import scale_generalisation as sg
 
 
 def test_every_scale_set_is_made_of_computed_channels() -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from _paths import REPO
 
-SHOW = "import _paths; print(_paths.MONUSEG); print(_paths.IMAGENET_STEM); print(_paths.missing_data('MoNuSeg images', _paths.MONUSEG))"
+SHOW = ("import _paths; print(_paths.MONUSEG); print(_paths.IMAGENET_STEM); "
+        "print(_paths.missing_data('MoNuSeg images', _paths.MONUSEG))")
 
 
 def _paths_in(env_value: str | None) -> list[str]:

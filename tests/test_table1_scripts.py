@@ -1,4 +1,5 @@
-"""The Table-1 scripts' commands resolve to the recipes docs/table1.md describes (checked through `gdzoo train --print-config`)."""
+"""The Table-1 scripts' commands resolve to the recipes docs/table1.md describes
+(checked through `gdzoo train --print-config`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import yaml
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import table1  # noqa: E402
-import table1_variants  # noqa: E402
+from gdzoo.cli.main import main as gdzoo_main
 
-from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+import table1
+import table1_variants
 
 
 def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -24,7 +25,8 @@ def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: p
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize(("n", "steps_per_epoch", "epochs"), [(1000, 32, 188), (5000, 157, 39), (10000, 313, 30), (30000, 938, 30), (60000, 1875, 30)])
+@pytest.mark.parametrize(("n", "steps_per_epoch", "epochs"),
+                         [(1000, 32, 188), (5000, 157, 39), (10000, 313, 30), (30000, 938, 30), (60000, 1875, 30)])
 def test_schedule_rule(n: int, steps_per_epoch: int, epochs: int) -> None:
     """epochs = max(30, ceil(6000 / ceil(n / 32))), warmup = 200 steps, as the doc says."""
     s = table1.schedule(n)
@@ -53,14 +55,16 @@ def test_rfnn_rerun_republishes_its_table1_file(capsys, monkeypatch) -> None:
     assert "| 1000 | 83.00 ± 0.00 |" in ablation and "| 60000 | not run yet | 91.89 | — |" in ablation
 
 
-def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_it(capsys, monkeypatch, tmp_path) -> None:
+def test_full_cell_trains_on_everything_and_exports_until_a_zoo_final_replaces_it(capsys, monkeypatch,
+                                                                                  tmp_path) -> None:
     monkeypatch.setattr(table1, "ZOO_FINAL", tmp_path)
     cfg = resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)
     assert cfg["data"]["train_subset"] is None and cfg["data"]["val_size"] == 0
     assert cfg["output"]["export"] and cfg["output"]["export_tag"] == "fmnist"
     assert not resolved(table1.train_args("gd_fmnist_few", 60000, 0), capsys, monkeypatch)["output"]["export"]
     (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0, "published": False}))
-    assert resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]  # kept: still Table 1's
+    # kept: still Table 1's
+    assert resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
     (tmp_path / "gd_fmnist.json").write_text(json.dumps({"model": "gd_fmnist", "test_top1": 93.0, "published": True}))
     assert not resolved(table1.train_args("gd_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
     assert resolved(table1.train_args("ff_fmnist", 60000, 0), capsys, monkeypatch)["output"]["export"]
@@ -107,7 +111,8 @@ def test_full_size_variant_never_exports(capsys, monkeypatch) -> None:
 
 
 def test_readme_table_matches_the_committed_results() -> None:
-    """README.md's Table-1 block is what benchmarks/table1.py writes from results/table1/ (regenerate with --table-only)."""
+    """README.md's Table-1 block is what benchmarks/table1.py writes from results/table1/
+    (regenerate with --table-only)."""
     readme = (REPO / "README.md").read_text()
     start, end = table1.README_MARKERS
     block = start + readme.split(start, 1)[1].split(end, 1)[0] + end
@@ -175,7 +180,8 @@ def test_a_cell_resumed_on_another_device_says_so_and_is_timed_on_the_last_one(t
     assert result["device"] == "cuda:0 (epochs 1–10), cpu (epochs 11–30)"
     assert result["sec_per_epoch"] == 240.0 and result["train_img_per_s"] == 250.0
     assert result["train_time_s"] == 9 * 30.0 + 96.0 + 20 * 240.0 and result["test_top1"] == 91.23
-    (run / "train.log").write_text("t: 1 x cpu, batch 32\nresumed from r: epoch 4, batch 7, step 1\nt: 1 x cpu, batch 32\n")
+    (run / "train.log").write_text("t: 1 x cpu, batch 32\nresumed from r: epoch 4, batch 7, step 1\nt: 1 x cpu, batch "
+                                   "32\n")
     same = table1.collect_result("dau_fmnist", 60000, 0, run, 5000.0, 1)
     assert same["device"] == "cpu" and same["sec_per_epoch"] == round((9 * 30 + 96 + 20 * 240) / 30, 3)
 
@@ -189,8 +195,10 @@ def test_run_training_restarts_a_cell_without_last_pth_and_resumes_one_with_it(t
     cell.mkdir()
     (cell / "best.safetensors").write_bytes(b"partial")
     (cell / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    args = ["train", "-c", "configs/tiny_fmnist.yaml", "--output", str(tmp_path), "--name", "cell", "--epochs", "1", "--no-progress",
-            "--set", "data.train_subset=64", "--set", "data.val_size=32", "--set", "data.test_subset=32", "--set", "output.plots=false"]
+    args = ["train", "-c", "configs/tiny_fmnist.yaml", "--output", str(tmp_path), "--name", "cell", "--epochs", "1",
+            "--no-progress",
+            "--set", "data.train_subset=64", "--set", "data.val_size=32", "--set", "data.test_subset=32", "--set",
+            "output.plots=false"]
     log = Log(tmp_path / "grid.log")
     assert run_training(args, cell, "cell", log, 1, None)[0] == "done", (cell / "train.log").read_text()[-2000:]
     (aside,) = tmp_path.glob("cell.old-*")
@@ -204,7 +212,8 @@ def test_an_exporting_cell_records_the_new_weights_in_the_manifest(monkeypatch, 
     the one ``pretrained=True`` accepts; other cells do not."""
     calls = []
     monkeypatch.setattr(table1, "run_training", lambda *a, **k: ("done", 1.0))
-    monkeypatch.setattr(table1, "collect_result", lambda *a, **k: {"test_top1": 90.0, "val_top1": None, "best_epoch": 30,
+    monkeypatch.setattr(table1, "collect_result", lambda *a,
+                        **k: {"test_top1": 90.0, "val_top1": None, "best_epoch": 30,
                                                                      "epochs": 30})
     monkeypatch.setattr(table1, "RESULTS", tmp_path)
     monkeypatch.setattr(table1.subprocess, "run", lambda args, **k: calls.append(args[-2:]))

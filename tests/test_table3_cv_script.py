@@ -1,4 +1,5 @@
-"""benchmarks/table3.py --cv: its commands resolve to the documented recipes, and its pooled scores are the textbook ones."""
+"""benchmarks/table3.py --cv: its commands resolve to the documented recipes, and its pooled scores are the textbook
+ones."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import yaml
 from _paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import table3  # noqa: E402
+from gdzoo.cli.main import main as gdzoo_main
 
-from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+import table3
 
 
 def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -42,7 +43,8 @@ def test_earlier_recipe_runs_on_the_same_folds(column: str, capsys, monkeypatch)
         cell = resolved(table3.cv_train_args(column, k), capsys, monkeypatch)
         zoo = resolved(table3.cv_train_args(model, k), capsys, monkeypatch)
         assert (cell["data"]["folds"], cell["data"]["fold"]) == (zoo["data"]["folds"], zoo["data"]["fold"]) == (3, k)
-        assert cell["output"] == earlier["output"] | {"name": f"table3_cv/{column}_f{k}", "export": False, "progress": False}
+        assert cell["output"] == earlier["output"] | {"name": f"table3_cv/{column}_f{k}", "export": False,
+                                                      "progress": False}
         for section in ("model", "augment", "optim", "sched", "train"):
             assert cell[section] == earlier[section]
         assert {**cell["data"], "folds": 0, "fold": 0} == earlier["data"]
@@ -55,7 +57,8 @@ def test_pooled_scores_and_fold_summary() -> None:
     tp, fp, fn = 45, 10, 15
     assert acc == pytest.approx(100 * (45 + 130) / 200) and dice == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn))
     assert iou == pytest.approx(100 * tp / (tp + fp + fn))
-    folds = {f"f{k}": {"held_out_images": {"dice": d, "iou": d - 10, "pixel_acc": 90.0}, "per_image_confusion": {f"i{k}": a}}
+    folds = {f"f{k}": {"held_out_images": {"dice": d, "iou": d - 10, "pixel_acc": 90.0},
+                       "per_image_confusion": {f"i{k}": a}}
              for k, d in enumerate((70.0, 74.0, 78.0))}
     summary = table3.cv_summary(folds)
     assert summary["dice"] == pytest.approx(74.0) and summary["dice_std"] == pytest.approx(4.0)  # sample std
@@ -66,7 +69,8 @@ def test_pooled_scores_and_fold_summary() -> None:
 
 @pytest.mark.parametrize("model", [*table3.MODELS, *table3.VARIANTS])
 def test_published_cards_state_the_committed_cross_validation(model: str) -> None:
-    """The shipped <model>.monuseg is the file publish_cv wrote, and its card's cv/* numbers are the committed folds'."""
+    """The shipped <model>.monuseg is the file publish_cv wrote, and its card's cv/* numbers are the committed
+    folds'."""
     import hashlib
 
     from gdzoo.hub.card import card_metrics

@@ -22,7 +22,8 @@ def test_every_shipped_recipe_loads() -> None:
 
 
 def test_default_yaml_is_the_builtin_main_job() -> None:
-    assert load_recipe(REPO / "configs" / "fmnist_default.yaml") == recipe_from_dict(DEFAULT_RECIPE) == default_recipe(finetune=False)
+    assert load_recipe(REPO / "configs"
+                       / "fmnist_default.yaml") == recipe_from_dict(DEFAULT_RECIPE) == default_recipe(finetune=False)
     assert default_recipe(False).model.name == "gd_fmnist" and default_recipe(False).data.dataset == "fashion_mnist"
     finetune = default_recipe(finetune=True)
     assert finetune.optim.lr < default_recipe(False).optim.lr and finetune.model.pretrained == "auto"
@@ -65,7 +66,8 @@ def test_bad_values_are_explained(override: str, expected: str) -> None:
 
 
 def test_overrides_parse_yaml_values() -> None:
-    recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", ["optim.lr=0.01", "train.clip_grad=1", "augment.scale=[0.5, 1.0]",
+    recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml",
+                         ["optim.lr=0.01", "train.clip_grad=1", "augment.scale=[0.5, 1.0]",
                                                                  "model.pretrained=auto", "train.resume=null"])
     assert recipe.optim.lr == 0.01 and recipe.train.clip_grad == 1.0 and recipe.augment.scale == [0.5, 1.0]
     assert recipe.model.pretrained == "auto" and recipe.name == "tiny_fmnist"
@@ -79,8 +81,8 @@ def test_dotted_flags_split() -> None:
 def test_cli_overrides_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == default_recipe().to_dict()  # no arguments: the main job
-    assert main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--optim.lr", "0.02", "--set", "train.epochs=5",
-                 "--amp", "bf16", "--resume", "--print-config"]) == 0
+    assert main(["train", "-c", str(REPO / "configs" / "tiny_fmnist.yaml"), "--optim.lr", "0.02", "--set",
+                 "train.epochs=5", "--amp", "bf16", "--resume", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["optim"]["lr"] == 0.02 and printed["train"]["epochs"] == 5
     assert printed["train"]["amp"] == "bf16" and printed["train"]["resume"] == "auto"
@@ -100,11 +102,15 @@ def test_missing_recipe_file() -> None:
 def test_base_recipe_is_merged_key_by_key(tmp_path: Path) -> None:
     """``base:`` (relative to the file, chained) merges sections key by key; lists and scalars replace."""
     (tmp_path / "family").mkdir()
-    (tmp_path / "root.yaml").write_text("optim:\n  lr: 0.1\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 7\n  label_smoothing: 0.1\n")
-    (tmp_path / "family" / "base.yaml").write_text("base: ../root.yaml\noptim:\n  opt: adamw\n  weight_decay: 0.05\ntrain:\n  epochs: 9\n")
-    (tmp_path / "family" / "child.yaml").write_text("base: base.yaml\nmodel:\n  name: ff_fmnist\noptim:\n  betas: [0.5, 0.6]\n")
+    (tmp_path / "root.yaml").write_text("optim:\n  lr: 0.1\n  betas: [0.8, 0.9]\ntrain:\n  epochs: 7\n  "
+                                        "label_smoothing: 0.1\n")
+    (tmp_path / "family"
+     / "base.yaml").write_text("base: ../root.yaml\noptim:\n  opt: adamw\n  weight_decay: 0.05\ntrain:\n  epochs: 9\n")
+    (tmp_path / "family"
+     / "child.yaml").write_text("base: base.yaml\nmodel:\n  name: ff_fmnist\noptim:\n  betas: [0.5, 0.6]\n")
     recipe = load_recipe(tmp_path / "family" / "child.yaml", ["train.epochs=3"])
-    written = {"model": {"name": "ff_fmnist"}, "optim": {"lr": 0.1, "betas": [0.5, 0.6], "opt": "adamw", "weight_decay": 0.05},
+    written = {"model": {"name": "ff_fmnist"},
+               "optim": {"lr": 0.1, "betas": [0.5, 0.6], "opt": "adamw", "weight_decay": 0.05},
                "train": {"epochs": 3, "label_smoothing": 0.1}}
     assert recipe == recipe_from_dict(written)
     assert "base" not in yaml.safe_load(recipe_to_yaml(recipe))  # a run's config.yaml is self-contained
@@ -129,7 +135,8 @@ def test_bad_base_is_named(tmp_path: Path, files: dict[str, str], expected: str)
 ])
 def test_duplicate_yaml_keys_are_refused_with_file_and_line(tmp_path: Path, text: str, key: str, line: int, first: int,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    """YAML keeps the last of two equal keys without a word; a recipe refuses them, naming the key, the file and the line."""
+    """YAML keeps the last of two equal keys without a word; a recipe refuses them, naming the key,
+    the file and the line."""
     path = tmp_path / "dup.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -152,7 +159,8 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", [0, -1])
 def test_num_classes_zero_is_refused(value: int, capsys: pytest.CaptureFixture[str]) -> None:
-    """``model.num_classes=0`` used to fall back silently to the dataset's classes; timm's 0 (no head) cannot be trained."""
+    """``model.num_classes=0`` used to fall back silently to the dataset's classes;
+    timm's 0 (no head) cannot be trained."""
     with pytest.raises(ConfigError) as err:
         load_recipe(None, [f"model.num_classes={value}"])
     message = str(err.value)

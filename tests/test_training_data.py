@@ -1,4 +1,5 @@
-"""Datasets: seeded Fashion-MNIST subsets and validation split, ImageFolder transfer learning, timm transforms, clear errors."""
+"""Datasets: seeded Fashion-MNIST subsets and validation split, ImageFolder transfer learning, timm transforms,
+clear errors."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_fashion_mnist_datasets_use_the_model_cfg() -> None:
     recipe = recipe_from_dict({"data": {"train_subset": 100, "val_size": 50, "test_subset": 20}})
     bundle = build_datasets(recipe.data, recipe.augment, model, "classification")
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (100, 50, 20)
-    assert bundle.data_config["input_size"] == (1, 28, 28) and bundle.data_config["mean"] == model.pretrained_cfg["mean"]
+    assert bundle.data_config["input_size"] == (1, 28,
+                                                28) and bundle.data_config["mean"] == model.pretrained_cfg["mean"]
     image, label = bundle.train[0]
     assert image.shape == (1, 28, 28) and 0 <= label < 10
     raw, labels = load_fashion_mnist("train")
@@ -87,9 +89,11 @@ def test_image_folder_transfer_learning_head_only(tmp_path: Path) -> None:
     source = timm.create_model("gd_fmnist", num_classes=10)
     save_file(source.state_dict(), tmp_path / "source.safetensors")
     recipe = load_recipe(None, [
-        "name=transfer", "model.name=gd_fmnist", "model.pretrained=false", f"model.initial_checkpoint={tmp_path / 'source.safetensors'}",
+        "name=transfer", "model.name=gd_fmnist", "model.pretrained=false",
+        f"model.initial_checkpoint={tmp_path / 'source.safetensors'}",
         "data.dataset=image_folder", f"data.root={tmp_path / 'data'}", "data.batch_size=20", "optim.lr=0.05",
-        "train.freeze=head_only", "train.epochs=3", f"output.dir={tmp_path / 'runs'}", "output.plots=false", "output.progress=false",
+        "train.freeze=head_only", "train.epochs=3", f"output.dir={tmp_path / 'runs'}", "output.plots=false",
+        "output.progress=false",
     ])
     result = train(recipe)
     assert result.metrics["samples"] == 40 and "top5" not in result.metrics

@@ -69,14 +69,17 @@ def test_two_process_gloo_ddp_ranks_agree(tmp_path: Path) -> None:
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     init = __import__("timm").create_model("gd_fmnist", num_classes=10)
-    assert any(not torch.equal(v, rank0[k]) for k, v in init.state_dict().items() if v.is_floating_point())  # it trained
+    # it trained
+    assert any(not torch.equal(v, rank0[k]) for k, v in init.state_dict().items() if v.is_floating_point())
     run = tmp_path / "ddp"
-    assert (run / "last.pth").is_file() and (run / "metrics.jsonl").read_text().count("\n") == 2  # rank 0 wrote once per epoch
+    # rank 0 wrote once per epoch
+    assert (run / "last.pth").is_file() and (run / "metrics.jsonl").read_text().count("\n") == 2
     # 2 ranks x 8 steps of 16 images = 256 images per epoch
     assert __import__("json").loads((run / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 0
     # the same job again, without resume: rank 0 refuses the folder, and rank 1 stops too instead of waiting for it
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     cmd = [f"--master-port={_free_port()}" if a.startswith("--master-port=") else a for a in cmd]
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert again.returncode != 0 and (again.stdout + again.stderr).count("already holds a run") >= 2, again.stderr[-3000:]
+    assert again.returncode != 0 and (again.stdout
+                                      + again.stderr).count("already holds a run") >= 2, again.stderr[-3000:]
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 def run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("fmnist")
     recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", [
-        "model.name=gd_fmnist", "data.train_subset=1200", "data.val_size=500", "data.test_subset=1000", "data.batch_size=32",
+        "model.name=gd_fmnist", "data.train_subset=1200", "data.val_size=500", "data.test_subset=1000",
+        "data.batch_size=32",
         "optim.lr=0.02", "train.epochs=2", f"output.dir={out}", "output.export=true", "output.export_tag=test",
         f"output.export_root={out / 'weights'}", "output.progress=false", "output.card_note=Data note (test subset).",
     ])
@@ -43,8 +44,8 @@ def test_learns_well_above_chance(run) -> None:
 def test_reports_are_written(run) -> None:
     result, _ = run
     files = {p.name for p in result.run_dir.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "filters.png", "basis.png", "summary.txt", "last.pth",
-            "best.safetensors", "final_metrics.json", "classes.json"} <= files
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "filters.png", "basis.png", "summary.txt",
+            "last.pth", "best.safetensors", "final_metrics.json", "classes.json"} <= files
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     with open(result.run_dir / "metrics.csv") as f:
@@ -60,11 +61,13 @@ def test_best_checkpoint_exported_to_hub_folder(run) -> None:
     card = (folder.path / "README.md").read_text()
     assert "test/top1" in card and "train_subset: 1200" in card and "gdzoo train" in card
     assert "best epoch" in card and "by validation top1" in card and "Data note (test subset)." in card
-    assert card_metrics(card) == {f"test/{k}": round(v, 2) for k, v in result.metrics.items() if k in ("top1", "top5", "loss", "mean_class_acc")}
+    assert card_metrics(card) == {f"test/{k}": round(v, 2) for k, v in result.metrics.items()
+                                  if k in ("top1", "top5", "loss", "mean_class_acc")}
     exported = load_file(folder.path / "model.safetensors")
     best = load_file(result.run_dir / "best.safetensors")
     assert exported.keys() == best.keys() and all(torch.equal(exported[k], best[k]) for k in best)
-    model = timm.create_model("gd_fmnist", pretrained=True, pretrained_cfg_overlay={"file": str(folder.path / "model.safetensors")})
+    model = timm.create_model("gd_fmnist", pretrained=True,
+                              pretrained_cfg_overlay={"file": str(folder.path / "model.safetensors")})
     assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
@@ -104,10 +107,12 @@ def test_predict_cli_writes_csv(run, tmp_path: Path) -> None:
     images, labels = load_fashion_mnist("test")
     for i in range(6):
         Image.fromarray(images[i, 0].numpy()).save(tmp_path / f"img{i}.png")
-    assert main(["predict", str(tmp_path), "--checkpoint", str(result.run_dir / "best.safetensors"), "-o", str(tmp_path / "out")]) == 0
+    assert main(["predict", str(tmp_path), "--checkpoint", str(result.run_dir / "best.safetensors"), "-o",
+                 str(tmp_path / "out")]) == 0
     with open(tmp_path / "out" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and all(r["prediction"] in json.loads((result.run_dir / "classes.json").read_text()) for r in rows)
+    assert len(rows) == 6 and all(r["prediction"] in json.loads((result.run_dir
+                                                                 / "classes.json").read_text()) for r in rows)
     assert len(rows[0]["top5"].split("; ")) == 5
 
 
@@ -131,15 +136,16 @@ def test_pretrained_auto_uses_the_weights_on_this_machine(tmp_path: Path, monkey
 
 
 def test_recipe_search_run_never_reads_the_test_set(tmp_path: Path) -> None:
-    """``data.evaluate_test=false``: the test files are never opened (here they do not exist); the run ends on validation."""
+    """``data.evaluate_test=false``: the test files are never opened (here they do not exist);
+    the run ends on validation."""
     root = tmp_path / "fmnist"
     root.mkdir()
     source = Path(load_recipe(REPO / "configs" / "tiny_fmnist.yaml").data.root or "/usr/share/datasets/fashion-mnist")
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         (root / name).symlink_to(source / name)
     recipe = load_recipe(REPO / "configs" / "tiny_fmnist.yaml", [
-        f"data.root={root}", "data.evaluate_test=false", "train.epochs=1", f"output.dir={tmp_path / 'runs'}", "output.plots=false",
-        "output.progress=false"])
+        f"data.root={root}", "data.evaluate_test=false", "train.epochs=1", f"output.dir={tmp_path / 'runs'}",
+        "output.plots=false", "output.progress=false"])
     result = train(recipe)
     final = json.loads((result.run_dir / "final_metrics.json").read_text())
     assert final["split"] == "val" and final["samples"] == 256 and final["top1"] == result.metrics["top1"]

@@ -85,7 +85,8 @@ def test_rfnn_geometry_stays_fixed_through_training_steps() -> None:
     (then frozen parameters) were learned.
     """
     model = timm.create_model("rfnn_fmnist", num_classes=10)
-    geometry = {n: b.detach().clone() for n, b in model.named_buffers() if n.endswith(("sigma_raw", "mu_raw", "theta_raw"))}
+    geometry = {n: b.detach().clone() for n, b in model.named_buffers()
+                if n.endswith(("sigma_raw", "mu_raw", "theta_raw"))}
     assert len(geometry) == 12  # four GD layers × (σ, μ, θ)
     weights = model.stem.conv.weight.detach().clone()
     apply_freeze(model, "none")

@@ -56,10 +56,12 @@ def test_a_non_finite_loss_stops_before_the_step() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     info = DistInfo(device=torch.device("cpu"))
-    engine = Engine(model, model, opt, sched, build_criterion("classification"), info, "classification", show_progress=False)
+    engine = Engine(model, model, opt, sched, build_criterion("classification"), info, "classification",
+                    show_progress=False)
     data = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in range(5)]
     state = LoopState()
-    with pytest.raises(NonFiniteLossError, match=r"the training loss is nan \(not finite\) at epoch 1, batch 3 \(step 3"):
+    with pytest.raises(NonFiniteLossError,
+                       match=r"the training loss is nan \(not finite\) at epoch 1, batch 3 \(step 3"):
         engine.train_one_epoch(data, state, steps_per_epoch=5)
     assert state.global_step == 2  # two good steps, none with the bad loss
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -69,7 +71,8 @@ def test_cli_exits_non_zero_with_one_line_and_finite_checkpoints(tmp_path: Path)
     config = tmp_path / "nonfinite.yaml"
     config.write_text(yaml.safe_dump(RECIPE))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "gdzoo", "train", "-c", str(config), "--output", str(tmp_path / "runs")],
+    proc = subprocess.run([sys.executable, "-m", "gdzoo", "train", "-c", str(config), "--output",
+                           str(tmp_path / "runs")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("gdzoo train:")]
@@ -78,7 +81,8 @@ def test_cli_exits_non_zero_with_one_line_and_finite_checkpoints(tmp_path: Path)
     assert not (run / "best.safetensors").exists() and not (run / "final_metrics.json").exists()
     if (run / "last.pth").exists():  # the step checkpoints before the bad loss hold finite weights
         state = load_checkpoint(run / "last.pth")
-        assert all(math.isfinite(v) for t in state["model"].values() if t.is_floating_point() for v in t.flatten().tolist())
+        assert all(math.isfinite(v) for t in state["model"].values()
+                   if t.is_floating_point() for v in t.flatten().tolist())
 
 
 def test_cli_refuses_an_infinite_learning_rate_like_nan(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Tiled segmentation inference equals a whole-image forward for small receptive fields; predict/train on real MoNuSeg."""
+"""Tiled segmentation inference equals a whole-image forward for small receptive fields;
+predict/train on real MoNuSeg."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from _paths import MONUSEG, REPO, missing_data
 from gdzoo.cli.main import main
 from gdzoo.layers import GDConv2d
 from gdzoo.training import load_recipe, train
 from gdzoo.training.tiling import axis_origins, predict_tiled, whole_image_metrics
+
+from _paths import MONUSEG, REPO, missing_data
 
 needs_monuseg = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
                                    reason=missing_data("MoNuSeg images", MONUSEG / "images"))
@@ -25,11 +27,13 @@ def small_rf_model() -> nn.Module:
     """Receptive-field radius 1 + 3 + 1 = 5 pixels: a 3x3 conv, a 7x7 Gaussian-derivative conv, a 3x3 conv."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), GDConv2d(4, 4, 7, padding="same"), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), GDConv2d(4, 4, 7, padding="same"), nn.ReLU(),
+        nn.Conv2d(4, 2, 3, padding=1)
     ).eval()
 
 
-@pytest.mark.parametrize(("height", "width", "tile", "overlap"), [(150, 237, 64, 12), (64, 64, 64, 10), (129, 300, 48, 10)])
+@pytest.mark.parametrize(("height", "width", "tile", "overlap"),
+                         [(150, 237, 64, 12), (64, 64, 64, 10), (129, 300, 48, 10)])
 def test_tiled_equals_whole_image(height: int, width: int, tile: int, overlap: int) -> None:
     model = small_rf_model()
     image = torch.randn(3, height, width)
@@ -68,10 +72,12 @@ def test_whole_image_metrics_match_numpy_scores_of_one_forward_pass() -> None:
     preds = []
     with torch.no_grad():
         for im in images:
-            x = (torch.from_numpy(im).permute(2, 0, 1).float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+            x = (torch.from_numpy(im).permute(2, 0, 1).float() / 255
+                 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
             preds.append(model(x[None])[0].argmax(0).numpy().ravel())
     pred, truth = np.concatenate(preds), np.concatenate([m.ravel() for m in masks])
-    tp, fp, fn = np.sum((pred == 1) & (truth == 1)), np.sum((pred == 1) & (truth == 0)), np.sum((pred == 0) & (truth == 1))
+    tp = np.sum((pred == 1) & (truth == 1))
+    fp, fn = np.sum((pred == 1) & (truth == 0)), np.sum((pred == 0) & (truth == 1))
     assert got["pixels"] == truth.size
     assert got["pixel_acc"] == pytest.approx(100 * np.mean(pred == truth), abs=1e-9)
     assert got["dice"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=1e-9)
@@ -85,7 +91,8 @@ def test_whole_image_metrics_match_numpy_scores_of_one_forward_pass() -> None:
 def test_predict_cli_segments_an_image_of_any_size(tmp_path: Path) -> None:
     image = Image.open(next((MONUSEG / "images").glob("*.png"))).crop((0, 0, 300, 200))
     image.save(tmp_path / "crop.png")
-    assert main(["predict", str(tmp_path / "crop.png"), "--model", "gd_unet", "--overlap", "32", "-o", str(tmp_path / "out")]) == 0
+    assert main(["predict", str(tmp_path / "crop.png"), "--model", "gd_unet", "--overlap", "32", "-o",
+                 str(tmp_path / "out")]) == 0
     mask = Image.open(tmp_path / "out" / "crop_mask.png")
     overlay = Image.open(tmp_path / "out" / "crop_overlay.png")
     assert mask.size == overlay.size == (300, 200)
@@ -95,8 +102,8 @@ def test_predict_cli_segments_an_image_of_any_size(tmp_path: Path) -> None:
 @needs_monuseg
 def test_segmentation_training_run(tmp_path: Path) -> None:
     recipe = load_recipe(REPO / "configs" / "tiny_monuseg.yaml", [
-        f"data.root={MONUSEG}", "data.train_subset=32", "data.val_size=1", "data.tile_stride=192", "data.test_subset=16",
-        f"output.dir={tmp_path}", "output.progress=false", "data.full_image_overlap=32",
+        f"data.root={MONUSEG}", "data.train_subset=32", "data.val_size=1", "data.tile_stride=192",
+        "data.test_subset=16", f"output.dir={tmp_path}", "output.progress=false", "data.full_image_overlap=32",
     ])
     result = train(recipe)
     assert {"pixel_acc", "dice", "iou"} <= set(result.metrics) and 0 <= result.metrics["dice"] <= 100

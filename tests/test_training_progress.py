@@ -102,7 +102,8 @@ def test_a_resumed_epoch_times_only_the_steps_run_here() -> None:
 
     ticks = iter([0.0, 8.0])
     stream = io.StringIO()
-    lines = ProgressLines(0, epoch=0, epochs=1, steps_per_epoch=10, start_step=5, stream=stream, clock=lambda: next(ticks))
+    lines = ProgressLines(0, epoch=0, epochs=1, steps_per_epoch=10, start_step=5, stream=stream,
+                          clock=lambda: next(ticks))
     assert lines.update(7, 64, 0.5, 1e-3)
     m = LINE.match(stream.getvalue().strip())
     assert m and m[3] == "7" and float(m[5]) == 8

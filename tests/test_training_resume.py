@@ -1,4 +1,5 @@
-"""Exact resume: a run SIGKILLed mid-epoch (after a step checkpoint) and resumed ends with the weights of an uninterrupted run."""
+"""Exact resume: a run SIGKILLed mid-epoch (after a step checkpoint) and resumed ends with the weights of an
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ RECIPE = {
     "augment": {"enabled": True, "scale": [0.7, 1.0], "ratio": [0.9, 1.1], "hflip": 0.5},
     "optim": {"opt": "adamw", "lr": 0.01, "weight_decay": 0.01},
     "sched": {"name": "cosine", "alpha": 0.1, "warmup_epochs": 0.3},
-    "train": {"epochs": 2, "seed": 3, "deterministic": True, "checkpoint_every_steps": 3, "clip_grad": 5.0, "label_smoothing": 0.1,
-              "ema": True, "ema_decay": 0.9},
+    "train": {"epochs": 2, "seed": 3, "deterministic": True, "checkpoint_every_steps": 3, "clip_grad": 5.0,
+              "label_smoothing": 0.1, "ema": True, "ema_decay": 0.9},
     "output": {"plots": False, "progress": False},
 }
 STEPS_PER_EPOCH = 320 // 16
@@ -31,7 +32,8 @@ STEPS_PER_EPOCH = 320 // 16
 
 def _gdzoo(config: Path, output: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "gdzoo", "train", "-c", str(config), "--output", str(output), *extra],
+    return subprocess.Popen([sys.executable, "-m", "gdzoo", "train", "-c", str(config), "--output", str(output),
+                             *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -50,7 +52,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path: Path) -> None:
     victim.communicate()
     assert victim.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(last)
-    assert killed_at["epoch"] == 0 and 0 < killed_at["step_in_epoch"] < STEPS_PER_EPOCH, "the kill did not land mid-epoch"
+    assert killed_at["epoch"] == 0 and 0 < killed_at["step_in_epoch"] < STEPS_PER_EPOCH, \
+        "the kill did not land mid-epoch"
     assert not (tmp_path / "b" / "resume" / "metrics.jsonl").read_text().strip()
 
     resumed = _gdzoo(config, tmp_path / "b", "--resume", "--workers", "2", "--set", "output.export=true",

@@ -33,7 +33,8 @@ def test_cosine_matches_keras_cosine_decay(alpha: float) -> None:
     k_max = 30
     for k, lr in enumerate(lrs):
         assert lr == pytest.approx(keras_cosine(k, k_max, alpha, 0.1), rel=1e-12, abs=1e-15)
-    assert lrs[0] == pytest.approx(0.1) and lrs[k_max] == pytest.approx(0.1 * alpha) and lrs[-1] == pytest.approx(0.1 * alpha)
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[k_max] == pytest.approx(0.1 * alpha) and lrs[-1] == pytest.approx(0.1 * alpha)
     assert max(lrs) <= 0.1 + 1e-12  # the paper's printed formula would start at 2*lr0 (see docs/training.md)
 
 

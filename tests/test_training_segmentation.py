@@ -10,14 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from _paths import MONUSEG, missing_data
 from gdzoo.data.sampling import SeededDataset, sample_seed
 from gdzoo.data.seg_transforms import PairedAugment
 from gdzoo.data.segmentation import SegmentationTiles, find_segmentation_pairs, split_pairs, tile_origins
 
+from _paths import MONUSEG, missing_data
+
 pytestmark = pytest.mark.skipif(not (MONUSEG / "images").is_dir(),
                                 reason=missing_data("MoNuSeg images", MONUSEG / "images"))
-TEST_IDS = {"TCGA-21-5786", "TCGA-50-5931", "TCGA-AR-A1AK", "TCGA-E2-A1B5", "TCGA-B0-5698", "TCGA-B0-5711", "TCGA-CH-5767", "TCGA-G9-6362"}
+TEST_IDS = {"TCGA-21-5786", "TCGA-50-5931", "TCGA-AR-A1AK", "TCGA-E2-A1B5", "TCGA-B0-5698", "TCGA-B0-5711",
+            "TCGA-CH-5767", "TCGA-G9-6362"}
 
 
 def test_pairs_and_index_csv_split_by_image() -> None:
@@ -66,9 +68,11 @@ def test_augmentation_keeps_masks_aligned() -> None:
     for idx in range(16):
         image, mask = plain[idx]
         aug_image, aug_mask = augmented[idx]
-        candidates = [k for k, (im, mk) in enumerate(zip(_dihedral(image), _dihedral(mask))) if torch.equal(im, aug_image)]
+        candidates = [k for k, (im, mk) in enumerate(zip(_dihedral(image), _dihedral(mask)))
+                      if torch.equal(im, aug_image)]
         assert candidates, "augmented image is not a flip/rotation of the tile"
-        assert any(torch.equal(_dihedral(mask)[k], aug_mask) for k in candidates), "mask was not transformed with its image"
+        assert any(torch.equal(_dihedral(mask)[k], aug_mask) for k in candidates), \
+            "mask was not transformed with its image"
         used.update(candidates[:1])
     assert len(used) > 2  # several different transforms actually happened
     # same seed, epoch and index -> same augmentation (exact resume); a new epoch draws new ones
@@ -80,8 +84,8 @@ def test_augmentation_keeps_masks_aligned() -> None:
 
 def test_colour_jitter_and_tile_jitter_keep_alignment() -> None:
     pair = find_segmentation_pairs(MONUSEG)[0]
-    tiles = SeededDataset(SegmentationTiles([pair], tile_size=96, mean=(0, 0, 0), std=(1, 1, 1), augment=PairedAugment(0, 0, False, 0.3),
-                                            jitter=True), seed=1)
+    tiles = SeededDataset(SegmentationTiles([pair], tile_size=96, mean=(0, 0, 0), std=(1, 1, 1),
+                                            augment=PairedAugment(0, 0, False, 0.3), jitter=True), seed=1)
     full_image = torch.from_numpy(np.array(Image.open(pair.image).convert("RGB"))).permute(2, 0, 1).float() / 255
     full_mask = torch.from_numpy((np.array(Image.open(pair.mask)) > 0).astype(np.int64))
     origins = set()
@@ -93,7 +97,8 @@ def test_colour_jitter_and_tile_jitter_keep_alignment() -> None:
         origins.add((y, x))
         assert torch.equal(mask, full_mask[y : y + 96, x : x + 96]), "mask is not the window of its image"
         assert not torch.equal(image, full_image[:, y : y + 96, x : x + 96])  # colour jitter changed the image...
-        assert torch.corrcoef(torch.stack([image.flatten(), full_image[:, y : y + 96, x : x + 96].flatten()]))[0, 1] > 0.9  # ...only
+        window = full_image[:, y : y + 96, x : x + 96]
+        assert torch.corrcoef(torch.stack([image.flatten(), window.flatten()]))[0, 1] > 0.9  # ...only
     assert len(origins) == 6
 
 
@@ -133,7 +138,8 @@ def test_unaugmented_view_is_the_fixed_tile_grid() -> None:
 
     pairs = find_segmentation_pairs(MONUSEG)[:1]
     common = dict(tile_size=128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    augmented = SegmentationTiles(pairs, augment=PairedAugment(0.5, 0.5, True, 0.3), jitter=True, scale_range=(0.5, 2.0), **common)
+    augmented = SegmentationTiles(pairs, augment=PairedAugment(0.5, 0.5, True, 0.3), jitter=True,
+                                  scale_range=(0.5, 2.0), **common)
     plain = SegmentationTiles(pairs, **common)
     view = unaugmented(augmented, {})
     assert len(view) == len(plain) and augmented.jitter  # the training split itself is left as it was

@@ -25,7 +25,8 @@ def geometry_names(model: nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in GEOMETRY_SUFFIXES}
 
 
-def zero_grad_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def zero_grad_step(model: nn.Module,
+                   optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Parameters before and after one step with all-zero gradients."""
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     for p in model.parameters():
@@ -34,7 +35,8 @@ def zero_grad_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[
     return before, {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def assert_decayed_exactly_where_expected(model: nn.Module, optimizer: torch.optim.Optimizer, excluded: set[str]) -> None:
+def assert_decayed_exactly_where_expected(model: nn.Module, optimizer: torch.optim.Optimizer,
+                                          excluded: set[str]) -> None:
     before, after = zero_grad_step(model, optimizer)
     for name in before:
         if name in excluded or before[name].ndim <= 1:

@@ -12,9 +12,10 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg
 
-from _paths import REPO
 from gdzoo.models.pretrained import available_weights_file, local_weights_file
 from gdzoo.models.shipped import load_manifest, shipped_weights_file
+
+from _paths import REPO
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ import pytest
 import yaml
 
 from _paths import REPO
+from _prose import facts
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import zoo_fmnist  # noqa: E402
+from gdzoo.cli.main import main as gdzoo_main
 
-from gdzoo.cli.main import main as gdzoo_main  # noqa: E402
+import zoo_fmnist
 
 
 def resolved(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -29,14 +30,17 @@ def test_every_column_has_the_same_recipe(capsys, monkeypatch) -> None:
         assert cfg["output"]["export"] is True and cfg["output"]["export_tag"] == "fmnist"
         # all 60000 training images, no validation split, scored once on the test set
         assert (cfg["data"]["train_subset"], cfg["data"]["val_size"], cfg["data"]["evaluate_test"]) == (None, 0, True)
-    strip = lambda c: {**c, "name": None, "model": {**c["model"], "name": None}, "output": {**c["output"], "name": None}}  # noqa: E731
+    strip = lambda c: {**c, "name": None, "model": {**c["model"], "name": None},  # noqa: E731
+                       "output": {**c["output"], "name": None}}
     assert all(strip(cfg) == strip(finals["gd_fmnist"]) for cfg in finals.values())
     recipe = finals["gd_fmnist"]
-    assert recipe["model"]["kwargs"] == {"norm": "fixed"}  # the registered architectures, so the weights load into create_model(name)
+    # the registered architectures, so the weights load into create_model(name)
+    assert recipe["model"]["kwargs"] == {"norm": "fixed"}
     assert recipe["augment"]["enabled"] and recipe["train"]["ema"] and recipe["train"]["label_smoothing"] == 0.1
 
 
-@pytest.mark.parametrize(("stage", "candidate"), [(st.name, c) for st in zoo_fmnist.SEARCH_STAGES for c in st.candidates])
+@pytest.mark.parametrize(("stage", "candidate"),
+                         [(st.name, c) for st in zoo_fmnist.SEARCH_STAGES for c in st.candidates])
 def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys, monkeypatch) -> None:
     cfg = resolved(zoo_fmnist.search_args(candidate, "rfnn_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("rfnn_fmnist"), capsys, monkeypatch)
@@ -47,34 +51,40 @@ def test_search_cells_never_read_the_test_set(stage: str, candidate: str, capsys
     steps_per_epoch = -(-(train or 55000) // cfg["data"]["batch_size"])
     assert cfg["sched"]["warmup_epochs"] * steps_per_epoch == pytest.approx(200, abs=0.01)  # as the final runs
     if candidate == zoo_fmnist.BASE_CANDIDATE:  # configs/zoo/base.yaml as written
-        assert {s: cfg[s] for s in ("augment", "optim", "train")} == {s: final[s] for s in ("augment", "optim", "train")} | {
-            "train": {**final["train"], "eval_every": 5, "checkpoint_every_steps": cfg["train"]["checkpoint_every_steps"]}}
+        sections = ("augment", "optim", "train")
+        assert {s: cfg[s] for s in sections} == {s: final[s] for s in sections} | {
+            "train": {**final["train"], "eval_every": 5,
+                      "checkpoint_every_steps": cfg["train"]["checkpoint_every_steps"]}}
 
 
 def test_the_later_stage_decides_once_complete(monkeypatch) -> None:
     """Stage ``search_full`` overrides stage ``search`` only when it has run every candidate on every column."""
-    results = {"search": {"augment": {"ff_fmnist": 90.0, "gd_fmnist": 90.0}, "augment_ls_ema_re": {"ff_fmnist": 91.0, "gd_fmnist": 91.0}},
-               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0}, "augment_ls_ema_re": {"ff_fmnist": 91.5}},
-               "search_long": {"augment_ls_ema_re": {}, "augment_ls_ema_re_e60": {"gd_fmnist": 93.0}, "augment_ls_ema_re_e100": {}}}
+    results = {"search": {"augment": {"ff_fmnist": 90.0, "gd_fmnist": 90.0},
+                          "augment_ls_ema_re": {"ff_fmnist": 91.0, "gd_fmnist": 91.0}},
+               "search_full": {"augment_ema": {"ff_fmnist": 92.0, "gd_fmnist": 93.0},
+                               "augment_ls_ema_re": {"ff_fmnist": 91.5}},
+               "search_long": {"augment_ls_ema_re": {}, "augment_ls_ema_re_e60": {"gd_fmnist": 93.0},
+                               "augment_ls_ema_re_e100": {}}}
     load = lambda stage: {c: {m: {"val_top1_last": v} for m, v in cells.items()} for c, cells in results[stage].items()}  # noqa: E731
     monkeypatch.setattr(zoo_fmnist, "load_search", load)
     assert zoo_fmnist.zoo_choice() == ("search", "augment_ls_ema_re")
     assert "tests a lighter recipe" in zoo_fmnist.search_verdict()
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 92.0
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ema")
-    assert zoo_fmnist.search_verdict() == ("The search at 55000 images chose `augment_ema` (mean validation top-1 92.50; "
-                                           "`augment_ls_ema_re` 91.75); a longer schedule is what is left to try: "
-                                           "stage `search_long` (30, 60 and 100 epochs) has 1 of 6 cells.")
+    # chose augment_ema (92.50 over 91.75); search_long (30, 60, 100 epochs) has 1 of its 6 cells
+    assert facts(zoo_fmnist.search_verdict()) == ["55000", "`augment_ema`", "92.50", "`augment_ls_ema_re`", "91.75",
+                                                  "`search_long`", "30", "60", "100", "1", "6"]
     results["search_full"]["augment_ls_ema_re"]["gd_fmnist"] = 94.0
-    assert zoo_fmnist.search_verdict().startswith("The search at 55000 images kept `augment_ls_ema_re` (mean validation "
-                                                  "top-1 92.75; `augment_ema` 92.50), so a lighter recipe does not help")
+    verdict = zoo_fmnist.search_verdict()  # the lighter recipe lost: the current one is kept
+    assert "kept" in verdict
+    assert facts(verdict)[:5] == ["55000", "`augment_ls_ema_re`", "92.75", "`augment_ema`", "92.50"]
     assert zoo_fmnist.zoo_choice() == ("search_full", "augment_ls_ema_re")  # the schedule stage is not complete yet
     results["search_long"] = {"augment_ls_ema_re": {"ff_fmnist": 91.5, "gd_fmnist": 94.0},
                               "augment_ls_ema_re_e60": {"ff_fmnist": 92.0, "gd_fmnist": 94.5},
                               "augment_ls_ema_re_e100": {"ff_fmnist": 91.0, "gd_fmnist": 94.4}}
     assert zoo_fmnist.zoo_choice() == ("search_long", "augment_ls_ema_re_e60")
-    assert zoo_fmnist.search_verdict().endswith("the schedule stage chose `augment_ls_ema_re_e60` (mean validation top-1 93.25; "
-                                                "`augment_ls_ema_re` 92.75, `augment_ls_ema_re_e100` 92.70).")
+    assert facts(zoo_fmnist.search_verdict())[-6:] == ["`augment_ls_ema_re_e60`", "93.25", "`augment_ls_ema_re`",
+                                                       "92.75", "`augment_ls_ema_re_e100`", "92.70"]
 
 
 def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
@@ -84,7 +94,8 @@ def test_choice_is_the_best_mean_validation_score(monkeypatch) -> None:
               "b": {"ff_fmnist": record(89.0), "rfnn_fmnist": record(92.0), "gd_fmnist": record(93.5)},
               "c": {"ff_fmnist": record(99.0), "gd_fmnist": record(99.0)}}  # not run on every column: not a choice
     assert zoo_fmnist.search_means(search) == pytest.approx({"a": 91.0, "b": 274.5 / 3})
-    assert zoo_fmnist.chosen_candidate(search, ("a", "b", "c")) is None  # "c" has not run on every column: no choice yet
+    # "c" has not run on every column: no choice yet
+    assert zoo_fmnist.chosen_candidate(search, ("a", "b", "c")) is None
     assert zoo_fmnist.chosen_candidate({k: search[k] for k in "ab"}, ("a", "b")) == "b"
     assert zoo_fmnist.chosen_candidate({}, ("a", "b")) is None
     final = {"ff_fmnist": {"test_top1": 91.0}, "rfnn_fmnist": {"test_top1": 92.0}, "gd_fmnist": {"test_top1": 93.0}}
@@ -106,7 +117,8 @@ def test_base_recipe_is_the_committed_choice(capsys, monkeypatch) -> None:
     if choice is None:
         pytest.skip("no search stage has run every candidate on every column yet")
     stage, chosen = choice
-    assert chosen == zoo_fmnist.BASE_CANDIDATE, f"stage {stage} chose {chosen}: make configs/zoo/base.yaml that candidate"
+    assert chosen == zoo_fmnist.BASE_CANDIDATE, \
+        f"stage {stage} chose {chosen}: make configs/zoo/base.yaml that candidate"
     cfg = resolved(zoo_fmnist.search_args(chosen, "gd_fmnist", stage), capsys, monkeypatch)
     final = resolved(zoo_fmnist.final_args("gd_fmnist"), capsys, monkeypatch)
     for section in ("augment", "optim"):
@@ -122,14 +134,15 @@ def test_target_verdict_says_by_how_much(monkeypatch, tmp_path) -> None:
     final = {"ff_fmnist": {"test_top1": 91.0}, "rfnn_fmnist": {"test_top1": 92.5},
              "gd_fmnist": {"test_top1": 92.9, "train_top1_clean": 94.4}}
     missed = zoo_fmnist.target_verdict(final)
-    assert "without augmentation it scores 94.40, 1.50 above its test top-1, so at 60000 images the recipe holds" in missed
+    # 92.90: -0.20 against the paper's 93.1, -0.60 against the stretch 93.5, +0.40 against the best baseline
+    assert facts(missed)[:8] == ["`gd_fmnist`", "92.90", "-0.20", "93.1", "-0.60", "93.5", "+0.40", "`rfnn_fmnist`"]
+    assert "missed" in missed and "92.79" in facts(missed)  # augmentation at 60000
+    stated = facts(missed)  # 94.40 on its training images, 1.50 above its test top-1: it underfits
+    assert stated[stated.index("94.40") + 1] == "1.50" and "underfits" in missed
     overfit = zoo_fmnist.target_verdict({**final, "gd_fmnist": {"test_top1": 92.9, "train_top1_clean": 99.0}})
-    assert "it scores 99.00, 6.10 above its test top-1." in overfit and "underfits" not in overfit
-    assert missed.startswith("`gd_fmnist` 92.90: -0.20 against the paper's 93.1 (\"Ours\"), -0.60 against the stretch target 93.5")
-    assert "+0.40 against the best baseline with the same recipe (`rfnn_fmnist`, 92.50)" in missed
-    assert "The target is missed." in missed and "augmentation at 60000 gave 92.79" in missed
+    assert facts(overfit)[-2:] == ["99.00", "6.10"] and "underfits" not in overfit  # 6.10 above its test top-1
     met = zoo_fmnist.target_verdict({**final, "gd_fmnist": {"test_top1": 93.3}})
-    assert "+0.20 against the paper's 93.1" in met and "missed" not in met
+    assert facts(met)[1:4] == ["93.30", "+0.20", "93.1"] and "missed" not in met
 
 
 def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, tmp_path) -> None:
@@ -167,7 +180,8 @@ def test_publish_replaces_the_default_weights_only_when_not_worse(monkeypatch, t
     assert zoo_fmnist.publish("ff_fmnist", {"test_top1": 0.0})["published"] is False  # the published file is right
     wrong_file["ff_fmnist.fmnist"] = True
     fixed = zoo_fmnist.publish("ff_fmnist", {"test_top1": 0.0})
-    assert (fixed["published"], fixed["replaced_top1"], fixed["replaced_because"]) == (True, 91.0, "not the architecture")
+    assert (fixed["published"], fixed["replaced_top1"]) == (True, 91.0)
+    assert fixed["replaced_because"] == "not the architecture"
     assert (target / "model.safetensors").read_bytes() == b"0"
     assert zoo_fmnist.publication(fixed) == "published (replaced 91.00: not the architecture)"
 
@@ -196,7 +210,8 @@ def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
     old, current = "augment", zoo_fmnist.BASE_CANDIDATE
     (tmp_path / "final").mkdir()
     for model, recipe in (("ff_fmnist", old), ("gd_fmnist", current)):
-        (tmp_path / "final" / f"{model}.json").write_text(json.dumps({"test_top1": 91.0, "recipe": recipe, "published": True}))
+        (tmp_path / "final"
+         / f"{model}.json").write_text(json.dumps({"test_top1": 91.0, "recipe": recipe, "published": True}))
         (tmp_path / "runs" / "final" / model).mkdir(parents=True)
         (tmp_path / "runs" / "final" / model / "last.pth").write_bytes(b"checkpoint")
     assert zoo_fmnist.supersede_stale_finals(lambda message: None) == ["ff_fmnist"]
@@ -205,6 +220,7 @@ def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
     assert not (tmp_path / "runs" / "final" / "ff_fmnist").exists()  # so the new final does not resume the old run
     assert zoo_fmnist.load_superseded() == {old: {"ff_fmnist": {"test_top1": 91.0, "recipe": old, "published": True}}}
     assert zoo_fmnist.supersede_stale_finals(lambda message: None) == []
-    (tmp_path / "final" / "ff_fmnist.json").write_text(json.dumps({"test_top1": 90.0, "recipe": old}))  # superseded twice
+    # superseded twice
+    (tmp_path / "final" / "ff_fmnist.json").write_text(json.dumps({"test_top1": 90.0, "recipe": old}))
     with pytest.raises(FileExistsError, match="superseded before"):
         zoo_fmnist.supersede_stale_finals(lambda message: None)

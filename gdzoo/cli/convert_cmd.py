@@ -1,4 +1,5 @@
-"""``gdzoo convert``: a pretrained free-form timm model -> its GD twin (stem fitted), logits checked, Hub folder written."""
+"""``gdzoo convert``: a pretrained free-form timm model -> its GD twin (stem fitted), logits checked,
+Hub folder written."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_source(name: str, checkpoint: str | None = None, num_classes: int | None = None):  # noqa: ANN201
+def load_source(name: str, checkpoint: str | None = None, num_classes: int | None = None):
     """The pretrained source model: from the Hub / HF cache, or from a local checkpoint."""
     import timm
 
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"gdzoo convert: logits rel. error {report.logit_error:.4f} > --max-logit-error "
               f"{args.max_logit_error}; nothing written", file=sys.stderr)
         return 1
-    command = "gdzoo convert " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["convert"] else None
+    command = ("gdzoo convert " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["convert"]
+               else None)
     folder = export_converted(model, report, args.tag, args.root, org=args.org, command=command,
                               license=(source.pretrained_cfg or {}).get("license"))
     print(f"wrote {folder.path} ({folder.repo_id(args.org)})")

@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..hub import HubFolder
 
 # gdzoo.hub (torch, timm, huggingface_hub) is imported when a command runs, so ``gdzoo hub --help`` stays fast
 

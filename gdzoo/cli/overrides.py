@@ -40,7 +40,8 @@ def accept_dotted_flags(parser: argparse.ArgumentParser, dest: str = "dotted_ove
         namespace, extras = original(args, namespace)
         overrides, leftovers = split_dotted_flags(extras)
         if leftovers:
-            parser.error(f"unrecognized arguments: {' '.join(leftovers)} (recipe keys go as --section.key=value or --set section.key=value)")
+            parser.error(f"unrecognized arguments: {' '.join(leftovers)} (recipe keys go as --section.key=value or "
+                         "--set section.key=value)")
         setattr(namespace, dest, [*(getattr(namespace, dest, None) or []), *overrides])
         return namespace, []
 

@@ -31,7 +31,8 @@ SHORTCUTS = {
     "export_tag": "output.export_tag",
 }
 FLAGS = {"channels_last": "train.channels_last", "compile": "train.compile", "deterministic": "train.deterministic",
-         "ema": "train.ema", "export": "output.export", "no_progress": "output.progress", "overwrite": "output.overwrite"}
+         "ema": "train.ema", "export": "output.export", "no_progress": "output.progress",
+         "overwrite": "output.overwrite"}
 FLAG_HELP = {"overwrite": "start afresh in a run folder that holds a run: its files move to <name>.old-<UTC time>/ "
                           "beside it first (without it, such a folder is refused unless --resume)"}
 
@@ -47,10 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Recipe keys: see docs/training.md or `gdzoo train --print-config`.",
     )
     p.add_argument("--config", "-c", default=None, help="YAML recipe (e.g. configs/fmnist_default.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--model", help="timm model name (model.name)")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None, help="start from pretrained weights")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from pretrained weights")
     p.add_argument("--initial-checkpoint", help="weights to start from (.safetensors / .pth / Hub folder)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--data-dir", help="dataset folder (data.root); class folders or images/ + masks/ get a recipe "

@@ -127,12 +127,14 @@ class ClassMatchError(ValueError):
 
 
 def class_key(name: str) -> str:
-    """A class name without case, spaces or punctuation: 'T-shirt/top', 'T-shirt_top' and 't shirt top' -> 'tshirttop'."""
+    """A class name without case, spaces or punctuation: 'T-shirt/top', 'T-shirt_top' and 't shirt top' ->
+    'tshirttop'."""
     return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
 def _numbered(folders: Sequence[str]) -> dict[str, int] | None:
-    """``{folder: number}`` when every folder is numbered with one shared prefix ('0_T-shirt', '7', 'c3', 'class_12')."""
+    """``{folder: number}`` when every folder is numbered with one shared prefix
+    ('0_T-shirt', '7', 'c3', 'class_12')."""
     numbers, prefixes = {}, set()
     for folder in folders:
         m = re.match(r"^(\D*)(\d+)", folder)
@@ -147,7 +149,8 @@ def load_class_map(path: str | os.PathLike) -> dict[str, int | str]:
     """A ``--class-map`` JSON file: ``{folder name: class index or class name}``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class map {path} does not exist (a JSON object {{folder name: class index or class name}})")
+        raise FileNotFoundError(f"class map {path} does not exist (a JSON object {{folder name: class index or class "
+                                "name})")
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -159,8 +162,9 @@ def load_class_map(path: str | os.PathLike) -> dict[str, int | str]:
     return data
 
 
-def match_class_folders(folders: Sequence[str], label_names: Sequence[str] | None = None, num_classes: int | None = None,
-                        class_map: Mapping[str, int | str] | None = None, where: str = "the image folder") -> dict[str, int] | None:
+def match_class_folders(folders: Sequence[str], label_names: Sequence[str] | None = None,
+                        num_classes: int | None = None, class_map: Mapping[str, int | str] | None = None,
+                        where: str = "the image folder") -> dict[str, int] | None:
     """Class folder name -> index of a trained classifier, or None where the folder names define the classes.
 
     ``label_names`` are the trained model's class names (index order), ``num_classes`` its head size when the

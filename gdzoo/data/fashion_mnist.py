@@ -12,7 +12,8 @@ import torch
 
 from ..models.gd_fmnist import FMNIST_LABELS, FMNIST_MEAN, FMNIST_STD  # one source: the models' pretrained_cfg
 
-__all__ = ["FMNIST_LABELS", "FMNIST_MEAN", "FMNIST_STD", "DEFAULT_FMNIST_DIR", "find_fashion_mnist", "load_fashion_mnist"]
+__all__ = ["FMNIST_LABELS", "FMNIST_MEAN", "FMNIST_STD", "DEFAULT_FMNIST_DIR", "find_fashion_mnist",
+           "load_fashion_mnist"]
 
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _FILES = {
@@ -51,7 +52,8 @@ def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
     return body.reshape(shape)
 
 
-def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(split: str = "train",
+                       data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 1, 28, 28), labels int64 (N,))`` of the ``'train'`` or ``'test'`` split."""
     if split not in _FILES:
         raise ValueError(f"split must be one of {tuple(_FILES)}, got {split!r}")

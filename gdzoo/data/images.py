@@ -86,7 +86,8 @@ def decode_bytes_per_pixel(mode: str, channels: int, transposed: bool = False) -
     """Peak bytes per pixel while :func:`read_image` decodes a ``mode`` file for a ``channels``-input model.
 
     PIL's own copy (4 bytes for colour modes), extra copies for EXIF rotation and alpha compositing, the
-    kept array (copied out of PIL a band of rows at a time), and a byte of slack. Used to refuse a file before decoding it when it would not fit the memory limit.
+    kept array (copied out of PIL a band of rows at a time), and a byte of slack. Used to refuse a file before decoding
+    it when it would not fit the memory limit.
     """
     pil = _PIL_BYTES.get(mode, 4)
     copies = 1 + int(transposed) + (3 if mode in _ALPHA or mode == "P" else 0)
@@ -145,7 +146,7 @@ def describe_read_error(error: BaseException, path: str | os.PathLike) -> str:
 def _orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-    except Exception:  # a broken EXIF block is not worth losing the image for
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth losing the image for
         return 1
 
 
@@ -258,7 +259,8 @@ class PngRowWriter:
 
     _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    def __init__(self, file, width: int, height: int, channels: int, text: dict[str, str] | None = None, level: int = 6):  # type: ignore[no-untyped-def]
+    def __init__(self, file, width: int, height: int, channels: int,  # type: ignore[no-untyped-def]
+                 text: dict[str, str] | None = None, level: int = 6):
         if channels not in (1, 3):
             raise ValueError(f"PngRowWriter writes 1- or 3-channel images, got {channels}")
         self.file, self.width, self.height, self.channels = file, int(width), int(height), channels
@@ -270,7 +272,8 @@ class PngRowWriter:
             self._chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
-        self.file.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        self.file.write(struct.pack(">I", len(data)) + kind + data
+                        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     def write_rows(self, rows: np.ndarray) -> None:
         """Append ``(n, width)`` or ``(n, width, channels)`` uint8 rows."""

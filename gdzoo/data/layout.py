@@ -144,7 +144,7 @@ def _segmentation(root: Path, pool: Path, val: Path | None, test: Path | None, l
         try:
             with Image.open(pair.mask) as img:
                 mask = np.asarray(img)
-        except Exception as e:  # noqa: BLE001 - any unreadable mask stops here, named
+        except Exception as e:  # any unreadable mask stops here, named
             raise _fail(root, f"mask {pair.mask} cannot be read ({type(e).__name__}: {e})") from e
         values.update(np.unique(mask[..., 0] if mask.ndim == 3 else mask).astype(int).tolist())
         if split == "train":

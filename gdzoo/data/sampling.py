@@ -79,7 +79,8 @@ class EpochSampler(Sampler[int]):
             order = list(range(self.n))
         if self.pad:
             total = math.ceil(self.n / self.world_size) * self.world_size
-            order += order[: total - self.n] if total - self.n <= self.n else (order * math.ceil(total / self.n))[self.n : total]
+            pad = total - self.n
+            order += order[:pad] if pad <= self.n else (order * math.ceil(total / self.n))[self.n : total]
         return order[self.rank :: self.world_size]
 
     def samples_per_epoch(self) -> int:

@@ -37,7 +37,8 @@ def hed_jitter(image: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> 
 
 
 class PairedAugment:
-    """Random dihedral transform applied identically to ``image (C, H, W)`` and ``mask (H, W)``; jitter on the image only.
+    """Random dihedral transform applied identically to ``image (C, H, W)`` and ``mask (H, W)``;
+    jitter on the image only.
 
     Draws from torch's global RNG, so :class:`gdzoo.data.sampling.SeededDataset` makes it reproducible.
     """
@@ -65,7 +66,8 @@ class PairedAugment:
         return image.contiguous(), mask.contiguous()
 
     def __repr__(self) -> str:
-        return (f"PairedAugment(hflip={self.hflip}, vflip={self.vflip}, rot90={self.rot90}, color_jitter={self.color_jitter}, "
+        return (f"PairedAugment(hflip={self.hflip}, vflip={self.vflip}, rot90={self.rot90}, "
+                f"color_jitter={self.color_jitter}, "
                 f"stain_jitter={self.stain_jitter})")
 
 

@@ -1,4 +1,5 @@
-"""Segmentation folders (``images/`` + ``masks/``, or TNBC's ``Slide_XX/`` + ``GT_XX/``), split by image, cut into tiles."""
+"""Segmentation folders (``images/`` + ``masks/``, or TNBC's ``Slide_XX/`` + ``GT_XX/``), split by image,
+cut into tiles."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from .images import ImageReadError, describe_read_error, read_image
 from .seg_transforms import PairedAugment, normalize
 from .splits import resolve_count, seeded_permutation
 
-__all__ = ["SegPair", "SegmentationTiles", "find_segmentation_pairs", "fold_assignment", "image_strata", "split_pairs", "tile_origins"]
+__all__ = ["SegPair", "SegmentationTiles", "find_segmentation_pairs", "fold_assignment", "image_strata", "split_pairs",
+           "tile_origins"]
 
 _LAYOUTS = (
     "expected either ROOT/images/<id>.png + ROOT/masks/<id>.png (binary 0/255 or label PNGs, same size), "
@@ -165,7 +167,8 @@ def split_pairs(
         unit = key(p)
         splits["test" if unit in test_units else "val" if unit in val_units else "train"].append(p)
     if not splits["train"]:
-        raise ValueError(f"the split left no training images ({len(units)} {by}s, val_size={val_size}, test_size={test_size})")
+        raise ValueError(f"the split left no training images ({len(units)} {by}s, val_size={val_size}, "
+                         f"test_size={test_size})")
     return splits
 
 
@@ -192,7 +195,8 @@ def _load_mask(path: Path, mode: str, num_classes: int) -> np.ndarray:
     if mode == "binary":
         return (array > 0).astype(np.int64)
     if array.max() >= num_classes or array.min() < 0:
-        raise ValueError(f"label mask {path} holds values {int(array.min())}..{int(array.max())}, expected 0..{num_classes - 1}")
+        raise ValueError(f"label mask {path} holds values {int(array.min())}..{int(array.max())}, expected "
+                         f"0..{num_classes - 1}")
     return array.astype(np.int64)
 
 
@@ -235,10 +239,12 @@ class SegmentationTiles(Dataset):
             image = read_image(pair.image, in_chans).as_uint8(channels=in_chans)
             mask = _load_mask(pair.mask, mask_mode, num_classes)
             if image.shape[:2] != mask.shape:
-                raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]}")
+                raise ValueError(f"{pair.image} is {image.shape[1]}x{image.shape[0]} but its mask {pair.mask} is "
+                                 f"{mask.shape[1]}x{mask.shape[0]}")
             origins = tile_origins(*mask.shape, self.tile, self.stride)
             if not origins:
-                raise ValueError(f"{pair.image} ({mask.shape[1]}x{mask.shape[0]}) is smaller than one {self.tile}x{self.tile} tile")
+                raise ValueError(f"{pair.image} ({mask.shape[1]}x{mask.shape[0]}) is smaller than one "
+                                 f"{self.tile}x{self.tile} tile")
             self.images.append(image if image.ndim == 3 else image[..., None])
             self.masks.append(mask)
             self.index += [(i, y, x) for y, x in origins]
@@ -263,7 +269,8 @@ class SegmentationTiles(Dataset):
         img = torch.from_numpy(np.ascontiguousarray(image[y : y + size, x : x + size])).permute(2, 0, 1).float() / 255.0
         msk = torch.from_numpy(np.ascontiguousarray(mask[y : y + size, x : x + size]))
         if size != self.tile:
-            img = F.interpolate(img[None], size=(self.tile, self.tile), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+            img = F.interpolate(img[None], size=(self.tile, self.tile), mode="bilinear", antialias=True,
+                                align_corners=False)[0].clamp(0, 1)
             msk = F.interpolate(msk[None, None].float(), size=(self.tile, self.tile), mode="nearest-exact")[0, 0].long()
         if self.augment is not None:
             img, msk = self.augment(img, msk)

@@ -1,4 +1,5 @@
-"""Image transforms resolved from a model's pretrained cfg with timm (``resolve_model_data_config``, ``create_transform``)."""
+"""Image transforms resolved from a model's pretrained cfg with timm
+(``resolve_model_data_config``, ``create_transform``)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def resolve_data_config_for(model: nn.Module, overrides: Mapping[str, Any] | Non
     chans = model_in_chans(model)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = overrides.pop("img_size", None)
-    height, width = (size, size) if isinstance(size, int) else tuple(size or tuple(cfg.get("input_size", (3, 224, 224)))[1:])
+    height, width = ((size, size) if isinstance(size, int)
+                     else tuple(size or tuple(cfg.get("input_size", (3, 224, 224)))[1:]))
     args: dict[str, Any] = {"input_size": (chans, int(height), int(width)), **overrides}
     for key in ("mean", "std"):
         if key in args:
@@ -58,9 +60,11 @@ def resolve_data_config_for(model: nn.Module, overrides: Mapping[str, Any] | Non
     return config
 
 
-def build_transform(data_config: Mapping[str, Any], is_training: bool, augment: Mapping[str, Any] | None = None) -> nn.Module:
+def build_transform(data_config: Mapping[str, Any], is_training: bool,
+                    augment: Mapping[str, Any] | None = None) -> nn.Module:
     """timm's ``create_transform`` (PIL in, normalised tensor out); ``augment`` None disables augmentation."""
-    kwargs: dict[str, Any] = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode") if k in data_config}
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    kwargs: dict[str, Any] = {k: data_config[k] for k in keys if k in data_config}
     if is_training and augment is not None:
         keys = ("scale", "ratio", "hflip", "vflip", "color_jitter", "auto_augment", "re_prob")
         kwargs.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in augment.items() if k in keys})

@@ -106,17 +106,17 @@ def _does_not_run(fmt: str, path: Path, half: bool, error: BaseException) -> Use
     return UserError(f"{path} was written but {RUNTIMES[fmt]} cannot run it: {reason}{hint}")
 
 
-def _runnable(fmt: str, path: Path, eager: nn.Module, architecture: str, dtype: torch.dtype):  # noqa: ANN202
+def _runnable(fmt: str, path: Path, eager: nn.Module, architecture: str, dtype: torch.dtype):
     """The artefact's runner; a file its runtime cannot load raises a :class:`UserError` naming it."""
     try:
         return load_runner(fmt, path, eager, architecture, dtype)
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001 - a file its own runtime refuses does not deploy
+    except Exception as e:
         raise _does_not_run(fmt, path, dtype == torch.float16, e) from e
 
 
-def _run_batched(runner, x: torch.Tensor, batch: int | None) -> torch.Tensor:  # noqa: ANN001
+def _run_batched(runner, x: torch.Tensor, batch: int | None) -> torch.Tensor:
     """``runner`` over ``x`` in chunks of ``batch`` (the artefact's fixed batch), or all at once."""
     if batch is None:
         return runner(x)
@@ -126,7 +126,7 @@ def _run_batched(runner, x: torch.Tensor, batch: int | None) -> torch.Tensor:  #
 def export(
     model: str | nn.Module,
     output: str | os.PathLike,
-    format: str | None = None,  # noqa: A002 - the CLI's --format
+    format: str | None = None,
     *,
     checkpoint: str | os.PathLike | None = None,
     pretrained: bool = False,
@@ -199,7 +199,7 @@ def export(
             want = eager(x)
         try:
             got = _run_batched(lambda b: runner(b.to(dtype)).float(), x, fixed_batch)
-        except Exception as e:  # noqa: BLE001 - any runtime failure: the file does not deploy as written
+        except Exception as e:
             raise _does_not_run(fmt, path, half, e) from e
         result.checks.append(compare_outputs(name, x, got, want, tolerance, allow_near_ties=half))
     atomic_write_text(result.report_path, json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Pretrained weights in Hugging Face Hub format: export, cache seeding, verification, serving, publishing."""
 
-from .convert import ConvertReport, convert_model, export_converted
 from .cache import cache_repo_dir, seed_cache, verify_cached_repo, verify_folder
+from .convert import ConvertReport, convert_model, export_converted
 from .export import export_hub_folder
 from .layout import HubFolder, default_org, find_hub_folders
 from .push import push_folder

@@ -72,7 +72,8 @@ def verify_folder(folder: HubFolder, org: str | None = None) -> list[str]:
     except ValueError as e:
         return [f"{where}: config.json is not valid JSON ({e})"]
     if config.get("architecture") != folder.model_name:
-        problems.append(f"{where}: config architecture {config.get('architecture')!r} != folder model {folder.model_name!r}")
+        problems.append(f"{where}: config architecture {config.get('architecture')!r} != folder model "
+                        f"{folder.model_name!r}")
     cfg = config.get("pretrained_cfg", {})
     expected_id = folder.repo_id(org)
     if cfg.get("hf_hub_id") != expected_id:
@@ -97,5 +98,6 @@ def verify_folder(folder: HubFolder, org: str | None = None) -> list[str]:
     unexpected = sorted(set(shapes) - set(expected))
     wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
     if missing or unexpected or wrong:
-        problems.append(f"{where}: weights do not fit {config['architecture']}: missing {missing}, unexpected {unexpected}, wrong shape {wrong}")
+        problems.append(f"{where}: weights do not fit {config['architecture']}: missing {missing}, unexpected "
+                        f"{unexpected}, wrong shape {wrong}")
     return problems

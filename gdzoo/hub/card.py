@@ -30,13 +30,15 @@ def _model_index(name: str, pipeline_tag: str, datasets: Sequence[str], metrics:
             split, _, metric = key.rpartition("/")
             by_split.setdefault(split or "test", []).append({"type": metric, "name": key, "value": value})
     dataset = datasets[0] if datasets else "unknown"
-    results = [{"task": {"type": pipeline_tag}, "dataset": {"name": dataset, "type": dataset, "split": split}, "metrics": rows}
+    results = [{"task": {"type": pipeline_tag}, "dataset": {"name": dataset, "type": dataset, "split": split},
+                "metrics": rows}
                for split, rows in by_split.items()]
     return [{"name": name, "results": results}]
 
 
 def card_metrics(card: str) -> dict[str, float]:
-    """``{'<split>/<metric>': value}`` from a card's ``model-index`` front matter (what :func:`render_model_card` wrote).
+    """``{'<split>/<metric>': value}`` from a card's ``model-index`` front matter
+    (what :func:`render_model_card` wrote).
 
     Example:
         >>> card = render_model_card("org/m.t", "m", license="mit", datasets=["d"], metrics={"test/top1": 93.1})
@@ -66,7 +68,8 @@ def render_model_card(
     description: str = "",
     pipeline_tag: str = "image-classification",
 ) -> str:
-    """Markdown card: front matter (library_name timm, license, tags, datasets, metrics, model-index), results, usage, citation."""
+    """Markdown card: front matter (library_name timm, license, tags, datasets, metrics, model-index), results, usage,
+    citation."""
     metrics = dict(metrics or {})
     front = {
         "library_name": "timm",

@@ -24,7 +24,7 @@ def export_converted(
     license: str | None = None,
     datasets: tuple[str, ...] = ("imagenet-1k",),
 ) -> HubFolder:
-    """``weights/<target>.<tag>/`` (config.json, model.safetensors, README.md) with the conversion errors."""
+    """``weights/<target>.<tag>/`` (a Hub folder, ``gdzoo.hub.layout.REPO_FILES``) with the conversion errors."""
     description = (
         f"`{report.target}`: `{report.source}` with its first convolution replaced by a fully trainable "
         "Gaussian-derivative layer (Penaud--Polge et al., ICIP 2022), the starting point of the paper's "

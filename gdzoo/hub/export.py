@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from timm.models import split_model_name_tag
 from timm.models._hub import save_config_for_hf
 
 from .. import __version__
@@ -45,12 +46,12 @@ def export_hub_folder(
     license: str | None = None,
     description: str = "",
 ) -> HubFolder:
-    """Write ``config.json`` (timm's ``save_for_hf`` format), ``model.safetensors`` and ``README.md``.
+    """Write ``config.json`` (timm's ``save_for_hf`` format), the weights (``WEIGHTS_FILE``) and ``README.md``.
 
     ``model`` must be a timm model built by ``timm.create_model`` (its ``pretrained_cfg`` names the
     architecture). The folder appears atomically as ``root/<architecture>.<tag>``.
     """
-    architecture = model.pretrained_cfg["architecture"].split(".")[0]
+    architecture = split_model_name_tag(model.pretrained_cfg["architecture"])[0]
     if not tag or "." in tag or "/" in tag:
         raise ValueError(f"tag must be a non-empty name without '.' or '/', got {tag!r}")
     name = f"{architecture}.{tag}"

@@ -7,13 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from timm.models import split_model_name_tag
+
 from .._io import sha256_file
-from ..models.pretrained import default_org
+from ..models.weights_files import REPO_FILES, WEIGHTS_FILE
+from ..models.weights_source import default_org
 
 __all__ = ["HubFolder", "REPO_FILES", "WEIGHTS_FILE", "default_org", "find_hub_folders"]
-
-WEIGHTS_FILE = "model.safetensors"
-REPO_FILES = ("config.json", WEIGHTS_FILE, "README.md")
 
 @dataclass(frozen=True)
 class HubFolder:
@@ -36,11 +36,11 @@ class HubFolder:
 
     @property
     def model_name(self) -> str:
-        return self.path.name.split(".")[0]
+        return split_model_name_tag(self.path.name)[0]
 
     @property
     def tag(self) -> str:
-        return self.path.name.split(".")[1]
+        return split_model_name_tag(self.path.name)[1]
 
     def repo_id(self, org: str | None = None) -> str:
         """``<org>/<model>.<tag>``, the id timm's ``hf_hub_id`` uses."""

@@ -37,7 +37,7 @@ def _handler(index: HubRepoIndex) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: object) -> None:  # stdlib signature
             pass  # quiet: tests and users read huggingface_hub's messages instead
 
         def _error(self, code: str, message: str, commit: str | None = None) -> None:
@@ -86,14 +86,15 @@ def _handler(index: HubRepoIndex) -> type[BaseHTTPRequestHandler]:
                     f.seek(start)
                     self.wfile.write(f.read(end - start + 1))
 
-        do_HEAD = _resolve  # noqa: N815 - http.server naming
-        do_GET = _resolve  # noqa: N815
+        do_HEAD = _resolve  # http.server naming
+        do_GET = _resolve
 
     return Handler
 
 
 @contextmanager
-def serve_hub(folders: Iterable[HubFolder], host: str = "127.0.0.1", port: int = 0, org: str | None = None) -> Iterator[str]:
+def serve_hub(folders: Iterable[HubFolder], host: str = "127.0.0.1", port: int = 0,
+              org: str | None = None) -> Iterator[str]:
     """Serve ``folders`` on ``host:port`` (0 = any free port) in a thread; yields the endpoint URL."""
     server = ThreadingHTTPServer((host, port), _handler(HubRepoIndex(folders, org)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -1,4 +1,5 @@
-"""Pure math: Hermite polynomials, Gaussian derivatives, their 2-D bases and displaced Gaussian units (no nn.Module here)."""
+"""Pure math: Hermite polynomials, Gaussian derivatives, their 2-D bases and displaced Gaussian units
+(no nn.Module here)."""
 
 from .basis import derivative_orders, gaussian_derivative_basis, kernel_coordinates, num_basis_kernels
 from .basis_fused import gaussian_derivative_basis_raw

@@ -136,14 +136,14 @@ class _GaussianDerivativeBasis(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(sigma, mu, theta, orders, kernel_size, max_order, extra):  # noqa: ANN001, ANN205
+    def forward(sigma, mu, theta, orders, kernel_size, max_order, extra):
         # The factors and rotated coordinates are outputs only so that setup_context can save them.
         u, y = _shifted_coordinates(mu, theta, kernel_size)
         factors = _axis_derivatives(y, sigma, orders, extra=extra, max_order=max_order)
         return factors[0, ..., 0] * factors[0, ..., 1], factors, u
 
     @staticmethod
-    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+    def setup_context(ctx, inputs, output):
         sigma, mu, theta, orders, kernel_size, max_order, extra = inputs
         _, factors, u = output
         ctx.mark_non_differentiable(factors, u)
@@ -153,7 +153,7 @@ class _GaussianDerivativeBasis(torch.autograd.Function):
         ctx.save_for_forward(sigma, mu, theta, orders)
 
     @staticmethod
-    def backward(ctx, grad, _grad_factors, _grad_u):  # noqa: ANN001, ANN205
+    def backward(ctx, grad, _grad_factors, _grad_u):
         sigma, mu, theta, orders, factors, u = ctx.saved_tensors
         if torch.is_grad_enabled() or not ctx.has_factors:
             # create_graph=True: the factors and coordinates must carry their dependence on σ, μ, θ (the
@@ -169,7 +169,7 @@ class _GaussianDerivativeBasisFwd(_GaussianDerivativeBasis):
     asked for, since ``torch.compile`` cannot trace an ``autograd.Function`` that defines ``jvp``."""
 
     @staticmethod
-    def jvp(ctx, d_sigma, d_mu, d_theta, *_):  # noqa: ANN001, ANN205
+    def jvp(ctx, d_sigma, d_mu, d_theta, *_):
         sigma, mu, theta, orders = ctx.saved_tensors
         u, y = _shifted_coordinates(mu, theta, ctx.kernel_size)
         factors = _axis_derivatives(y, sigma, orders, extra=2, max_order=ctx.max_order)
@@ -274,7 +274,8 @@ def _worst_case_error(order: int, kernel_size: tuple[int, int], sigma_min: float
 
 
 @functools.lru_cache(maxsize=256)
-def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float, dtype: torch.dtype = torch.float32) -> int:
+def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float,
+                   dtype: torch.dtype = torch.float32) -> int:
     """The highest order ``<= order`` whose basis ``dtype`` evaluates finite and within :data:`ORDER_RTOL` of float64
     on a ``kernel_size`` grid for σ ≥ ``sigma_min`` (−1 when none is; float64 is only checked to be finite). Hermite
     terms grow like ``(r/σ)^K`` at the kernel's edge ``r``: high orders overflow float32, then float64, large grids
@@ -285,7 +286,11 @@ def accurate_order(order: int, kernel_size: tuple[int, int], sigma_min: float, d
         (3, True)
     """
     tolerance = math.inf if dtype == torch.float64 else ORDER_RTOL  # float64: finite is all that can be checked
-    accurate = lambda k: math.isfinite(e := _worst_case_error(k, tuple(kernel_size), sigma_min, dtype)) and e <= tolerance  # noqa: E731
+
+    def accurate(k: int) -> bool:
+        e = _worst_case_error(k, tuple(kernel_size), sigma_min, dtype)
+        return math.isfinite(e) and e <= tolerance
+
     if accurate(order):
         return order
     good, bad = -1, order  # errors grow with the order: bisect for the last accurate one

@@ -36,7 +36,7 @@ def gd_basis(sigma_raw: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, ord
 
 
 @gd_basis.register_fake
-def _(sigma_raw, mu, theta, orders, sigma_min, kernel_h, kernel_w, max_order):  # noqa: ANN001, ANN202
+def _(sigma_raw, mu, theta, orders, sigma_min, kernel_h, kernel_w, max_order):
     return sigma_raw.new_empty((*theta.shape, kernel_h, kernel_w))
 
 
@@ -49,11 +49,11 @@ def gd_basis_backward(grad: torch.Tensor, sigma_raw: torch.Tensor, mu: torch.Ten
 
 
 @gd_basis_backward.register_fake
-def _(grad, sigma_raw, mu, theta, orders, sigma_min, kernel_h, kernel_w, max_order):  # noqa: ANN001, ANN202
+def _(grad, sigma_raw, mu, theta, orders, sigma_min, kernel_h, kernel_w, max_order):
     return torch.empty_like(sigma_raw), torch.empty_like(mu), torch.empty_like(theta)
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup_context(ctx, inputs, output) -> None:
     sigma_raw, mu, theta, orders, sigma_min, kernel_h, kernel_w, max_order = inputs
     ctx.save_for_backward(sigma_raw, mu, theta, orders)
     ctx.args = (sigma_min, kernel_h, kernel_w, max_order)
@@ -70,7 +70,7 @@ def _differentiable_vjp(grad: torch.Tensor, sigma_raw: torch.Tensor, mu: torch.T
     return grad_sigma * torch.sigmoid(sigma_raw), grad_mu, grad_theta
 
 
-def _backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN202
+def _backward(ctx, grad: torch.Tensor):
     sigma_raw, mu, theta, orders = ctx.saved_tensors
     sigma_min, kernel_h, kernel_w, max_order = ctx.args
     if torch.is_grad_enabled():  # create_graph=True: gradients that are themselves differentiable

@@ -25,8 +25,8 @@ def _kernels() -> tuple[Any, Any]:
 
     if kernels.INTERPRETED != triton_interpreting():
         raise RuntimeError(
-            f"TRITON_INTERPRET is {'1' if triton_interpreting() else 'unset'} now but was not when triton was imported: "
-            "set it before Python starts (e.g. `TRITON_INTERPRET=1 python ...`), as Triton reads it once")
+            f"TRITON_INTERPRET is {'1' if triton_interpreting() else 'unset'} now but was not when triton was "
+            "imported: set it before Python starts (e.g. `TRITON_INTERPRET=1 python ...`), as Triton reads it once")
     return kernels.forward_kernel, kernels.backward_kernel
 
 

@@ -119,7 +119,8 @@ def _projection_residual(phi: torch.Tensor, moment: torch.Tensor, ridge: float) 
 
 
 def _restart_geometry(
-    restarts: int, num_bases: int, order: int, kernel_size: tuple[int, int], sigma_min: float, generator: torch.Generator
+    restarts: int, num_bases: int, order: int, kernel_size: tuple[int, int], sigma_min: float,
+    generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw ``(R, B, N, ·)`` starting points: restart 0 is the classic N-jet (σ = 0.8·k/3, μ = 0, θ = 0),
     the others draw σ ~ U[0.5, 1.5]·k/3, μ ~ U[−0.5, 0.5], θ ~ U[−π, π]."""
@@ -150,9 +151,10 @@ def _subspace_start(
     """A starting geometry ``(B, N, ·)`` from the targets' best ``N``-dim subspace (top eigenvectors of ``M_b``).
 
     The ``N`` kernels of an exact fit each lie in that subspace, so every kernel is searched on its
-    own: ``candidates`` random geometries per kernel (σ up to half the kernel size, |μ| up to a quarter), Adam on the relative distance of the kernel to
-    the subspace, best candidate kept. Decoupled, this finds the geometry of GD-generated targets
-    that the joint, non-convex problem often misses (a kernel stuck on a direction another covers).
+    own: ``candidates`` random geometries per kernel (σ up to half the kernel size, |μ| up to a quarter),
+    Adam on the relative distance of the kernel to the subspace, best candidate kept. Decoupled,
+    this finds the geometry of GD-generated targets that the joint, non-convex problem often misses
+    (a kernel stuck on a direction another covers).
     """
     num_bases, n = fixed[2].shape
     p = moment.shape[-1]
@@ -172,7 +174,8 @@ def _subspace_start(
     params = [s.requires_grad_(name in trainable) for name, s in zip(GEOMETRY_NAMES, starts)]
 
     def distance(sigma_raw: torch.Tensor, mu_raw: torch.Tensor, theta_raw: torch.Tensor) -> torch.Tensor:
-        phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size, order)
+        phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size,
+                                        order)
         phi = phi.flatten(-2)  # (S, B, N, P)
         norm_sq = phi.pow(2).sum(-1).clamp_min(1e-30)
         if inside is not None:
@@ -251,14 +254,16 @@ def fit_gd_kernel(
     params = [s.requires_grad_(name in trainable) for name, s in zip(GEOMETRY_NAMES, starts)]
 
     def residual(sigma_raw: torch.Tensor, mu_raw: torch.Tensor, theta_raw: torch.Tensor) -> torch.Tensor:
-        phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size, order)
+        phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size,
+                                        order)
         return _projection_residual(phi.flatten(-2), moment, RIDGE) / total  # (R, B)
 
     if subspace_candidates:
         fixed = [x[0] for x in starts]
         extra = _subspace_start(moment, orders, order, kernel_size, sigma_min, fixed, trainable,
                                 subspace_candidates, steps, gen)
-        params = [torch.cat([x.detach(), e.detach().unsqueeze(0)], 0).requires_grad_(x.requires_grad) for x, e in zip(params, extra)]
+        params = [torch.cat([x.detach(), e.detach().unsqueeze(0)], 0).requires_grad_(x.requires_grad)
+                  for x, e in zip(params, extra)]
     _adam(params, residual, steps, lr)
     with torch.no_grad():
         best = residual(*params).argmin(0)  # (B,) best restart of every basis
@@ -269,7 +274,8 @@ def fit_gd_kernel(
 
     with torch.no_grad():
         sigma_raw, mu_raw, theta_raw = (g.detach() for g in geometry)
-        phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size, order)
+        phi = gaussian_derivative_basis(sigma_min + F.softplus(sigma_raw), mu_raw, theta_raw, orders, kernel_size,
+                                        order)
         weight = combination_lstsq(w64, phi)
         approx = torch.einsum("bjin,bnhw->bjihw", weight.view(num_bases, -1, *weight.shape[1:]), phi)
         err = float(relative_error(approx.reshape(w64.shape), w64))

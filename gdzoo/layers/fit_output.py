@@ -28,8 +28,8 @@ def _reference(gd: GDConv2d, weight: torch.Tensor, bias: torch.Tensor | None, im
     if spec.padding_mode != "zeros":
         x = F.pad(x, spec.explicit_padding(), mode=spec.padding_mode)
         padding = 0
-    return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), spec.stride, padding, spec.dilation,
-                    gd.groups)
+    return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), spec.stride, padding,
+                    spec.dilation, gd.groups)
 
 
 def refine_output_(

@@ -33,7 +33,8 @@ class SeparatedFit:
 
 
 def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
-    """``(G + ρI)⁻¹ rhs`` per basis, ``ρ`` relative to ``G``'s largest diagonal entry (bounded when ``G`` is singular)."""
+    """``(G + ρI)⁻¹ rhs`` per basis, ``ρ`` relative to ``G``'s largest diagonal entry
+    (bounded when ``G`` is singular)."""
     n = gram.shape[-1]
     lam = ridge * gram.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-30).detach()
     return torch.linalg.solve(gram + lam[..., None, None] * torch.eye(n, dtype=gram.dtype, device=gram.device), rhs)

@@ -162,9 +162,9 @@ class GDConv2d(CachedKernelConv):
         if limit < order:
             raise ValueError(
                 f"order {order} is beyond what {str(basis_dtype).removeprefix('torch.')} evaluates on a "
-                f"{self.kernel_size[0]}×{self.kernel_size[1]} kernel with sigma_min {sigma_min}: its Gaussian derivatives "
-                f"stay finite and within {ORDER_RTOL:.1%} of float64 only up to order {limit} there; use order <= {limit}"
-                " (a larger sigma_min or dtype=torch.float64 allow more)")
+                f"{self.kernel_size[0]}×{self.kernel_size[1]} kernel with sigma_min {sigma_min}: its Gaussian "
+                f"derivatives stay finite and within {ORDER_RTOL:.1%} of float64 only up to order {limit} there; use "
+                f"order <= {limit} (a larger sigma_min or dtype=torch.float64 allow more)")
         low_sigma = min(self.sigma_init) if init == "fixed" else RANDOM_SIGMA_RANGE[0]
         if low_sigma <= sigma_min:
             raise ValueError(
@@ -232,7 +232,8 @@ class GDConv2d(CachedKernelConv):
         if self.sigma_raw.is_meta:  # shapes only (e.g. counting parameters): nothing to draw
             return
         if self.init == "random":
-            self.sigma_raw.copy_(inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE) - self.sigma_min))
+            self.sigma_raw.copy_(inverse_softplus(torch.empty_like(self.sigma_raw).uniform_(*RANDOM_SIGMA_RANGE)
+                                                  - self.sigma_min))
             self.mu_raw.uniform_(*RANDOM_MU_RANGE)
             self.theta_raw.uniform_(-math.pi, math.pi)
         else:
@@ -292,7 +293,8 @@ class GDConv2d(CachedKernelConv):
         return self._compute_basis()
 
     def dense_weight(self) -> torch.Tensor:
-        """The ``(out, in/groups, kH, kW)`` kernel that ``F.conv2d(..., groups=groups)`` needs to give this layer's output."""
+        """The ``(out, in/groups, kH, kW)`` kernel that ``F.conv2d(..., groups=groups)`` needs to give this layer's
+        output."""
         return impl_kernels("dense", self._compute_basis(), *self._weights())[0]
 
     def _weights(self) -> tuple[torch.Tensor, ...]:
@@ -335,7 +337,8 @@ class GDConv2d(CachedKernelConv):
 
     # ------------------------------------------------------------------ steering
     def steered(self, scale: float = 1.0, angle: float = 0.0) -> GDConv2d:
-        """A copy of this layer for inputs resized by ``scale`` and rotated by ``angle`` degrees (:func:`gdzoo.steer`)."""
+        """A copy of this layer for inputs resized by ``scale`` and rotated by ``angle`` degrees
+        (:func:`gdzoo.steer`)."""
         return steer_gdconv(self, scale, angle)
 
     # ------------------------------------------------------------------ export
@@ -352,7 +355,8 @@ class GDConv2d(CachedKernelConv):
             return
         impl = self.select_impl()
         factory = {"device": self.sigma_raw.device, "dtype": self.sigma_raw.dtype}
-        conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation, padding_mode=self.padding_mode)
+        conv_args = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         padding_mode=self.padding_mode)
         if impl == "factorized":
             g, n, cin_g = self.groups, self.num_kernels, self.in_channels // self.groups
             slots = group_bases(self.num_bases, g, self.sigma_raw.device)  # (group, basis) slot -> basis

@@ -269,7 +269,8 @@ def path_costs(
         )
     else:
         per_input = slots // groups
-        costs["basis"] = in_channels * per_input * num_kernels * k2 * DEPTHWISE_COST + out_channels * cin_g * num_kernels
+        costs["basis"] = (in_channels * per_input * num_kernels * k2 * DEPTHWISE_COST
+                          + out_channels * cin_g * num_kernels)
     return costs
 
 

@@ -23,7 +23,8 @@ import torch.nn as nn
 from .fit import FitReport, fit_gdconv_
 from .gd_conv import GDConv2d, no_weight_decay_names
 
-__all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay", "select_convs", "unsupported_reason"]
+__all__ = ["NoWeightDecayWithGD", "conv_to_gd", "first_conv_names", "gdify", "report_gd_no_weight_decay",
+           "select_convs", "unsupported_reason"]
 
 # The options conv_to_gd hands to the fit: fit_gdconv_'s keyword-only parameters, read from its signature.
 FIT_OPTIONS = tuple(name for name, p in inspect.signature(fit_gdconv_).parameters.items() if p.kind is p.KEYWORD_ONLY)
@@ -94,7 +95,8 @@ def select_convs(model: nn.Module, layers: str | Sequence[str] = "stem") -> list
     try:
         pattern = re.compile(layers)
     except re.error as e:
-        raise ValueError(f"layers must be 'stem', 'all', a regex or a list of module names; {layers!r} is a bad regex: {e}") from e
+        raise ValueError(f"layers must be 'stem', 'all', a regex or a list of module names; {layers!r} is a bad regex: "
+                         f"{e}") from e
     chosen = [n for n in convs if pattern.search(n)]
     if not chosen:
         raise ValueError(f"layers={layers!r} matches no convolution; convolutions are e.g. {convs[:5]}")
@@ -148,7 +150,7 @@ def _layer_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> d
     """The input every named layer sees when the (original) model runs on ``images`` (eval mode)."""
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str):
         def grab(_module: nn.Module, args: tuple) -> None:
             captured.setdefault(name, args[0].detach())
         return grab

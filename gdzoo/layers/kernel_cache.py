@@ -86,7 +86,7 @@ class CachedKernelConv(nn.Module):
     _state_order: tuple[str, ...] = ()
     _cache: tuple | None = None
 
-    def _set_spatial(self, kernel_size, stride, padding, dilation, padding_mode: str) -> None:  # noqa: ANN001
+    def _set_spatial(self, kernel_size, stride, padding, dilation, padding_mode: str) -> None:
         """Validate and store nn.Conv2d's spatial arguments (clear errors naming the bad value)."""
         self.kernel_size = positive_pair("kernel_size", kernel_size)
         self.stride = positive_pair("stride", stride)
@@ -128,17 +128,17 @@ class CachedKernelConv(nn.Module):
         state["_cache"] = None
         return state
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # nn.Module's signature
         """As ``nn.Module``, with the keys in one order whichever geometry is a parameter or a buffer."""
         super()._save_to_state_dict(destination, prefix, keep_vars)
         for key in [prefix + name for name in self._state_order if prefix + name in destination]:
             destination[key] = destination.pop(key)
 
-    def train(self, mode: bool = True):  # noqa: ANN201 - returns self, as nn.Module.train
+    def train(self, mode: bool = True):  # returns self, as nn.Module.train
         self._cache = None
         return super().train(mode)
 
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+    def _apply(self, fn, recurse=True):  # nn.Module's signature
         self._cache = None
         return super()._apply(fn, recurse)
 

@@ -318,7 +318,7 @@ def _strip_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metada
             metadata[new] = metadata.pop(key)
 
 
-def _add_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:  # noqa: ANN002
+def _add_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     """load_state_dict pre-hook: the base model's keys ``<prefix><key>`` → ``<prefix>model.<key>``."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         state_dict[prefix + _PREFIX + key[len(prefix):]] = state_dict.pop(key)

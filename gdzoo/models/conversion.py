@@ -51,7 +51,8 @@ class ConvertReport:
         rows = [
             ("stem kernel rel. error ‖W_gd − W‖/‖W‖", f"{f.kernel_error:.4f}"),
             ("stem kernel rel. error, per channel (median / max)",
-             f"{sorted(f.kernel_error_per_channel)[len(f.kernel_error_per_channel) // 2]:.4f} / {max(f.kernel_error_per_channel):.4f}"),
+             f"{sorted(f.kernel_error_per_channel)[len(f.kernel_error_per_channel) // 2]:.4f} / "
+             f"{max(f.kernel_error_per_channel):.4f}"),
             ("best possible with this basis size (SVD bound)", f"{f.subspace_bound:.4f}"),
         ]
         if f.output_error is not None:
@@ -80,7 +81,8 @@ def stem_name(model: nn.Module) -> str:
     """The module named by ``pretrained_cfg['first_conv']`` (the first one if several)."""
     names = first_conv_names(model)
     if not names:
-        raise ValueError(f"{type(model).__name__} has no pretrained_cfg['first_conv']: cannot tell which layer is the stem")
+        raise ValueError(f"{type(model).__name__} has no pretrained_cfg['first_conv']: cannot tell which layer is the "
+                         "stem")
     return names[0]
 
 
@@ -117,7 +119,8 @@ def _check_stem_semantics(conv: nn.Module, gd: GDConv2d, stem: str) -> None:
 
 
 @torch.no_grad()
-def _compare_logits(source: nn.Module, target: nn.Module, images: torch.Tensor, batch_size: int = 8) -> tuple[float, float]:
+def _compare_logits(source: nn.Module, target: nn.Module, images: torch.Tensor,
+                    batch_size: int = 8) -> tuple[float, float]:
     ref, ours = [], []
     for chunk in images.split(batch_size):
         ref.append(source(chunk).double())
@@ -182,4 +185,5 @@ def convert_model(
     logit_error, agreement = _compare_logits(source, model, images)
     cfg = getattr(source, "pretrained_cfg", None) or {}
     name = source_name or ".".join(p for p in (cfg.get("architecture"), cfg.get("tag")) if p) or type(source).__name__
-    return model, ConvertReport(name, target, stem, report, logit_error, agreement, int(images.shape[-1]), int(images.shape[0]))
+    return model, ConvertReport(name, target, stem, report, logit_error, agreement, int(images.shape[-1]),
+                                int(images.shape[0]))

@@ -1,6 +1,6 @@
 """Weights derived on first use (e.g. ``gd_vgg16.tv_in1k`` from timm's ``vgg16.tv_in1k``), cached once.
 
-A derived file is written atomically to ``<gdzoo cache>/derived/<model>.<tag>/model.safetensors`` with a
+A derived file is written atomically to ``<gdzoo cache>/derived/<model>.<tag>/`` (``WEIGHTS_FILE``) with a
 record (``derived.json``: sha256, size, what it came from, the fit's errors) written after it. The next
 call checks the file against the record and loads it; a damaged file is reported and derived again.
 The cache is ``$GDZOO_CACHE``, else ``$XDG_CACHE_HOME/gdzoo``, else ``~/.cache/gdzoo``.
@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from timm.models import split_model_name_tag
 
 from .._io import atomic_write, atomic_write_text
-from .shipped import WEIGHTS_FILE, manifest_entry
+from .shipped import manifest_entry
+from .weights_files import WEIGHTS_FILE
 
-__all__ = ["CACHE_ENV", "cached_derived_file", "derive_weights_file", "gdzoo_cache_dir"]
+__all__ = ["CACHE_ENV", "RECORD_FILE", "cached_derived_file", "derive_weights_file", "gdzoo_cache_dir"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,8 +73,8 @@ def derive_weights_file(model_tag: str, derive: Derive) -> Path:
     state_dict, record = derive()
     folder = _folder(model_tag)
     path = folder / WEIGHTS_FILE
-    metadata = {"format": "pt", "model": model_tag.split(".")[0], "tag": model_tag.split(".")[1],
-                "derived_from": str(record.get("source", ""))}
+    model, tag = split_model_name_tag(model_tag)
+    metadata = {"format": "pt", "model": model, "tag": tag, "derived_from": str(record.get("source", ""))}
     state = {k: v.detach().contiguous() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     atomic_write_text(folder / RECORD_FILE, json.dumps({**manifest_entry(path), **record}, indent=2) + "\n")

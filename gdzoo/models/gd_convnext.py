@@ -35,7 +35,8 @@ __all__ = ["GD_DW_ARGS", "GdConvNeXt", "gd_depthwise_like"]
 GD_DW_ARGS: dict[str, Any] = dict(order=3, channels_per_basis=8)
 
 
-def gd_depthwise_like(conv: nn.Conv2d, order: int = 3, channels_per_basis: int | None = 8, **gd_kwargs: Any) -> GDConv2d:
+def gd_depthwise_like(conv: nn.Conv2d, order: int = 3, channels_per_basis: int | None = 8,
+                      **gd_kwargs: Any) -> GDConv2d:
     """A GD depthwise layer with ``conv``'s channels, kernel size, stride, padding, dilation and bias (unfitted).
 
     ``channels_per_basis``: channels sharing one basis (must divide the width); ``None``: one basis per channel.

@@ -9,8 +9,9 @@ Channel configuration: ScaleChannels' defaults, scales ``(1, √2, 2)`` and ``po
 black background in normalised units (a channel whose frame is larger than the input sees the input padded with
 background, so a plain 28×28 image is seen exactly as on a canvas). Not chosen on the test table: the published
 ``gd_fmnist.fmnist`` was trained on all 60000 training images, so no held-out data exists to choose on
-(docs/scale.md). Every argument of :class:`~gdzoo.layers.ScaleChannels` can be overridden: ``timm.create_model('gd_fmnist_sc',
-scales=(2**-0.5, 1, 2**0.5, 2), below_one='resize')``; ``window=0`` turns the window (and the fill) off.
+(docs/scale.md). Every argument of :class:`~gdzoo.layers.ScaleChannels` can be overridden:
+``timm.create_model('gd_fmnist_sc', scales=(2**-0.5, 1, 2**0.5, 2), below_one='resize')``; ``window=0`` turns the
+window (and the fill) off.
 """
 
 from __future__ import annotations

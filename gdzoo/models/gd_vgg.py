@@ -34,6 +34,8 @@ from ..layers import GDConv2d, no_weight_decay_names
 from ._cfg import gd_cfg
 from .derived import Derive
 from .pretrained import build_gd_model
+from .weights_files import WEIGHTS_FILE
+from .weights_source import model_and_tag
 
 __all__ = ["DERIVED_FROM", "GdVGG", "GD_STEM_ARGS", "STEM_OUTPUT_TOLERANCE", "derive_gd_vgg"]
 
@@ -81,15 +83,15 @@ def _load_source(model_tag: str, source_name: str) -> torch.nn.Module:
         size = SOURCE_SIZES.get(source_name, "")
         reason = ("HF_HUB_OFFLINE=1" if hf_constants.HF_HUB_OFFLINE else
                   f"{type(e).__name__}: {' '.join(str(e).split())[:160]}")
-        model = model_tag.split(".")[0]
+        model, tag = model_and_tag(model_tag)
         raise DerivationSourceUnavailable(
             f"pretrained {model_tag} is derived once from timm's {source_name}{f' ({size})' if size else ''}, which is "
             f"not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) and cannot be downloaded ({reason}). "
             f"Provide it offline: download {hub_id} once where the Hub is reachable and copy that HF cache here "
             "(HF_HOME / HF_HUB_CACHE); or convert a local copy of its weights, `gdzoo convert "
-            f"{source_name} --to {model} --tag {model_tag.split('.')[1]} --checkpoint <{source_name.split('.')[0]}"
+            f"{source_name} --to {model} --tag {tag} --checkpoint <{model_and_tag(source_name)[0]}"
             ".safetensors>`, and load the result with timm.create_model('{model}', pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file='weights/{model_tag}/model.safetensors'))"
+            f"pretrained_cfg_overlay=dict(file='weights/{model_tag}/{WEIGHTS_FILE}'))"
         ) from e
 
 
@@ -107,7 +109,7 @@ def derive_gd_vgg(model_tag: str) -> tuple[dict[str, torch.Tensor], dict[str, An
     source_name = DERIVED_FROM[model_tag]
     source = _load_source(model_tag, source_name)
     images = natural_images(CHECK_IMAGES, 3, CHECK_SIZE, seed=0)
-    model, report = convert_model(source, model_tag.split(".")[0], images=images, refine_steps=0,
+    model, report = convert_model(source, model_and_tag(model_tag)[0], images=images, refine_steps=0,
                                   fit_options={"threads": 1})  # tiny tensors: one thread (gdzoo.threads)
     stem_error = report.fit.output_error
     seconds = time.perf_counter() - start

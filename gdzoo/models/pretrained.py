@@ -1,15 +1,10 @@
-"""Loading pretrained weights into gdzoo models: where they come from, integrity checks, GD-stem adaptation.
+"""Loading pretrained weights into gdzoo models: integrity checks of weights files, GD-stem adaptation.
 
-Every gdzoo model is built through :func:`build_gd_model`, which runs timm's own loader
-(``build_model_with_cfg``) with :func:`gd_pretrained_filter` and turns Hub/cache failures into
-messages a user can act on. ``pretrained=True`` resolves, in this order:
-
-1. an explicit ``hf-hub:`` name, ``pretrained_cfg_overlay=dict(file=...)`` or ``state_dict``: as timm does;
-2. a published tag whose copy ships with the code (:mod:`gdzoo.models.shipped`): that file, sha256-checked
-   against the manifest, with no network call;
-3. a derivable tag (``gd_vgg16.tv_in1k``): the Hub repo if it is cached or reachable, else weights derived
-   from their source once and cached (:mod:`gdzoo.models.derived`);
-4. otherwise the Hugging Face cache / Hub (``<org>/<model>.<tag>``, org ``$GDZOO_HF_ORG``).
+Every gdzoo model is built through :func:`build_gd_model`, which asks :mod:`gdzoo.models.weights_source` once
+where the weights come from (shipped, derived, Hugging Face cache / Hub, or the caller's own file), gets a
+file checked before any tensor is read, and hands it to timm's own loader (``build_model_with_cfg``) with
+:func:`gd_pretrained_filter` (GD/DAU stem ``in_chans`` adaptation). Hub/cache failures become messages a user
+can act on. The names that moved to :mod:`~gdzoo.models.weights_source` are re-exported here.
 """
 
 from __future__ import annotations
@@ -18,36 +13,36 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.models import build_model_with_cfg, get_pretrained_cfg
+from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models._hub import hf_split
 from timm.models._manipulate import adapt_input_conv
 
-from .._io import sha256_file
 from ..errors import UserError
 from ..layers import DAUConv2d, GDConv2d
-from .derived import Derive, cached_derived_file, derive_weights_file
-from .shipped import PUBLISHED_ORG, load_manifest, shipped_weights_file
+from .derived import Derive
+from .weights_source import (
+    ORG_ENV,
+    PUBLISHED_WEIGHTS,
+    WEIGHTS_FILE,
+    actionable_hub_errors,
+    cached_hub_file,
+    check_cached_hub_file,
+    default_org,
+    hub_repo_id,
+    resolve,
+    resolve_cfg,
+    shipped_source,
+)
 
 __all__ = [
+    "ORG_ENV",
     "PUBLISHED_WEIGHTS",
     "build_gd_model",
     "check_safetensors_header",
@@ -62,22 +57,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-ORG_ENV = "GDZOO_HF_ORG"
-
-# '<model>.<tag>' of every published weights/<model>.<tag>/ folder: the manifest's keys (tests keep them equal).
-PUBLISHED_WEIGHTS: frozenset[str] = frozenset(load_manifest())
-
-
-def default_org() -> str:
-    """The Hub organisation of gdzoo's weights: ``$GDZOO_HF_ORG`` or ``'gdzoo'``."""
-    return os.environ.get(ORG_ENV) or "gdzoo"
-
-
-def hub_repo_id(model_name: str, tag: str) -> str:
-    """``<org>/<model>.<tag>``: the Hub repo holding one model's weights for one tag."""
-    return f"{default_org()}/{model_name}.{tag}"
-
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
     """A state dict from ``.safetensors`` (preferred) or a torch checkpoint read with ``weights_only=True``.
@@ -140,31 +119,19 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise UserError(f"{path} is damaged or not a torch checkpoint ({reason[:200]}); nothing was loaded") from None
 
 
-def _cached_hub_file(hub_id: str, filename: str) -> str | None:
-    """The HF cache's copy of ``filename`` of ``hub_id``, or None."""
-    repo_id, revision = hf_split(hub_id)
-    hit = try_to_load_from_cache(repo_id, filename, revision=revision)
-    return hit if isinstance(hit, str) else None
-
-
 def verify_cached_weights(pretrained_cfg: dict[str, Any]) -> None:
     """Raise if the cached Hub weights file's sha256 differs from its blob name (the Hub's ETag).
 
-    Nothing to check when the weights came from a local ``file`` (shipped and derived files are checked
-    before they are loaded).
+    Nothing to check when the weights come from a local ``file`` (shipped and derived files are checked
+    against their manifest / record) or the file is not cached. :func:`build_gd_model` runs this check before
+    loading, through :func:`~gdzoo.models.weights_source.resolve_cfg`.
     """
     hub_id, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename")
     if not hub_id or not filename or pretrained_cfg.get("file"):
         return
-    cached = _cached_hub_file(hub_id, filename)
-    if cached is None:
-        return
-    blob = Path(cached).resolve()
-    if len(blob.name) == 64 and sha256_file(blob) != blob.name:
-        raise RuntimeError(
-            f"Cached weights {filename} of {hf_split(hub_id)[0]} are corrupted: sha256 of {blob} differs from the "
-            f"Hub's hash {blob.name}. Delete that file and download again, or re-run `gdzoo hub seed`."
-        )
+    cached = cached_hub_file(hub_id, filename)
+    if cached is not None:
+        check_cached_hub_file(hub_id, filename, cached)
 
 
 def _adapt_in_channels(weight: torch.Tensor, in_dim: int, in_chans: int, base_chans: int) -> torch.Tensor:
@@ -220,12 +187,11 @@ def _adapt_gd_stem(state_dict: dict[str, torch.Tensor], name: str, in_chans: int
 def gd_pretrained_filter(
     state_dict: dict[str, torch.Tensor], model: nn.Module, adapted: list[str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Check the cached file's integrity, then adapt a GD or DAU stem to the model's ``in_chans``.
+    """Adapt a GD or DAU stem of the pretrained weights to the model's ``in_chans`` (the file was checked before).
 
     The names of the adapted stems are appended to ``adapted``. (timm adapts plain ``nn.Conv2d`` stems itself.)
     """
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    verify_cached_weights(cfg)
     first_convs = cfg.get("first_conv") or ()
     first_convs = (first_convs,) if isinstance(first_convs, str) else first_convs
     base_chans = (cfg.get("input_size") or (3,))[0]
@@ -267,99 +233,46 @@ def _quiet_adapted_stems(adapted: list[str]) -> Iterator[None]:
         timm_logger.removeFilter(log_filter)
 
 
-@contextmanager
-def _actionable_hub_errors(pretrained_cfg: dict[str, Any]) -> Iterator[None]:
-    hub_id = pretrained_cfg.get("hf_hub_id", "?")
-    filename = pretrained_cfg.get("hf_hub_filename", "model.safetensors")
-    folder = f"weights/{hub_id.split('/')[-1]}"
-    try:
-        yield
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise RuntimeError(
-            f"Pretrained weights {hub_id} ({filename}) are not in the Hugging Face cache and the Hub cannot be "
-            f"reached (offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}). On a machine with "
-            f"the weights folder, run `gdzoo hub seed {folder}` (with HF_HOME/HF_HUB_CACHE set to this node's "
-            "cache), or download once with network access."
-        ) from e
-    except RevisionNotFoundError as e:
-        raise RuntimeError(f"Hub repo {hub_id} has no such revision: {e}") from e
-    except EntryNotFoundError as e:
-        raise RuntimeError(f"Hub repo {hub_id} has no file {filename!r} (404): {e}") from e
-    except RepositoryNotFoundError as e:
-        raise RuntimeError(f"Hub repo {hub_id} does not exist or is private (404), needed for {filename!r}: {e}") from e
-    except SafetensorError as e:
-        raise RuntimeError(
-            f"Weights {filename} of {hub_id} are corrupted or truncated ({e}); nothing was loaded. "
-            "Delete the cached file and download again, or re-run `gdzoo hub seed`."
-        ) from e
-
-
-def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
-    """Download ``filename`` of ``hub_id`` into the HF cache; False when offline, absent or unreachable."""
-    if hf_constants.HF_HUB_OFFLINE:
-        return False
-    repo_id, revision = hf_split(hub_id)
-    try:
-        hf_hub_download(repo_id, filename, revision=revision)
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
-            EntryNotFoundError, HfHubHTTPError, OSError) as e:
-        _logger.info("%s/%s not available from the Hub (%s): deriving the weights", hub_id, filename, type(e).__name__)
-        return False
-    return True
-
-
 def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], Derive | None] | None = None) -> str | None:
-    """The local file ``pretrained=True`` loads for this cfg: a shipped copy or derived weights.
+    """The local file ``pretrained=True`` loads for this cfg when it is a shipped copy or derived weights, else None.
 
-    None means timm's own resolution applies (an explicit ``hf-hub:`` name, a given file or state dict,
-    or the Hugging Face cache / Hub). ``derive(model_tag)`` returns the function that derives the weights
-    of a tag that may be derived (checked after the Hub's own copy).
+    None means a Hub file or the caller's own (an explicit ``hf-hub:`` name, a given file or state dict, or the
+    Hugging Face cache / Hub). ``derive(model_tag)`` returns the function that derives the weights of a tag that
+    may be derived (checked after the Hub's own copy). The full answer is
+    :func:`~gdzoo.models.weights_source.resolve_cfg`.
 
     Example:
         >>> from timm.models import get_pretrained_cfg
-        >>> local_weights_file(get_pretrained_cfg('gd_fmnist.fmnist').to_dict()).endswith('model.safetensors')
+        >>> local_weights_file(get_pretrained_cfg('gd_fmnist.fmnist').to_dict()).endswith('/' + WEIGHTS_FILE)
         True
     """
     if pretrained_cfg.get("source") == "hf-hub" or pretrained_cfg.get("file") or pretrained_cfg.get("state_dict"):
         return None
+    shipped = shipped_source(pretrained_cfg)
+    if shipped is not None:
+        return str(shipped.path)
     hub_id = pretrained_cfg.get("hf_hub_id") or ""
-    filename = pretrained_cfg.get("hf_hub_filename") or "model.safetensors"
     model_tag = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
-    org, _, repo_tag = hf_split(hub_id)[0].partition("/")
-    # the cfg's own published folder or, for a tag sharing another's weights (gd_fmnist_sc.fmnist), that folder
-    if org == PUBLISHED_ORG and repo_tag in load_manifest():
-        shipped = shipped_weights_file(repo_tag)
-        if shipped is not None:
-            return str(shipped)
-    derive_fn = derive(model_tag) if derive is not None and hub_id else None
-    if derive_fn is None or _cached_hub_file(hub_id, filename) is not None:
+    if derive is None or not hub_id or derive(model_tag) is None:
         return None
-    cached = cached_derived_file(model_tag)
-    if cached is not None:
-        return str(cached)
-    if _hub_file_downloaded(hub_id, filename):
+    if cached_hub_file(hub_id, pretrained_cfg.get("hf_hub_filename") or WEIGHTS_FILE) is not None:
         return None
-    return str(derive_weights_file(model_tag, derive_fn))
+    source = resolve_cfg(pretrained_cfg, derive)
+    return str(source.path) if source is not None and source.kind == "derived" else None
 
 
 def available_weights_file(name: str) -> str | None:
     """Where ``name``'s (``'<model>[.<tag>]'``) pretrained weights are on this machine, without deriving or downloading.
 
     A shipped copy, cached derived weights, or the Hugging Face cache; None when none of them holds them
-    (or the model has no pretrained weights).
+    (or the model has no pretrained weights). A shipped or derived copy is checked; a Hub file when it is loaded.
 
     Example:
-        >>> available_weights_file('gd_fmnist').endswith('gd_fmnist.fmnist/model.safetensors')
+        >>> available_weights_file('gd_fmnist').endswith('gd_fmnist.fmnist/' + WEIGHTS_FILE)
         True
     """
-    cfg = get_pretrained_cfg(name)
-    if cfg is None or not cfg.has_weights:
-        return None
-    local = local_weights_file(cfg.to_dict(), derive=None)
-    derived = cached_derived_file(f"{cfg.architecture}.{cfg.tag}") if local is None else None
-    if local is not None or derived is not None:
-        return local or str(derived)
-    return _cached_hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors") if cfg.hf_hub_id else None
+    source = resolve(name, download=False)
+    return None if source is None else str(source.path)
 
 
 def build_gd_model(
@@ -372,8 +285,9 @@ def build_gd_model(
 ) -> nn.Module:
     """timm's ``build_model_with_cfg`` with gdzoo's weight resolution, pretrained filter and actionable errors.
 
-    ``derive(model_tag)``: the function deriving that tag's weights when neither shipped nor on the Hub
-    (None for tags that cannot be derived).
+    The weights are resolved once (:func:`~gdzoo.models.weights_source.resolve_cfg`) and checked before timm
+    reads them; timm then loads that file. ``derive(model_tag)``: the function deriving that tag's weights when
+    neither shipped nor on the Hub (None for tags that cannot be derived).
     """
     adapted: list[str] = []
 
@@ -387,8 +301,9 @@ def build_gd_model(
     resolved = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
     ).to_dict()
-    local = local_weights_file(resolved, derive)
-    if local is not None:
-        kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": local}
-    with _actionable_hub_errors(resolved), _quiet_adapted_stems(adapted):
+    source = resolve_cfg(resolved, derive)
+    # timm loads an explicit hf-hub: name from the Hub whatever the cfg's file says: it finds the file just checked.
+    if source is not None and source.kind != "file" and resolved.get("source") != "hf-hub":
+        kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(source.path)}
+    with actionable_hub_errors(resolved), _quiet_adapted_stems(adapted):
         return build_model_with_cfg(model_cls, variant, pretrained=True, pretrained_filter_fn=filter_fn, **kwargs)

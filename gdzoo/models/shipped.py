@@ -1,7 +1,7 @@
 """Weights that ship with the code: ``weights/<model>.<tag>/`` travels in the wheel, sdist and checkout.
 
 ``published_weights.json`` (beside this file) is the manifest: for every published ``<model>.<tag>``, the
-sha256 and size of its ``model.safetensors``. A shipped copy is looked up in the installed package
+sha256 and size of its weights file (``WEIGHTS_FILE``). A shipped copy is looked up in the installed package
 (``gdzoo/_weights/``, filled by the build hook in ``setup.py``) or, in a checkout, an editable install or
 a torch.hub GitHub archive, in ``weights/`` beside the package. A copy whose hash differs from the
 manifest is named in the error, never loaded.
@@ -13,8 +13,9 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .._io import sha256_file
+from .._io import sha256_file_once
 from ..errors import UserError
+from .weights_files import WEIGHTS_FILE
 
 __all__ = [
     "MANIFEST_FILE",
@@ -27,7 +28,6 @@ __all__ = [
 ]
 
 MANIFEST_FILE = Path(__file__).with_name("published_weights.json")
-WEIGHTS_FILE = "model.safetensors"
 # The Hub organisation the shipped folders were published under: a cfg naming another org means the Hub.
 PUBLISHED_ORG = "gdzoo"
 
@@ -51,9 +51,9 @@ def load_manifest() -> dict[str, dict[str, object]]:
 
 
 def manifest_entry(path: str | Path) -> dict[str, object]:
-    """The manifest record of a weights file: its sha256 and size in bytes."""
+    """The manifest record of a weights file: its sha256 and size in bytes (hashed once per process while unchanged)."""
     path = Path(path)
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"sha256": sha256_file_once(path), "bytes": path.stat().st_size}
 
 
 def shipped_roots() -> list[Path]:
@@ -71,7 +71,7 @@ def shipped_roots() -> list[Path]:
 
 
 def shipped_weights_file(model_tag: str) -> Path | None:
-    """The shipped ``model.safetensors`` of a published ``'<model>.<tag>'``, checked against the manifest.
+    """The shipped weights file of a published ``'<model>.<tag>'``, checked against the manifest.
 
     Returns None when the tag is not published or no copy ships with this installation (then the
     Hugging Face cache / Hub serve it). Raises :class:`ShippedWeightsError` naming the file when its

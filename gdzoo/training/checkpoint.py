@@ -18,7 +18,8 @@ import torch
 from .._io import atomic_write
 from ..errors import UserError
 
-__all__ = ["CHECKPOINT_VERSION", "capture_rng", "check_resumable", "load_checkpoint", "restore_rng", "save_checkpoint", "model_state_from_file"]
+__all__ = ["CHECKPOINT_VERSION", "capture_rng", "check_resumable", "load_checkpoint", "restore_rng", "save_checkpoint",
+           "model_state_from_file"]
 
 CHECKPOINT_VERSION = 1
 
@@ -28,7 +29,8 @@ def capture_rng() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -41,14 +43,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"]))
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # What torch.save's C++ writer says when a write fails (a full disk among the causes); it never names the file.
-_TORCH_WRITE_FAILED = ("enforce fail at inline_container", "PytorchStreamWriter failed", "file write failed", "unexpected pos")
+_TORCH_WRITE_FAILED = ("enforce fail at inline_container", "PytorchStreamWriter failed", "file write failed",
+                       "unexpected pos")
 _LOW_SPACE = 64 << 20  # bytes: below this, a failed write is put down to a full disk
 
 
@@ -64,10 +68,12 @@ def _write_failed(path: Path, error: BaseException) -> UserError | None:
     except OSError:
         free = None
     full = full or (free is not None and free < _LOW_SPACE)
-    space = f"{free / 2**20:,.1f} MiB free on {path.parent}" if free is not None else f"free space on {path.parent} unknown"
+    space = (f"{free / 2**20:,.1f} MiB free on {path.parent}" if free is not None
+             else f"free space on {path.parent} unknown")
     kept = f"{path} still holds the last good checkpoint" if path.is_file() else "no earlier checkpoint was there"
     if full:
-        return UserError(f"disk full: cannot write checkpoint {path} ({space}); {kept}. Free some space, then resume with --resume")
+        return UserError(f"disk full: cannot write checkpoint {path} ({space}); {kept}. Free some space, then resume "
+                         "with --resume")
     reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return UserError(f"cannot write checkpoint {path} ({reason[:200]}; {space}); {kept}")
 
@@ -128,8 +134,9 @@ def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike, model: str, o
         wrong = [k for k in model_state if k in theirs and tuple(theirs[k].shape) != tuple(model_state[k].shape)]
         if missing or unexpected or wrong:
             what = saved_model or "another model"
-            detail = (f"{wrong[0]} is {tuple(theirs[wrong[0]].shape)} there, {tuple(model_state[wrong[0]].shape)} here" if wrong
-                      else f"{len(missing)} missing, {len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]})")
+            detail = (f"{wrong[0]} is {tuple(theirs[wrong[0]].shape)} there, {tuple(model_state[wrong[0]].shape)} here"
+                      if wrong else f"{len(missing)} missing, {len(unexpected)} unexpected tensors "
+                                    f"(e.g. {(missing or unexpected)[0]})")
             raise UserError(f"cannot resume from {path}: it holds {what} weights that do not fit the recipe's {model} "
                             f"({detail}); {fix}")
     if saved_opt and saved_opt != opt:
@@ -140,10 +147,11 @@ def check_resumable(ckpt: dict[str, Any], path: str | os.PathLike, model: str, o
 def model_state_from_file(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Model weights from a ``.safetensors`` file, a training checkpoint (``model`` / ``ema``) or a plain state dict."""
     from ..models.pretrained import load_weights_file
+    from ..models.weights_files import WEIGHTS_FILE
 
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     state = load_weights_file(path)

@@ -74,7 +74,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
 
 
 @dataclass
@@ -82,13 +82,14 @@ class ModelConfig:
     """Which timm model to build and from which weights."""
 
     name: str = "gd_fmnist"  # any timm model name, optionally with a pretrained tag ('gd_fmnist.fmnist')
-    pretrained: Union[bool, Literal["auto"]] = "auto"  # auto: use weights if cached or in weights/, else scratch
+    pretrained: bool | Literal["auto"] = "auto"  # auto: use weights if cached or in weights/, else scratch
     initial_checkpoint: str | None = None  # weights file (.safetensors / .pth) loaded after creation
     num_classes: int | None = None  # None: the dataset's number of classes
     in_chans: int | None = None  # None: the model's default
     drop_rate: float | None = None
     kwargs: dict = field(default_factory=dict)  # extra timm.create_model keyword arguments
-    task: Literal["auto", "classification", "segmentation"] = "auto"  # auto: the model's task attribute, else a 4-D probe output
+    # auto: the model's task attribute, else a 4-D probe output
+    task: Literal["auto", "classification", "segmentation"] = "auto"
 
 
 @dataclass
@@ -97,11 +98,11 @@ class DataConfig:
 
     dataset: Literal["fashion_mnist", "image_folder", "segmentation"] = "fashion_mnist"
     root: str | None = None  # data folder (Fashion-MNIST: the idx .gz files; default Debian's location)
-    train_subset: Union[int, float, None] = None  # seeded subset of the training pool (samples or tiles); None: all
-    val_size: Union[int, float, None] = None  # held out from train: count or fraction (images for segmentation);
+    train_subset: int | float | None = None  # seeded subset of the training pool (samples or tiles); None: all
+    val_size: int | float | None = None  # held out from train: count or fraction (images for segmentation);
     # None: 5000 (Fashion-MNIST), 0.1 (image_folder without val/), 0.15 (segmentation); 0: no validation
-    test_size: Union[int, float, None] = None  # segmentation only: test images (None: index.csv or 0.2)
-    test_subset: Union[int, float, None] = None  # seeded subset of the test split (samples or tiles) for quick runs
+    test_size: int | float | None = None  # segmentation only: test images (None: index.csv or 0.2)
+    test_subset: int | float | None = None  # seeded subset of the test split (samples or tiles) for quick runs
     evaluate_test: bool = True  # false: the test split is never scored (recipe search: the run ends on validation)
     split_seed: int = 0
     split_by: Literal["image", "group", "class"] = "image"  # segmentation: by image or slide/patient group;
@@ -299,10 +300,12 @@ def _validate(recipe: Recipe) -> None:
     num_classes = recipe.model.num_classes
     checks = [
         (num_classes is None or num_classes >= 1,
-         f"model.num_classes must be a positive int (the classifier's classes) or null (the dataset's number of classes), "
-         f"got {num_classes}; timm's num_classes=0 (no classifier head, pooled features) cannot be trained as a classifier"),
+         "model.num_classes must be a positive int (the classifier's classes) or null (the dataset's number of "
+         f"classes), got {num_classes}; timm's num_classes=0 (no classifier head, pooled features) cannot be trained "
+         "as a classifier"),
         (recipe.model.in_chans is None or recipe.model.in_chans >= 1,
-         f"model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got {recipe.model.in_chans}"),
+         "model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got "
+         f"{recipe.model.in_chans}"),
         (recipe.optim.lr > 0, "optim.lr must be > 0"),
         (recipe.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (recipe.train.epochs >= 1, "train.epochs must be >= 1"),
@@ -316,10 +319,12 @@ def _validate(recipe: Recipe) -> None:
         (recipe.sched.warmup_epochs >= 0, "sched.warmup_epochs must be >= 0"),
         (recipe.sched.decay_epochs is None or recipe.sched.decay_epochs > 0, "sched.decay_epochs must be > 0"),
         (0.0 <= recipe.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
-        (recipe.data.folds == 0 or recipe.data.folds >= 2, f"data.folds must be 0 (off) or >= 2, got {recipe.data.folds}"),
+        (recipe.data.folds == 0 or recipe.data.folds >= 2,
+         f"data.folds must be 0 (off) or >= 2, got {recipe.data.folds}"),
         (recipe.data.folds == 0 or 0 <= recipe.data.fold < recipe.data.folds,
          f"data.fold must be in 0..{recipe.data.folds - 1} (data.folds={recipe.data.folds}), got {recipe.data.fold}"),
-        (0.0 <= recipe.augment.stain_jitter < 1.0, f"augment.stain_jitter must be in [0, 1), got {recipe.augment.stain_jitter}"),
+        (0.0 <= recipe.augment.stain_jitter < 1.0,
+         f"augment.stain_jitter must be in [0, 1), got {recipe.augment.stain_jitter}"),
         (recipe.augment.scale_jitter is None or _is_range(recipe.augment.scale_jitter),
          f"augment.scale_jitter must be null or [min, max] with 0 < min <= max, got {recipe.augment.scale_jitter}"),
         (recipe.train.clip_grad is None or recipe.train.clip_grad > 0, "train.clip_grad must be > 0 or null"),
@@ -333,7 +338,8 @@ def _validate(recipe: Recipe) -> None:
          "data.evaluate_test=false needs a validation split to end on (data.val_size is 0)"),
         (recipe.data.split_by != "class" or recipe.data.dataset != "segmentation",
          "data.split_by=class stratifies a classification split; segmentation splits by image or group"),
-        (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns), "train.freeze: regex needs train.freeze_patterns"),
+        (recipe.train.freeze != "regex" or bool(recipe.train.freeze_patterns),
+         "train.freeze: regex needs train.freeze_patterns"),
         (len(recipe.optim.betas) == 2, "optim.betas must be a list of two floats"),
         (recipe.train.device == "auto" or recipe.train.device.split(":")[0] in ("cpu", "cuda", "mps"),
          f"train.device must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}"),
@@ -346,7 +352,8 @@ def _validate(recipe: Recipe) -> None:
 def _is_range(value: Any) -> bool:
     """``[min, max]`` of positive numbers with min <= max."""
     return (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and 0 < value[0] <= value[1])
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and 0 < value[0] <= value[1])
 
 
 def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:
@@ -355,7 +362,8 @@ def recipe_from_dict(data: dict[str, Any] | None) -> Recipe:
     valid = ["name", *sorted(_SECTIONS)]
     unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise ConfigError(f"unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}; valid keys: {', '.join(valid)}")
+        raise ConfigError(f"unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))}; "
+                          f"valid keys: {', '.join(valid)}")
     kwargs: dict[str, Any] = {}
     if "name" in data:
         kwargs["name"] = _coerce(data["name"], str, "name")
@@ -391,14 +399,15 @@ def _read_recipe_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """The YAML mapping of a recipe file with its ``base:`` chain merged in (``chain``: the files that include it)."""
     if not path.is_file():
         via = f" (the base of {chain[-1]})" if chain else ""
-        raise ConfigError(f"recipe file {path}{via} does not exist (recipes live in configs/, e.g. configs/fmnist_default.yaml)")
+        raise ConfigError(f"recipe file {path}{via} does not exist (recipes live in configs/, e.g. "
+                          "configs/fmnist_default.yaml)")
     if path.resolve() in chain:
         raise ConfigError(f"recipe {path} is its own base: {' -> '.join(map(str, (*chain, path.resolve())))}")
     try:
         data = _load_yaml(path.read_text()) or {}
     except DuplicateKeyError as e:
-        raise ConfigError(f"recipe {path}, line {e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
-                          "YAML would silently keep the last value, so keep one of them") from e
+        raise ConfigError(f"recipe {path}, line {e.line}: duplicate key {e.key!r} (first given at line "
+                          f"{e.first_line}); YAML would silently keep the last value, so keep one of them") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -445,7 +454,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             continue
         if len(keys) != 2 or keys[0] not in _SECTIONS:
             raise ConfigError(
-                f"override {text!r}: keys are section.key with section one of {', '.join(sorted(_SECTIONS))} (or 'name')"
+                f"override {text!r}: keys are section.key with section one of {', '.join(sorted(_SECTIONS))} (or "
+                "'name')"
             )
         section, key = keys
         valid = _hints(hints[section])

@@ -1,4 +1,5 @@
-"""torchrun / ``torch.distributed`` plumbing: process-group setup (nccl on GPU, gloo on CPU), rank helpers, reductions."""
+"""torchrun / ``torch.distributed`` plumbing: process-group setup (nccl on GPU, gloo on CPU), rank helpers,
+reductions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "all_gather_object", "barrier", "cleanup", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "all_reduce_sum", "all_gather_object", "barrier", "cleanup", "init_distributed",
+           "resolve_device"]
 
 
 @dataclass(frozen=True)

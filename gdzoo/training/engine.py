@@ -64,7 +64,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - dice.mean()
 
 
-def build_criterion(task: str, label_smoothing: float = 0.0, loss: str = "cross_entropy") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def build_criterion(task: str, label_smoothing: float = 0.0,
+                    loss: str = "cross_entropy") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Cross-entropy (with label smoothing) over classes or pixels; BCE for one-logit segmentation; with
     ``loss='dice_ce'`` (segmentation only) plus :func:`soft_dice_loss`."""
     if loss not in ("cross_entropy", "dice_ce"):
@@ -138,7 +139,8 @@ class Engine:
         ``on_step`` runs after every optimizer step (step checkpoints)."""
         set_train_mode(self.model, True)
         self.train_model.train(self.model.training)
-        bar = progress(loader, steps_per_epoch, f"epoch {state.epoch + 1}", self.show_progress, initial=state.step_in_epoch)
+        bar = progress(loader, steps_per_epoch, f"epoch {state.epoch + 1}", self.show_progress,
+                       initial=state.step_in_epoch)
         lines = ProgressLines(self.log_every_s if self.show_progress else None, state.epoch, epochs or state.epoch + 1,
                               steps_per_epoch, state.step_in_epoch, self.info.world_size)
         start, seen = time.perf_counter(), 0
@@ -151,9 +153,10 @@ class Engine:
             if not _finite_everywhere(loss_value, self.info):
                 raise NonFiniteLossError(
                     f"the training loss is {loss_value} (not finite) at epoch {state.epoch + 1}, batch "
-                    f"{state.step_in_epoch + 1} (step {state.global_step + 1}, lr {self.optimizer.param_groups[0]['lr']:.3g}); "
-                    "the run stops before updating the weights, so its last checkpoint (last.pth, if one was written) is "
-                    "the last good state. Lower optim.lr, set train.clip_grad or use train.amp=none, then --resume")
+                    f"{state.step_in_epoch + 1} (step {state.global_step + 1}, lr "
+                    f"{self.optimizer.param_groups[0]['lr']:.3g}); the run stops before updating the weights, so its "
+                    "last checkpoint (last.pth, if one was written) is the last good state. Lower optim.lr, set "
+                    "train.clip_grad or use train.amp=none, then --resume")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -181,7 +184,8 @@ class Engine:
             seen += n
             if self.show_progress:
                 rate = seen * self.info.world_size / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", img_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{rate:.0f}")
                 lines.update(state.step_in_epoch, seen, state.sums["loss"] / max(state.sums["samples"], 1),
                              self.optimizer.param_groups[0]["lr"])
             if on_step is not None:
@@ -200,13 +204,15 @@ class Engine:
         """Loss and task metrics of ``model`` on ``loader``, summed over ranks."""
         was_training = model.training
         model.eval()
-        meter = ClassificationMeter(len(classes), classes) if self.task == "classification" else SegmentationMeter(len(classes), classes)
+        meter_type = ClassificationMeter if self.task == "classification" else SegmentationMeter
+        meter = meter_type(len(classes), classes)
         sums = torch.zeros(2, dtype=torch.float64)
         for images, target in progress(loader, len(loader), desc, self.show_progress):
             images, target = self._to_device(images, target)
             with self.autocast():
                 logits = model(images)
-            sums += torch.tensor([self.criterion(logits, target).item() * len(target), len(target)], dtype=torch.float64)
+            sums += torch.tensor([self.criterion(logits, target).item() * len(target), len(target)],
+                                 dtype=torch.float64)
             meter.update(logits, target)
         all_reduce_sum([sums, *meter.tensors()], self.info)
         model.train(was_training)

@@ -103,7 +103,8 @@ def folder_recipe(folder: str | Path, model: str | None = None, pretrained: Any 
     """Recipe defaults for training ``model`` (None: :data:`DEFAULT_MODEL` of the task) on ``folder``.
 
     ``adapt_only`` (a ``-c`` recipe is given): only the model and the data keys (dataset, root, classes, channels,
-    masks), no split, schedule or run name. Raises :class:`~gdzoo.data.layout.LayoutError` for a folder in no known layout.
+    masks), no split, schedule or run name. Raises :class:`~gdzoo.data.layout.LayoutError` for a folder in no known
+    layout.
     """
     layout = detect_layout(folder)
     task = layout.task

@@ -17,7 +17,8 @@ def module_names(model: nn.Module, cfg_key: str) -> tuple[str, ...]:
     value = (getattr(model, "pretrained_cfg", {}) or {}).get(cfg_key)
     names = (value,) if isinstance(value, str) else tuple(value or ())
     if not names:
-        raise ValueError(f"the model's pretrained_cfg has no {cfg_key!r}; use train.freeze=regex with explicit patterns")
+        raise ValueError(f"the model's pretrained_cfg has no {cfg_key!r}; "
+                         "use train.freeze=regex with explicit patterns")
     return names
 
 
@@ -43,7 +44,8 @@ def apply_freeze(model: nn.Module, policy: str, patterns: Sequence[str] = ()) ->
     elif policy == "all_but_stem":
         trainable = {n for n in names if _under(n, module_names(model, "first_conv"))}
     elif policy == "stem_and_head":
-        trainable = {n for n in names if _under(n, module_names(model, "first_conv") + module_names(model, "classifier"))}
+        trainable = {n for n in names
+                     if _under(n, module_names(model, "first_conv") + module_names(model, "classifier"))}
     else:
         compiled = [re.compile(p) for p in patterns]
         trainable = {n for n in names if not any(c.search(n) for c in compiled)}

@@ -1,4 +1,5 @@
-"""Metrics from accumulated counts (summable across ranks): top-1/top-5 and per-class accuracy; pixel accuracy, Dice/F1, IoU."""
+"""Metrics from accumulated counts (summable across ranks): top-1/top-5 and per-class accuracy; pixel accuracy, Dice/F1,
+IoU."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ __all__ = ["ClassificationMeter", "SegmentationMeter", "confusion_matrix"]
 def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(C, C)`` int64 counts, rows = true class, columns = predicted class."""
     target, pred = target.reshape(-1).long(), pred.reshape(-1).long()
-    return torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
 
 
 class ClassificationMeter:
@@ -35,7 +37,8 @@ class ClassificationMeter:
         return [self.counts, self.confusion]
 
     def compute(self) -> dict[str, float | dict[str, float]]:
-        """``top1``, ``top5`` (when there are more than 5 classes), ``mean_class_acc`` and ``per_class`` accuracy, in %."""
+        """``top1``, ``top5`` (when there are more than 5 classes), ``mean_class_acc`` and ``per_class`` accuracy,
+        in %."""
         total = self.confusion.sum().item()
         correct = self.confusion.diag().sum().item()
         support = self.confusion.sum(1).double()
@@ -44,7 +47,8 @@ class ClassificationMeter:
         result: dict[str, float | dict[str, float]] = {"top1": 100.0 * correct / max(total, 1)}
         if self.num_classes > self.k:
             result[f"top{self.k}"] = 100.0 * self.counts[0].item() / max(self.counts[1].item(), 1)
-        result.update(mean_class_acc=sum(seen) / max(len(seen), 1), per_class=dict(zip(self.class_names, per_class)), samples=int(total))
+        result.update(mean_class_acc=sum(seen) / max(len(seen), 1), per_class=dict(zip(self.class_names, per_class)),
+                      samples=int(total))
         return result
 
 

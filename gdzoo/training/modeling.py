@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from .. import models as _gdzoo_models  # noqa: F401  (registers gdzoo models with timm)
 from ..errors import UserError
-from ..models.pretrained import available_weights_file
+from ..models.weights_files import WEIGHTS_FILE
+from ..models.weights_source import resolve
 from .checkpoint import model_state_from_file
 from .config import ModelConfig
 
@@ -80,7 +81,7 @@ def _check_local_dir(name: str) -> tuple[Path, str, str | None] | None:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"model.name {name!r}: {config_file} does not exist (a local-dir: folder holds config.json and "
-                        "model.safetensors, e.g. weights/gd_fmnist.fmnist)")
+                        f"{WEIGHTS_FILE}, e.g. weights/gd_fmnist.fmnist)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -92,7 +93,7 @@ def _check_local_dir(name: str) -> tuple[Path, str, str | None] | None:
         raise UserError(f"{config_file} has no \"architecture\" (a timm config.json names the model it builds)")
     architecture = config["architecture"]
     holds = None
-    weights = folder / "model.safetensors"
+    weights = folder / WEIGHTS_FILE
     if weights.is_file():
         from ..models.pretrained import check_safetensors_header
 
@@ -128,9 +129,12 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, 
     source = "random init"
     pretrained = cfg.pretrained
     if pretrained in (True, "auto"):
-        local = available_weights_file(cfg.name)
+        local = resolve(cfg.name, download=False)  # what is on this machine (shipped / derived: checked)
         if local is not None:
-            pretrained, source = True, f"pretrained ({local})"
+            pretrained, source = True, f"pretrained ({local.path})"
+            if local.kind == "shipped" and not ({"pretrained_cfg", "pretrained_cfg_overlay"} & set(kwargs)):
+                # the file the load would resolve to, already checked: timm loads it without resolving again
+                kwargs["pretrained_cfg_overlay"] = {"file": str(local.path)}
         elif pretrained == "auto":
             pretrained = False
         else:

@@ -1,4 +1,5 @@
-"""What a person reads: tqdm bars, ``metrics.jsonl`` + CSV, loss/accuracy curves, a summary table, segmentation figures."""
+"""What a person reads: tqdm bars, ``metrics.jsonl`` + CSV, loss/accuracy curves, a summary table,
+segmentation figures."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ __all__ = ["MetricsLog", "ProgressLines", "format_duration", "format_summary", "
 
 def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
     """A tqdm bar (loss/img/s postfix, ETA) on a terminal; silent on non-primary ranks, when disabled or piped."""
-    return tqdm(iterable, total=total, desc=desc, disable=None if enabled else True, initial=initial, dynamic_ncols=True,
-                leave=False, mininterval=0.5)
+    return tqdm(iterable, total=total, desc=desc, disable=None if enabled else True, initial=initial,
+                dynamic_ncols=True, leave=False, mininterval=0.5)
 
 
 def format_duration(seconds: float) -> str:
@@ -150,7 +151,6 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, metr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] + 1 for r in rows]

@@ -17,10 +17,11 @@ __all__ = ["RUN_FILES", "RunFolderError", "claim_run_dir", "continues_run", "run
 
 # Everything ``gdzoo train`` writes in a run folder, in the order it appears.
 RUN_FILES = ("config.yaml", "classes.json", "splits.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pth",
-             "best.safetensors", "final_metrics.json", "summary.txt", "filters.png", "basis.png", "segmentation_examples.png")
+             "best.safetensors", "final_metrics.json", "summary.txt", "filters.png", "basis.png",
+             "segmentation_examples.png")
 # The files a fresh start would lose; a folder with none of them (and no metrics rows) has nothing to lose.
-_PROGRESS_FILES = ("curves.png", "last.pth", "best.safetensors", "final_metrics.json", "summary.txt", "filters.png", "basis.png",
-                   "segmentation_examples.png")
+_PROGRESS_FILES = ("curves.png", "last.pth", "best.safetensors", "final_metrics.json", "summary.txt", "filters.png",
+                   "basis.png", "segmentation_examples.png")
 
 
 class RunFolderError(RuntimeError):
@@ -95,8 +96,9 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool) -> tuple[F
     lock = FolderLock(run_dir)
     if not lock.acquire():
         pid = lock.holder()
-        raise RunFolderError(f"run folder {run_dir} is in use by another gdzoo process{f' (pid {pid})' if pid else ''}; "
-                             f"wait for it to end or choose another --name")
+        holder = f" (pid {pid})" if pid else ""
+        raise RunFolderError(f"run folder {run_dir} is in use by another gdzoo process{holder}; "
+                             "wait for it to end or choose another --name")
     try:
         moved = None
         if not continues_run(resume, run_dir) and (progress := run_progress(run_dir)):  # again, now that we hold it

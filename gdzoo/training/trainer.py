@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def _say(info: DistInfo, message: str) -> None:
 
 def _loader(dataset: Dataset, batch_size: int, sampler: EpochSampler, workers: int, device: torch.device) -> DataLoader:
     """A DataLoader with its own generator, so creating it never consumes the global RNG (exact resume)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda",
                       generator=torch.Generator(), persistent_workers=False, drop_last=False)
 
 
@@ -163,7 +165,9 @@ class _Checkpointer:
             state.sums.update(ckpt["sums"])
         rng = ckpt["rng"]
         if ckpt.get("world_size") != self.info.world_size:
-            _say(self.info, f"note: checkpoint written by {ckpt.get('world_size')} processes, resuming with {self.info.world_size}")
+            _say(self.info,
+                 f"note: checkpoint written by {ckpt.get('world_size')} processes, resuming with "
+                 f"{self.info.world_size}")
         restore_rng(rng[self.info.rank] if self.info.rank < len(rng) else rng[0])
         self.best = dict(ckpt.get("best") or self.best)
 
@@ -203,7 +207,8 @@ def _plot_filters(model: nn.Module, run_dir: Path) -> str:
     return ", ".join(written)
 
 
-def _segmentation_figure(model: nn.Module, dataset: Dataset, bundle: DataBundle, engine: Engine, path: Path, n: int = 4) -> Path:
+def _segmentation_figure(model: nn.Module, dataset: Dataset, bundle: DataBundle, engine: Engine, path: Path,
+                         n: int = 4) -> Path:
     samples = [dataset[i] for i in range(min(n, len(dataset)))]
     images = torch.stack([s[0] for s in samples])
     masks = torch.stack([s[1] for s in samples])
@@ -326,7 +331,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
             best_state = load_file(best_file)
         if info.is_primary:
             log.truncate(state.epoch)
-        _say(info, f"resumed from {resume}: epoch {state.epoch + 1}, batch {state.step_in_epoch}, step {state.global_step}")
+        _say(info,
+             f"resumed from {resume}: epoch {state.epoch + 1}, batch {state.step_in_epoch}, step {state.global_step}")
     elif info.is_primary:
         log.truncate(0)
         best_file.unlink(missing_ok=True)  # a fresh run never reuses an older run's best weights
@@ -336,16 +342,17 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         train_model = DistributedDataParallel(model, device_ids=[info.device] if info.device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    engine = Engine(model, train_model, optimizer, scheduler, build_criterion(task, cfg.label_smoothing, cfg.loss), info, task,
-                    cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress,
+    engine = Engine(model, train_model, optimizer, scheduler, build_criterion(task, cfg.label_smoothing, cfg.loss),
+                    info, task, cfg.amp, cfg.channels_last, cfg.clip_grad, scaler, ema, recipe.output.progress,
                     recipe.output.log_every_s)
     eval_model = ema.module if ema is not None else model
     val_loader = eval_loader(bundle.val, recipe, info) if bundle.val is not None else None
 
-    _say(info, f"{recipe.name}: {recipe.model.name} ({task}, {model_info['weights']}), {model_info['params']:,} params, "
-               f"{count_trainable(model):,} trainable ({len(trainable)} tensors); train {len(bundle.train)}, "
-               f"val {len(bundle.val) if bundle.val is not None else 0}, test {len(bundle.test) if bundle.test is not None else 0}; "
-               f"{info.world_size} x {info.device}, batch {batch_size}, {steps_per_epoch} steps/epoch -> {run_dir}")
+    _say(info, f"{recipe.name}: {recipe.model.name} ({task}, {model_info['weights']}), {model_info['params']:,} "
+               f"params, {count_trainable(model):,} trainable ({len(trainable)} tensors); train {len(bundle.train)}, "
+               f"val {len(bundle.val) if bundle.val is not None else 0}, test "
+               f"{len(bundle.test) if bundle.test is not None else 0}; {info.world_size} x {info.device}, batch "
+               f"{batch_size}, {steps_per_epoch} steps/epoch -> {run_dir}")
 
     def on_step(s: LoopState) -> None:
         every = cfg.checkpoint_every_steps
@@ -364,17 +371,20 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
         row = _row(epoch, optimizer.param_groups[0]["lr"], stats, val)  # lr reached at the end of the epoch
         current = val.get(metric) if val is not None else None
         if val is not None and current is None:
-            raise ValueError(f"output.best_metric {metric!r} is not a validation metric; choose from {sorted(scalar_metrics(val))}")
+            raise ValueError(f"output.best_metric {metric!r} is not a validation metric; choose from "
+                             f"{sorted(scalar_metrics(val))}")
         if current is not None and (ckpt.best["value"] is None or _better(metric, current, ckpt.best["value"])):
             ckpt.best = {"value": float(current), "epoch": epoch}
             best_state = _weights(eval_model)
             if info.is_primary:
-                atomic_write(best_file, lambda tmp: save_file(best_state, tmp, metadata={"epoch": str(epoch), metric: f"{current:.4f}"}))
+                meta = {"epoch": str(epoch), metric: f"{current:.4f}"}
+                atomic_write(best_file, partial(save_file, best_state, metadata=meta))
         if info.is_primary:
             log.append(row)
             if recipe.output.plots:
                 plot_curves(log.rows(), run_dir / "curves.png", "top1" if task == "classification" else "pixel_acc")
-        summary = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "train_time_s") and isinstance(v, float))
+        summary = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "train_time_s")
+                            and isinstance(v, float))
         _say(info, f"epoch {epoch + 1}/{cfg.epochs}  {summary}")
         state.epoch, state.step_in_epoch = epoch + 1, 0
         state.reset_sums()
@@ -388,7 +398,8 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
     eval_model.load_state_dict(best_state)
     final_split = "test" if bundle.test is not None else "val"
     final_set = bundle.test if bundle.test is not None else bundle.val
-    final = engine.evaluate(eval_model, eval_loader(final_set, recipe, info), bundle.classes, final_split) if final_set is not None else {}
+    final = (engine.evaluate(eval_model, eval_loader(final_set, recipe, info), bundle.classes, final_split)
+             if final_set is not None else {})
     if info.is_primary and final_set is not None:
         final.update(whole_image_scores(eval_model, final_set, recipe, info.device))
     result = TrainResult(run_dir, eval_model, final, log.rows() if info.is_primary else [], ckpt.best["epoch"])
@@ -401,7 +412,9 @@ def _train(recipe: Recipe, info: DistInfo, command: str) -> TrainResult:
 def _selection_note(bundle: DataBundle, result: TrainResult, metric: str) -> str:
     """Which weights a run kept: the best validation epoch, or the last epoch when there is no validation split."""
     epoch = result.best_epoch + 1 if result.best_epoch is not None else "?"
-    return f"best epoch {epoch} by validation {metric}" if bundle.val is not None else f"weights of the last epoch, {epoch}; no validation split"
+    if bundle.val is not None:
+        return f"best epoch {epoch} by validation {metric}"
+    return f"weights of the last epoch, {epoch}; no validation split"
 
 
 _RUN_CONTROL_KEYS = ("train.resume", "output.overwrite")
@@ -447,24 +460,29 @@ def _finish(recipe: Recipe, bundle: DataBundle, engine: Engine, result: TrainRes
         notes.append(("filters", _plot_filters(model, run_dir)))
         shown = bundle.test if bundle.test is not None else bundle.val
         if bundle.task == "segmentation" and shown is not None:
-            notes.append(("examples", str(_segmentation_figure(model, shown, bundle, engine, run_dir / "segmentation_examples.png"))))
+            notes.append(("examples",
+                          str(_segmentation_figure(model, shown, bundle, engine,
+                                                   run_dir / "segmentation_examples.png"))))
     if recipe.output.export:
         from ..hub.export import export_hub_folder
 
-        card_metrics = {f"{split}/{k}": round(v, 2) for k, v in scalar_metrics(result.metrics).items() if k not in ("samples", "pixels")}
+        card_metrics = {f"{split}/{k}": round(v, 2) for k, v in scalar_metrics(result.metrics).items()
+                        if k not in ("samples", "pixels")}
         card_recipe = replace(recipe, train=replace(recipe.train, resume=None),  # how to reproduce it, not to resume it
                               output=replace(recipe.output, overwrite=False))
         folder = export_hub_folder(
-            model, recipe.output.export_tag or (recipe.output.name or recipe.name).replace(".", "_"), recipe.output.export_root,
-            org=recipe.output.org, metrics=card_metrics, command=without_resume(command), config_sha256=recipe_sha256(card_recipe),
-            datasets=bundle.names, license=recipe.output.license,
-            description=f"`{recipe.model.name}` trained with `gdzoo train` ({_selection_note(bundle, result, metric)}). "
+            model, recipe.output.export_tag or (recipe.output.name or recipe.name).replace(".", "_"),
+            recipe.output.export_root, org=recipe.output.org, metrics=card_metrics, command=without_resume(command),
+            config_sha256=recipe_sha256(card_recipe), datasets=bundle.names, license=recipe.output.license,
+            description=f"`{recipe.model.name}` trained with `gdzoo train` "
+                        f"({_selection_note(bundle, result, metric)}). "
                         + (f"{recipe.output.card_note.strip()}\n\n" if recipe.output.card_note else "")
                         + f"Recipe:\n\n```yaml\n{recipe_to_yaml(card_recipe)}```",
         )
         result.export_dir = folder.path
         notes.append(("exported", str(folder.path)))
-    rows: list[tuple[str, Any]] = [("model", recipe.model.name), ("weights", model_info["weights"]), ("params", f"{model_info['params']:,}"),
+    rows: list[tuple[str, Any]] = [("model", recipe.model.name), ("weights", model_info["weights"]),
+                                   ("params", f"{model_info['params']:,}"),
                                    ("device", str(engine.device)), ("epochs", recipe.train.epochs),
                                    ("best epoch", (result.best_epoch + 1) if result.best_epoch is not None else "-")]
     rows += [(f"{split} {k}", v) for k, v in scalar_metrics(result.metrics).items()]

@@ -15,14 +15,13 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from gdzoo.data.fashion_mnist import find_fashion_mnist
+from gdzoo.models.shipped import load_manifest
 
 from _newcomer import Newcomer, copy_repository, last_json, wheel_files
 from _paths import IMAGENET_STEM, MONUSEG, REPO, missing_data
-from gdzoo.data.fashion_mnist import find_fashion_mnist
-from gdzoo.models.shipped import load_manifest
 
 HUB_FILES = ("config.json", "model.safetensors", "README.md")
 
@@ -55,7 +54,8 @@ def test_sdist_carries_the_weights_and_builds_a_wheel_with_them(newcomer: Newcom
     subprocess.run([sys.executable, "-m", "pip", "-q", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
                     str(tmp_path / "dist"), str(sdist)], check=True, capture_output=True, timeout=600)
     files = wheel_files(next((tmp_path / "dist").glob("gdzoo-*.whl")))
-    assert {n for n in files if n.startswith("gdzoo/_weights/")} == {n for n in wheel_files(newcomer.wheel) if n.startswith("gdzoo/_weights/")}
+    assert {n for n in files if n.startswith("gdzoo/_weights/")} == {n for n in wheel_files(newcomer.wheel)
+                                                                     if n.startswith("gdzoo/_weights/")}
 
 
 def _flip_middle_byte(path: Path) -> None:
@@ -73,7 +73,8 @@ def test_damaged_shipped_weights_are_named_not_loaded(newcomer: Newcomer, tmp_pa
         path.write_bytes(path.read_bytes()[:-100])
     else:
         _flip_middle_byte(path)
-    proc = newcomer.run(["-c", "import timm, gdzoo; print(gdzoo.__file__); timm.create_model('gd_fmnist', pretrained=True)"],
+    proc = newcomer.run(["-c",
+                         "import timm, gdzoo; print(gdzoo.__file__); timm.create_model('gd_fmnist', pretrained=True)"],
                         cwd=tree)
     assert proc.returncode != 0
     assert str(path) in proc.stderr and "damaged" in proc.stderr and "manifest" in proc.stderr, proc.stderr[-2000:]
@@ -82,7 +83,8 @@ def test_damaged_shipped_weights_are_named_not_loaded(newcomer: Newcomer, tmp_pa
 
 def test_explicit_hf_hub_name_means_the_hub(newcomer: Newcomer) -> None:
     """``hf-hub:gdzoo/gd_fmnist.fmnist`` is not served from the shipped copy: offline and uncached, it fails."""
-    proc = newcomer.run(["-c", "import timm, gdzoo; timm.create_model('hf-hub:gdzoo/gd_fmnist.fmnist', pretrained=True)"])
+    proc = newcomer.run(["-c",
+                         "import timm, gdzoo; timm.create_model('hf-hub:gdzoo/gd_fmnist.fmnist', pretrained=True)"])
     assert proc.returncode != 0
     assert "gdzoo/gd_fmnist.fmnist" in proc.stderr
 
@@ -140,13 +142,15 @@ body = [k for k in source if not k.startswith("features.0.")]
 exact = all(torch.equal(ours[k], source[k].reshape(ours[k].shape)) for k in body)
 crops = [np.array(Image.open(p).convert("RGB"))[:224, :224] for p in sys.argv[1:]]
 x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
-x = (x - torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+mean, std = (torch.tensor(model.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+x = (x - mean) / std
 with torch.no_grad():
     ref = F.conv2d(x, source["features.0.weight"], source["features.0.bias"], padding=1)
     got = model.features[0](x)
     logits = model(x[:2])
-print(json.dumps({"seconds": seconds, "file": model.pretrained_cfg.get("file"), "body_keys": len(body), "body_exact": exact,
-                  "stem_error": float((got - ref).norm() / ref.norm()), "finite": bool(torch.isfinite(logits).all()),
+print(json.dumps({"seconds": seconds, "file": model.pretrained_cfg.get("file"), "body_keys": len(body),
+                  "body_exact": exact, "stem_error": float((got - ref).norm() / ref.norm()),
+                  "finite": bool(torch.isfinite(logits).all()),
                   "params": sum(p.numel() for p in model.parameters())}))
 """
 
@@ -158,7 +162,8 @@ def vgg_caches(newcomer: Newcomer, tmp_path_factory: pytest.TempPathFactory) -> 
         pytest.skip(missing_data("real ImageNet filters", IMAGENET_STEM))
     root = tmp_path_factory.mktemp("vgg")
     env = dict(HF_HOME=str(root / "hf-home"), GDZOO_CACHE=str(root / "gdzoo-cache"))
-    proc = newcomer.run(["-c", MAKE_TIMM_VGG16, str(root / "vgg16.tv_in1k"), str(IMAGENET_STEM), str(root / "hf-home" / "hub")],
+    proc = newcomer.run(["-c", MAKE_TIMM_VGG16, str(root / "vgg16.tv_in1k"), str(IMAGENET_STEM),
+                         str(root / "hf-home" / "hub")],
                         **env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return env
@@ -180,7 +185,8 @@ def test_gd_vgg16_pretrained_derives_from_timm_vgg16_once(newcomer: Newcomer, vg
     assert "derived from timm vgg16.tv_in1k" in first.stderr and "stem output rel. error" in first.stderr
     assert got["stem_error"] < 0.01, got
     assert got["body_exact"] and got["body_keys"] == 30 and got["finite"]
-    print(f"first call (derive + load): {got['seconds']:.1f} s; stem output rel. error on real images {got['stem_error']:.2e}")
+    print(f"first call (derive + load): {got['seconds']:.1f} s; stem output rel. error on real images "
+          f"{got['stem_error']:.2e}")
 
     mtime = derived.stat().st_mtime_ns
     second = newcomer.run(["-c", LOAD_GD_VGG16, *images], **vgg_caches)
@@ -210,7 +216,8 @@ if images != "-":
     def idx(path, offset):
         with gzip.open(path) as f:
             return np.frombuffer(f.read(), np.uint8, offset=offset)
-    x = torch.from_numpy(idx(images + "/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:1000].copy()).float() / 255
+    pixels = idx(images + "/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)[:1000]
+    x = torch.from_numpy(pixels.copy()).float() / 255
     y = idx(images + "/t10k-labels-idx1-ubyte.gz", 8)[:1000]
     x = (x - model.pretrained_cfg["mean"][0]) / model.pretrained_cfg["std"][0]
     with torch.no_grad():
