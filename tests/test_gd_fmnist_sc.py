@@ -111,6 +111,8 @@ def test_channel_arguments_and_head_override(reference) -> None:
     assert torch.equal(headless.state_dict()["stem.conv.weight"], load_file(WEIGHTS)["stem.conv.weight"])
     with pytest.raises(ValueError, match="pool must be one of"):
         timm.create_model("gd_fmnist_sc", pool="median")
+    with pytest.raises(ValueError, match="gd_fmnist_sc has no features_only model"):
+        timm.create_model("gd_fmnist_sc", features_only=True)
 
 
 def test_weights_file_overlay_goes_to_the_base(tmp_path, reference) -> None:

@@ -91,6 +91,9 @@ def gd_fmnist_sc(
     ``window=0``: no window (every channel on the whole input, unpadded); ``timm.create_model`` drops arguments
     given as None, so 0 stands for ScaleChannels' ``window=None``.
     """
+    if kwargs.get("features_only"):
+        raise ValueError("gd_fmnist_sc has no features_only model (each channel has its own feature maps): use "
+                         "timm.create_model('gd_fmnist', features_only=True), or ScaleChannels(where='features')")
     tag = _tag(kwargs.pop("pretrained_cfg", None))
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     cfg = resolve_pretrained_cfg("gd_fmnist_sc", pretrained_cfg=tag, pretrained_cfg_overlay=overlay).to_dict()
