@@ -29,7 +29,7 @@ HUB_FILES = ("config.json", "model.safetensors", "README.md")
 def test_wheel_ships_every_published_folder_and_the_manifest(newcomer: Newcomer) -> None:
     files = wheel_files(newcomer.wheel)
     manifest = load_manifest()
-    assert "gdzoo/models/published_weights.json" in files
+    assert "gdzoo/models/published_weights.json" in files and "gdzoo/training/fmnist_default.yaml" in files
     shipped = {name.split("/")[2] for name in files if name.startswith("gdzoo/_weights/")}
     assert shipped == set(manifest)
     for name, entry in manifest.items():

@@ -22,8 +22,10 @@ def test_every_shipped_recipe_loads() -> None:
 
 
 def test_default_yaml_is_the_builtin_main_job() -> None:
-    assert load_recipe(REPO / "configs"
-                       / "fmnist_default.yaml") == recipe_from_dict(DEFAULT_RECIPE) == default_recipe(finetune=False)
+    """One copy of the main job: configs/fmnist_default.yaml links to the package file that DEFAULT_RECIPE reads."""
+    link, package_file = REPO / "configs" / "fmnist_default.yaml", REPO / "gdzoo" / "training" / "fmnist_default.yaml"
+    assert link.is_symlink() and link.resolve() == package_file.resolve()
+    assert load_recipe(package_file) == recipe_from_dict(DEFAULT_RECIPE) == default_recipe(finetune=False)
     assert default_recipe(False).model.name == "gd_fmnist" and default_recipe(False).data.dataset == "fashion_mnist"
     finetune = default_recipe(finetune=True)
     assert finetune.optim.lr < default_recipe(False).optim.lr and finetune.model.pretrained == "auto"

@@ -3,7 +3,8 @@
 A recipe is a :class:`Recipe` of sections (``model``, ``data``, ``augment``, ``optim``, ``sched``,
 ``train``, ``output``). Every key is validated against its type hint: an unknown key or a bad value
 raises :class:`ConfigError` naming the valid keys or values. The built-in main job is
-:data:`gdzoo.training.recipes.DEFAULT_RECIPE` (``configs/fmnist_default.yaml`` spells it out).
+:data:`gdzoo.training.recipes.DEFAULT_RECIPE`, read from the package's ``fmnist_default.yaml``
+(``configs/fmnist_default.yaml`` links to it).
 """
 
 from __future__ import annotations

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from ..models.pretrained import available_weights_file
 from .config import Recipe, apply_overrides, recipe_from_dict
 
-__all__ = ["DEFAULT_RECIPE", "FINETUNE_OVERRIDES", "default_recipe"]
+__all__ = ["DEFAULT_RECIPE", "DEFAULT_RECIPE_FILE", "FINETUNE_OVERRIDES", "default_recipe"]
 
 # Train gd_fmnist from scratch on a seeded 10k-image subset of Fashion-MNIST (2k held out for
 # validation) and evaluate on the full 10k test set: about a minute on a quiet 2-core CPU, well under
-# 5 minutes on a busy one. configs/fmnist_default.yaml is the same recipe.
-DEFAULT_RECIPE: dict[str, Any] = {
-    "name": "fmnist_default",
-    "model": {"name": "gd_fmnist", "pretrained": "auto"},
-    "data": {"dataset": "fashion_mnist", "train_subset": 10000, "val_size": 2000, "batch_size": 32},
-    "optim": {"opt": "adam", "lr": 0.02},
-    "sched": {"name": "cosine", "alpha": 0.05, "warmup_epochs": 0.2},
-    "train": {"epochs": 4, "seed": 42},
-    "output": {"dir": "runs", "plots": True},
-}
+# 5 minutes on a busy one. Its one copy is the package's fmnist_default.yaml (configs/fmnist_default.yaml links to it).
+DEFAULT_RECIPE_FILE = "fmnist_default.yaml"
+DEFAULT_RECIPE: dict[str, Any] = yaml.safe_load(resources.files(__package__).joinpath(DEFAULT_RECIPE_FILE).read_text())
 
 # When pretrained gd_fmnist weights are on this machine (shipped with gdzoo, or in the HF cache) the main job fine-tunes them
 # gently instead: a small learning rate, no warmup, two epochs.
