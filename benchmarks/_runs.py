@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# An interrupted run's folder, committed so that the next machine resumes it (a session's machine does not last).
+CARRY = ROOT / "results" / "carry"
+CARRY_MAX_BYTES = 5 * 2**20  # a file bigger than this is not carried (the Fashion-MNIST checkpoints are < 1 MiB)
 
 
 class Log:
@@ -97,16 +101,41 @@ def device_segments(train_log: str) -> list[tuple[str, int]]:
     return segments
 
 
+def carry_run(run_dir: Path, name: str) -> Path:
+    """Copy an interrupted run's files (checkpoint, metrics, log) to ``results/carry/<name>/``, to be committed."""
+    dest = CARRY / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in run_dir.iterdir():
+        if path.is_file() and not path.name.startswith(".") and path.stat().st_size <= CARRY_MAX_BYTES:
+            shutil.copy2(path, dest / path.name)
+    return dest
+
+
+def restore_carried_run(run_dir: Path, name: str) -> bool:
+    """Put a carried run back in ``run_dir`` when this machine has no checkpoint of its own; True if it did."""
+    carried = CARRY / name
+    if (run_dir / "last.pth").is_file() or not (carried / "last.pth").is_file():
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in carried.iterdir():
+        shutil.copy2(path, run_dir / path.name)
+    return True
+
+
 def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: int,
                  kill_at: dt.datetime | None) -> tuple[str, float]:
     """Run ``gdzoo <args>`` (adding ``--resume`` when ``run_dir/last.pth`` exists), its output to ``run_dir/train.log``.
 
     Returns ('done' | 'failed' | 'killed', wall seconds summed over this and earlier interrupted attempts).
-    At ``kill_at`` the process is stopped; it resumes from its last checkpoint next time. Without a ``last.pth`` the
-    cell starts afresh with ``--overwrite``: what a run killed before its first checkpoint left (a ``best.safetensors``,
-    metrics rows) cannot be resumed, and gdzoo moves it to ``<cell>.old-<time>/`` instead of refusing the folder.
+    At ``kill_at`` the process is stopped; it resumes from its last checkpoint next time, on another machine too:
+    the run's files are copied to ``results/carry/<name>/`` (commit them) and put back when ``run_dir`` has none.
+    Without a ``last.pth`` the cell starts afresh with ``--overwrite``: what a run killed before its first checkpoint
+    left (a ``best.safetensors``, metrics rows) cannot be resumed, and gdzoo moves it to ``<cell>.old-<time>/``
+    instead of refusing the folder.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if restore_carried_run(run_dir, name):
+        log(f"carry  {name}: restored from {CARRY / name} (an earlier machine's checkpoint)")
     args = list(args)
     resumed = (run_dir / "last.pth").is_file()
     args.append("--resume" if resumed else "--overwrite")
@@ -136,10 +165,13 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
     wall = earlier + time.perf_counter() - t0
     wall_file.write_text(json.dumps({"wall_s": wall}) + "\n")
     if killed:
+        if (run_dir / "last.pth").is_file():
+            log(f"carry  {name}: checkpoint copied to {carry_run(run_dir, name)}; commit it to resume elsewhere")
         return "killed", wall
     if proc.returncode != 0 or not (run_dir / "final_metrics.json").is_file():
         log(f"FAIL   {name}: exit {proc.returncode}; see {run_dir / 'train.log'}")
         return "failed", wall
+    shutil.rmtree(CARRY / name, ignore_errors=True)  # finished: its result file replaces the carried checkpoint
     return "done", wall
 
 

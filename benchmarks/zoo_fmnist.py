@@ -13,7 +13,8 @@
   weights it would replace (``publish``), and ``gdzoo hub manifest`` records the new files.
 
 Both stages skip finished cells (``results/zoo_fmnist/...json``) and resume interrupted ones; two runners with
-disjoint ``--models`` use two cores.
+disjoint ``--models`` use two cores. A cell stopped by ``--kill-at`` leaves its checkpoint in
+``results/carry/zoo_fmnist/...``: commit it, and a runner on another machine resumes from it.
 
 Usage::
 
@@ -453,7 +454,9 @@ def write_doc(log: Log | None = None) -> None:
               "python benchmarks/zoo_fmnist.py --table-only",
               shlex.join(["gdzoo", *search_args(BASE_CANDIDATE, "gd_fmnist", SEARCH_STAGES[-1].name)])
               + "   # one search cell",
-              shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", ""]
+              shlex.join(["gdzoo", *final_args("gd_fmnist")]) + "   # one final run", "```", "",
+              "A cell stopped by `--kill-at` copies its checkpoint to `results/carry/zoo_fmnist/...` (commit it): the "
+              "next runner, on any machine, resumes from it.", ""]
     DOC.write_text("\n".join(lines))
     if log:
         log(f"wrote {DOC.relative_to(ROOT)}")

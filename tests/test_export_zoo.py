@@ -4,6 +4,8 @@ inputs), a subset to pt2 (issue #35). The files are run here by onnxruntime /
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -51,26 +53,26 @@ def test_scale_channel_models_are_refused(tmp_path, name) -> None:
         gdzoo.export(model, tmp_path / f"{name}.onnx", input_size=_small_size(model), num_images=2)
 
 
-@pytest.mark.parametrize("name", UNPUBLISHED)
-def test_every_unpublished_model_exports_to_onnx(tmp_path, name) -> None:
+def _export_random(tmp_path, name: str, suffix: str, run) -> tuple[torch.nn.Module, Path, tuple]:
+    """Export a seeded random-weight ``name`` at its small size, assert its own check passed, run it back here."""
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
     size = _small_size(model)
-    path = tmp_path / f"{name}.onnx"
+    path = tmp_path / f"{name}{suffix}"
     result = gdzoo.export(model, path, input_size=size, dynamic_batch=True, num_images=3)
     assert result.passed, result.summary()
-    _check(path, ort_outputs, model, size)
+    _check(path, run, model, size)
+    return model, path, size
+
+
+@pytest.mark.parametrize("name", UNPUBLISHED)
+def test_every_unpublished_model_exports_to_onnx(tmp_path, name) -> None:
+    _export_random(tmp_path, name, ".onnx", ort_outputs)
 
 
 @pytest.mark.parametrize("name", PT2_SUBSET)
 def test_model_subset_exports_to_pt2(tmp_path, name) -> None:
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
-    size = _small_size(model)
-    path = tmp_path / f"{name}.pt2"
-    result = gdzoo.export(model, path, input_size=size, dynamic_batch=True, num_images=3)
-    assert result.passed, result.summary()
-    _check(path, pt2_outputs, model, size)
+    model, path, _ = _export_random(tmp_path, name, ".pt2", pt2_outputs)
     if name == "gd_unet":  # dynamic height and width: a second size
         _check(path, pt2_outputs, model, (3, 64, 96))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -205,6 +206,30 @@ def test_run_training_restarts_a_cell_without_last_pth_and_resumes_one_with_it(t
     assert (aside / "best.safetensors").read_bytes() == b"partial" and (cell / "final_metrics.json").is_file()
     assert run_training(args, cell, "cell", log, 1, None)[0] == "done", (cell / "train.log").read_text()[-2000:]
     assert "resumed from" in (cell / "train.log").read_text() and "resume cell" in (tmp_path / "grid.log").read_text()
+
+
+def test_an_interrupted_run_carried_in_the_repository_resumes_on_another_machine(monkeypatch, tmp_path) -> None:
+    """A killed cell's files go to results/carry/<name>/ (committed); a machine with no run folder puts them back
+    and resumes from that checkpoint instead of starting afresh; the finished cell drops its carried copy."""
+    import _runs
+
+    monkeypatch.setattr(_runs, "CARRY", tmp_path / "carry")
+    first, second = tmp_path / "first" / "cell", tmp_path / "second" / "cell"
+
+    def args(epochs: int, output: Path) -> list[str]:
+        return ["train", "-c", "configs/tiny_fmnist.yaml", "--name", "cell", "--epochs", str(epochs), "--no-progress",
+                "--set", "data.train_subset=64", "--set", "data.val_size=32", "--set", "data.test_subset=32",
+                "--set", "output.plots=false", "--output", str(output)]
+
+    log = _runs.Log(tmp_path / "grid.log")
+    assert _runs.run_training(args(1, first.parent), first, "cell", log, 1, None)[0] == "done"
+    carried = _runs.carry_run(first, "cell")
+    assert (carried / "last.pth").read_bytes() == (first / "last.pth").read_bytes()
+    assert not _runs.restore_carried_run(first, "cell")  # a machine with its own checkpoint keeps it
+    status = _runs.run_training(args(2, second.parent), second, "cell", log, 1, None)[0]
+    assert status == "done", (second / "train.log").read_text()[-2000:]
+    assert "resumed from" in (second / "train.log").read_text() and "carry  cell: restored" in log.path.read_text()
+    assert not carried.exists()
 
 
 def test_an_exporting_cell_records_the_new_weights_in_the_manifest(monkeypatch, tmp_path) -> None:
