@@ -14,14 +14,17 @@ import sys as _sys
 
 __version__ = "0.1.0"
 
-__all__ = ["GDConv2d", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify", "generator", "set_generator",
-           "steer"]
+__all__ = [
+    "GDConv2d", "ScaleChannels", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify", "generator",
+    "set_generator", "steer",
+]
 
 # public name -> submodule that defines it (imported on first access when the package was imported lazily)
 _LAZY = {
     "generator": "kernels",
     "set_generator": "kernels",
     "GDConv2d": "layers",
+    "ScaleChannels": "layers",
     "conv_to_gd": "layers",
     "fit_gdconv_": "layers",
     "gdify": "layers",
@@ -67,5 +70,5 @@ def __dir__() -> list[str]:
 
 if not _started_as_cli():
     from .kernels import generator, set_generator  # noqa: E402
-    from .layers import GDConv2d, conv_to_gd, fit_gdconv_, gdify, steer  # noqa: E402
+    from .layers import GDConv2d, ScaleChannels, conv_to_gd, fit_gdconv_, gdify, steer  # noqa: E402
     from . import models  # noqa: E402  (registers gdzoo's model families with timm)

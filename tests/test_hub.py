@@ -273,8 +273,10 @@ def test_features_only_pretrained_loads_the_backbone(exported: dict[str, HubFold
 
 
 def test_list_pretrained_is_exactly_the_published_folders_and_derived_tags() -> None:
-    """timm lists the shipped folders (= the manifest, hashes equal) and the tags derived on first use, nothing else."""
+    """timm lists the shipped folders (= the manifest, hashes equal), the tags derived on first use and the tags sharing
+    a shipped folder's weights (gd_fmnist_sc.fmnist), nothing else."""
     from gdzoo.hub.manifest import manifest_differences
+    from gdzoo.models.gd_fmnist_sc import SHARED_WEIGHTS
     from gdzoo.models.gd_vgg import DERIVED_FROM
     from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
     from gdzoo.models.registry import list_gdzoo_models
@@ -283,7 +285,8 @@ def test_list_pretrained_is_exactly_the_published_folders_and_derived_tags() -> 
     folders = {p.name for p in weights.iterdir() if p.is_dir() and "." in p.name} if weights.is_dir() else set()
     listed = {t for name in list_gdzoo_models() for t in timm.list_pretrained(name)}
     assert folders == set(PUBLISHED_WEIGHTS)
-    assert listed == folders | set(DERIVED_FROM)
+    assert listed == folders | set(DERIVED_FROM) | set(SHARED_WEIGHTS)
+    assert set(SHARED_WEIGHTS.values()) <= folders  # a tag sharing weights names a shipped folder
     assert manifest_differences([HubFolder.open(weights / name) for name in folders]) == []
 
 

@@ -32,7 +32,11 @@ VGG_MODELS = ["gd_vgg16", "gd_vgg16_bn"]
 CONVNEXT_MODELS = ["gd_convnext_atto", "gd_convnext_atto_k31"]
 # gd_convnext_atto_k31 is gd_convnext_atto's class with 31×31 kernels (slow on CPU at these test sizes): the
 # conformance checks run on gd_convnext_atto, the k31 specifics in tests/test_gd_convnext.py.
-CLS_MODELS = [m for m in list_gdzoo_models() if m not in SEG_MODELS and m != "gd_convnext_atto_k31"]
+# gd_fmnist_sc is gd_fmnist in ScaleChannels (steered copies run by functional_call): forward and backward are checked
+# here; timm's feature API (features_only, forward_features, forward_intermediates, feature_info) is its base model's
+# and FX cannot trace the channels, so the rest of its checks are in tests/test_gd_fmnist_sc.py.
+SC_MODELS = ["gd_fmnist_sc"]
+CLS_MODELS = [m for m in list_gdzoo_models() if m not in SEG_MODELS + SC_MODELS and m != "gd_convnext_atto_k31"]
 MAX_SIZE = 64  # spatial cap for test inputs (VGG's 224 → 64)
 
 TORCHSCRIPT_SKIP = (
@@ -69,7 +73,7 @@ def _param_count(model: nn.Module, trainable: bool = True) -> int:
 # ---------------------------------------------------------------------------------------------
 def test_registered_models() -> None:
     """Every model family of the issue is registered with timm, from gdzoo modules named gd_*.py."""
-    assert sorted(list_gdzoo_models()) == sorted(FMNIST_MODELS + VGG_MODELS + SEG_MODELS + CONVNEXT_MODELS)
+    assert sorted(list_gdzoo_models()) == sorted(FMNIST_MODELS + VGG_MODELS + SEG_MODELS + CONVNEXT_MODELS + SC_MODELS)
     assert set(timm.list_models("gd_*")) >= {"gd_fmnist", "gd_fmnist_few", "gd_fmnist_sep", "gd_vgg16", "gd_unet"}
     for name in list_gdzoo_models():
         module = timm.models.model_entrypoint(name).__module__
@@ -122,7 +126,7 @@ def test_dtype_kwarg(model_name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # timm's conformance checks, classification models
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model_name", CLS_MODELS)
+@pytest.mark.parametrize("model_name", CLS_MODELS + SC_MODELS)
 def test_model_forward(model_name: str) -> None:
     """A single eval forward pass gives (B, num_classes) finite logits."""
     model = timm.create_model(model_name).eval()
@@ -133,7 +137,7 @@ def test_model_forward(model_name: str) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("model_name", CLS_MODELS)
+@pytest.mark.parametrize("model_name", CLS_MODELS + SC_MODELS)
 def test_model_backward(model_name: str) -> None:
     """Backward with num_classes=42 reaches every trainable parameter and no frozen one."""
     model = timm.create_model(model_name, num_classes=42).train()

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from .kernel_cache import CachedKernelConv
+
 if TYPE_CHECKING:  # annotations only: gd_conv imports this module (GDConv2d.steered), not the other way round
     from .gd_conv import GDConv2d
 
@@ -96,6 +98,8 @@ def steering_problems(model: nn.Module) -> dict[str, str]:
             reason = _gd_problem(module)
         elif isinstance(module, nn.modules.conv._ConvNd) and not _inside_gd(model, name):
             reason = _conv_problem(module)
+        elif isinstance(module, CachedKernelConv):  # e.g. DAUConv2d: generated kernels steer cannot re-pose
+            reason = f"{type(module).__name__} (only GDConv2d layers are re-posed)"
         else:
             reason = None
         if reason:

@@ -200,12 +200,14 @@ def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
 
 
 def shipped_source(pretrained_cfg: dict[str, Any]) -> WeightsSource | None:
-    """The shipped copy of a published tag whose cfg names gdzoo's own Hub repo (another org means the Hub)."""
-    name, hub_id = _name(pretrained_cfg), pretrained_cfg.get("hf_hub_id") or ""
-    if hf_split(hub_id)[0] != f"{shipped.PUBLISHED_ORG}/{name}":
+    """The shipped copy of the published tag whose gdzoo Hub repo the cfg names (another org means the Hub): the
+    cfg's own tag or, for a tag sharing another's weights (``gd_fmnist_sc.fmnist``: ``gd_fmnist.fmnist``), that one."""
+    org, _, repo_tag = hf_split(pretrained_cfg.get("hf_hub_id") or "")[0].partition("/")
+    if org != shipped.PUBLISHED_ORG or repo_tag not in shipped.load_manifest():
         return None
-    path = shipped.shipped_weights_file(name)
-    return None if path is None else WeightsSource(name, "shipped", path, shipped.load_manifest()[name]["sha256"])
+    path = shipped.shipped_weights_file(repo_tag)
+    sha256 = shipped.load_manifest()[repo_tag]["sha256"]
+    return None if path is None else WeightsSource(_name(pretrained_cfg), "shipped", path, sha256)
 
 
 def _derived(name: str, path: Path) -> WeightsSource:

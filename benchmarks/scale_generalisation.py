@@ -1,0 +1,469 @@
+#!/usr/bin/env python
+"""Scale generalisation on rescaled Fashion-MNIST: plain models vs scale channels (``gdzoo.ScaleChannels``).
+
+Test protocol (arXiv 2409.11140's rescaled Fashion-MNIST, as far as docs/scale.md could check it): the test
+images resized about their centre by one factor ``s`` per test set, ``s = 2^(k/4)`` from 1/2 to 2, on a
+72×72 zero canvas (``gdzoo.data.rescaled``, bicubic, antialiased); training at scale 1 only.
+
+Stages (``--stage``):
+
+- ``eval`` (default): the published weights, NO retraining. For every test scale, ``gd_fmnist`` and
+  ``ff_fmnist`` plain (on the whole canvas, and on its centred 28×28 training frame), and ``gd_fmnist``
+  steered to every protocol scale (each channel on its rescaled training frame, ``window=28``; the channels
+  under 1 also with ``below_one='resize'``), and both models on the frame resized back to 28×28 (an oracle);
+  every scale set × pooling is then scored from those channel logits (pooling subsets of channels is exactly what
+  ``ScaleChannels(scales=subset, pool=...)`` computes: tests/test_scale_channels.py). One JSON cell per
+  (weights, test scale) in ``results/scale/eval_<n>.json``, written as it finishes: an interrupted run resumes.
+- ``train`` (prepared, for a later session): ``gd_fmnist`` trained inside ``ScaleChannels`` on 28×28 training
+  images (scale 1 only) with scale-channel dropout; a checkpoint per epoch in ``runs/scale/<name>/`` (resumes),
+  then ``model.safetensors`` with the plain model's keys. ``--max-steps`` stops early (a smoke test / timing).
+- ``select`` (prepared): scores the candidate scale sets × poolings of a trained model on the held-out
+  validation images (5000 training images, split seed 0), rescaled to every protocol scale, and writes the
+  choice (best mean accuracy over the scales among those within 0.5 points of the best at scale 1).
+- ``cost``: seconds per 200 images of each channel alone (``results/scale/cost.json``).
+- ``doc``: docs/scale.md from the stored cells.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/scale_generalisation.py --n-test 2000        # eval, then the doc
+    python benchmarks/scale_generalisation.py --stage doc --n-test 2000
+    python benchmarks/scale_generalisation.py --stage train --epochs 30 --name sc_drop                # later session
+    python benchmarks/scale_generalisation.py --stage select --name sc_drop
+    python benchmarks/scale_generalisation.py --weights runs/scale/sc_drop/model.safetensors --n-test 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gdzoo
+from gdzoo._io import atomic_write, atomic_write_text
+from gdzoo.data.fashion_mnist import load_fashion_mnist
+from gdzoo.data.rescaled import PROTOCOL_SCALES, rescale_on_canvas
+from gdzoo.data.splits import split_indices
+from gdzoo.layers.scale_channels import centre_crop, pool_channels
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "scale"
+RUNS = ROOT / "runs" / "scale"
+DOC = ROOT / "docs" / "scale.md"
+PLOT = ROOT / "docs" / "scale.png"
+
+CANVAS, INTERPOLATION, ANTIALIAS, FRAME = 72, "bicubic", True, 28
+BATCH = 250
+ROOT2 = 2**0.5
+# scale sets scored from the channel logits: name -> channel scales (a subset of PROTOCOL_SCALES)
+SCALE_SETS = {
+    "{1}": (1.0,),
+    "{1, √2, 2}": (1.0, ROOT2, 2.0),
+    "{1 … 2} (¼ octave)": tuple(s for s in PROTOCOL_SCALES if s >= 1.0),
+    "{1/√2, 1, √2, 2}": (1 / ROOT2, 1.0, ROOT2, 2.0),
+    "{1/2 … 2} (¼ octave)": PROTOCOL_SCALES,
+}
+POOLS = ("max", "mean", "logsumexp", "maxprob")  # maxprob: the class of the highest softmax over channels
+
+
+def scale_name(s: float) -> str:
+    return f"{s:.3f}"
+
+
+def channel_index(scale: float) -> int:
+    return min(range(len(PROTOCOL_SCALES)), key=lambda i: abs(PROTOCOL_SCALES[i] - scale))
+
+
+def pooled_prediction(logits: torch.Tensor, pool: str) -> torch.Tensor:
+    """``(N, C, classes)`` channel logits → predicted classes (N,)."""
+    if pool == "maxprob":
+        return logits.softmax(-1).amax(1).argmax(-1)
+    return pool_channels(logits, pool).argmax(-1)
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    return round(100.0 * float((pred == labels).double().mean()), 2)
+
+
+def normalise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    mean, std = model.pretrained_cfg["mean"][0], model.pretrained_cfg["std"][0]
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def batched(fn, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([fn(chunk) for chunk in x.split(BATCH)])
+
+
+def load_model(name: str, weights: str | None) -> nn.Module:
+    """Published weights (``timm.create_model(name, pretrained=True)``) or a trained file (safetensors)."""
+    if weights is None:
+        return timm.create_model(name, pretrained=True).eval()
+    from safetensors.torch import load_file
+
+    model = timm.create_model(name, pretrained=False)
+    model.load_state_dict(load_file(weights))
+    return model.eval()
+
+
+def eval_cell(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: float) -> dict:
+    """Every number of one (weights, test scale) cell."""
+    x = normalise(model, rescale_on_canvas(images, scale, CANVAS, INTERPOLATION, ANTIALIAS))
+    cell: dict = {"test_scale": scale}
+    start = time.perf_counter()
+    cell["plain_canvas"] = accuracy(batched(model, x).argmax(1), labels)
+    cell["plain_frame"] = accuracy(batched(model, centre_crop(x, FRAME)).argmax(1), labels)
+    cell["resized_back"] = resized_back(model, images, labels, scale)
+    if name == "ff_fmnist":
+        cell["seconds"] = round(time.perf_counter() - start, 1)
+        return cell
+    channels = gdzoo.ScaleChannels(model, scales=PROTOCOL_SCALES, window=FRAME).eval()
+    logits = batched(channels.channel_logits, x)  # (N, 9, classes)
+    cell["channel"] = {scale_name(s): accuracy(logits[:, i].argmax(1), labels) for i, s in enumerate(PROTOCOL_SCALES)}
+    # below_one='resize': the channels under 1 run the plain model on their frame enlarged to 28×28 instead
+    small = [i for i, s in enumerate(PROTOCOL_SCALES) if s < 1.0]
+    resized = gdzoo.ScaleChannels(model, scales=[PROTOCOL_SCALES[i] for i in small], window=FRAME, below_one="resize")
+    logits_resize = logits.clone()
+    logits_resize[:, small] = batched(resized.eval().channel_logits, x)
+    cell["channel_resize"] = {scale_name(PROTOCOL_SCALES[i]): accuracy(logits_resize[:, i].argmax(1), labels)
+                              for i in small}
+    for key, source in (("pooled", logits), ("pooled_resize", logits_resize)):
+        cell[key] = {}
+        for set_name, subset in SCALE_SETS.items():
+            idx = [channel_index(s) for s in subset]
+            cell[key][set_name] = {pool: accuracy(pooled_prediction(source[:, idx], pool), labels) for pool in POOLS}
+    cell["seconds"] = round(time.perf_counter() - start, 1)
+    return cell
+
+
+def resized_back(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: float) -> float:
+    """Top-1 of the plain model on the rescaled frame (side ≈ 28·s) resized back to 28×28: an oracle (it needs
+    the scale) that bounds what resizing the input, instead of steering the kernels, could recover."""
+    x = centre_crop(rescale_on_canvas(images, scale, CANVAS, INTERPOLATION, ANTIALIAS), scale * FRAME)
+    x = F.interpolate(x, size=(FRAME, FRAME), mode=INTERPOLATION, antialias=ANTIALIAS, align_corners=False)
+    return accuracy(batched(model, normalise(model, x)).argmax(1), labels)
+
+
+def results_path(n_test: int, weights: str | None) -> Path:
+    tag = "published" if weights is None else Path(weights).parent.name
+    return RESULTS / f"eval_{tag}_{n_test}.json"
+
+
+def run_eval(n_test: int, weights: str | None, models: tuple[str, ...]) -> dict:
+    path = results_path(n_test, weights)
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    done.setdefault("protocol", dict(canvas=CANVAS, interpolation=INTERPOLATION, antialias=ANTIALIAS, frame=FRAME,
+                                     images=f"the first {n_test} of the 10000 test images",
+                                     weights=weights or "published"))
+    images, labels = load_fashion_mnist("test")
+    images, labels = images[:n_test], labels[:n_test]
+    for name in models:
+        if name != "gd_fmnist" and weights is not None:
+            continue
+        model = load_model(name, weights)
+        for scale in PROTOCOL_SCALES:
+            key = f"{name}|{scale_name(scale)}"
+            needed = ("resized_back",) if name == "ff_fmnist" else ("resized_back", "pooled_resize")
+            if key in done and all(field in done[key] for field in needed):
+                continue
+            done[key] = eval_cell(name, model, images, labels, scale)
+            atomic_write_text(path, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
+            print(f"{key}: {json.dumps(done[key], ensure_ascii=False)}", flush=True)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------- training (prepared)
+def train_data(subset: int | None = None, val_size: int = 5000) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_val, y_val)``: 5000 training images held out (split seed 0, as the zoo recipe)."""
+    images, labels = load_fashion_mnist("train")
+    train_idx, val_idx = split_indices(len(images), val_size=val_size, subset=subset, seed=0)
+    return images[train_idx], labels[train_idx], images[val_idx], labels[val_idx]
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``'1,2^0.5,2'`` → ``(1.0, 1.414…, 2.0)``: numbers or powers ``a^b``, comma-separated."""
+    scales = []
+    for token in text.split(","):
+        base, _, power = token.strip().partition("^")
+        try:
+            scales.append(float(base) ** float(power) if power else float(base))
+        except ValueError:
+            raise SystemExit(f"--train-scales: {token!r} is not a number or a power a^b (e.g. 1,2^0.5,2)") from None
+    return tuple(scales)
+
+
+def run_train(args: argparse.Namespace) -> Path:
+    """Train gd_fmnist inside ScaleChannels on 28×28 images (scale 1); resumable; returns the weights file."""
+    from safetensors.torch import save_file
+
+    run = RUNS / args.name
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    base = timm.create_model("gd_fmnist", pretrained=args.init == "published")
+    scales = parse_scales(args.train_scales)
+    model = gdzoo.ScaleChannels(base, scales=scales, pool=args.pool, channel_dropout=args.channel_dropout)
+    x_train, y_train, _, _ = train_data(args.train_subset)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
+                                                pct_start=0.05, anneal_strategy="cos")
+    ckpt, epoch0 = run / "last.pt", 0
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        epoch0 = state["epoch"]
+        print(f"resumed {ckpt} after epoch {epoch0}", flush=True)
+    config = dict(vars(args), scales=scales, steps_per_epoch=steps_per_epoch)
+    atomic_write_text(run / "config.json", json.dumps(config, indent=1) + "\n")
+    mean, std = base.pretrained_cfg["mean"][0], base.pretrained_cfg["std"][0]
+    step = 0
+    for epoch in range(epoch0, args.epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        order = torch.randperm(len(x_train), generator=generator)
+        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+            x = (x_train[idx].float() / 255 - mean) / std
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen, loss_sum, step = seen + len(idx), loss_sum + float(loss.detach()) * len(idx), step + 1
+            if args.max_steps and step >= args.max_steps:
+                per_step = (time.perf_counter() - start) / (i + 1)
+                print(f"smoke test: {step} steps, {per_step:.2f} s/step (batch {args.batch_size}); an epoch of "
+                      f"{steps_per_epoch} steps ≈ {per_step * steps_per_epoch / 60:.1f} min, {args.epochs} epochs "
+                      f"≈ {per_step * steps_per_epoch * args.epochs / 3600:.1f} h", flush=True)
+                return run
+        state = dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1)
+        atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / seen:.4f}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+    weights = run / "model.safetensors"
+    tensors = {k: v.contiguous() for k, v in base.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    return weights
+
+
+def run_select(args: argparse.Namespace) -> dict:
+    """Choose the scale set and pooling of a trained model on validation images (never the test set)."""
+    weights = RUNS / args.name / "model.safetensors"
+    model = load_model("gd_fmnist", str(weights))
+    _, _, x_val, y_val = train_data()
+    x_val, y_val = x_val[: args.n_val], y_val[: args.n_val]
+    channels = gdzoo.ScaleChannels(model, scales=PROTOCOL_SCALES, window=FRAME).eval()
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for scale in PROTOCOL_SCALES:
+        x = normalise(model, rescale_on_canvas(x_val, scale, CANVAS, INTERPOLATION, ANTIALIAS))
+        logits = batched(channels.channel_logits, x)
+        for set_name, subset in SCALE_SETS.items():
+            idx = [channel_index(s) for s in subset]
+            for pool in POOLS[:3]:  # the module's poolings only: the choice must be a ScaleChannels
+                scores.setdefault(set_name, {}).setdefault(pool, {})[scale_name(scale)] = accuracy(
+                    pooled_prediction(logits[:, idx], pool), y_val)
+    at_one = {(s, p): v[scale_name(1.0)] for s, pools in scores.items() for p, v in pools.items()}
+    best_at_one = max(at_one.values())
+    eligible = [(s, p) for (s, p), v in at_one.items() if v >= best_at_one - 0.5]
+    choice = max(eligible, key=lambda sp: sum(scores[sp[0]][sp[1]].values()))
+    result = dict(scores=scores, choice=dict(scale_set=choice[0], scales=SCALE_SETS[choice[0]], pool=choice[1]),
+                  rule="best mean over the protocol scales among the candidates within 0.5 points of the best at 1",
+                  n_val=len(y_val))
+    atomic_write_text(RESULTS / f"select_{args.name}.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps(result["choice"], ensure_ascii=False))
+    return result
+
+
+def run_cost(n: int = 200, repeats: int = 3) -> dict:
+    """Seconds per ``n`` canvas images of each channel alone (ScaleChannels(scales=(s,), window=28)), best of
+    ``repeats``: a channel's cost grows with its frame (≈ s² pixels) and its kernels (≈ s² taps)."""
+    model = load_model("gd_fmnist", None)
+    images, _ = load_fashion_mnist("test")
+    x = normalise(model, rescale_on_canvas(images[:n], 1.0, CANVAS, INTERPOLATION, ANTIALIAS))
+    cost = {"images": n, "threads": torch.get_num_threads(), "seconds": {}}
+    for s in PROTOCOL_SCALES:
+        channel = gdzoo.ScaleChannels(model, scales=(s,), window=FRAME).eval()
+        times = []
+        with torch.no_grad():
+            channel(x[:2])  # builds the steered structure and the kernel cache
+            for _ in range(repeats):
+                start = time.perf_counter()
+                batched(channel, x)
+                times.append(time.perf_counter() - start)
+        cost["seconds"][scale_name(s)] = round(min(times), 3)
+    atomic_write_text(RESULTS / "cost.json", json.dumps(cost, indent=1) + "\n")
+    print(json.dumps(cost))
+    return cost
+
+
+# ---------------------------------------------------------------------------------------------- the doc
+def _row(label: str, values: list[float | None]) -> str:
+    return f"| {label} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in values) + " |"
+
+
+def series(done: dict, name: str, path: tuple) -> list[float | None]:
+    """One number per test scale: ``done[name|scale][path...]`` (None where not run yet)."""
+    out = []
+    for s in PROTOCOL_SCALES:
+        value = done.get(f"{name}|{scale_name(s)}")
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        out.append(value)
+    return out
+
+
+def table(done: dict) -> list[str]:
+    scales = [scale_name(s) for s in PROTOCOL_SCALES]
+    head = "| top-1 (%) at test scale | " + " | ".join(f"{s:.3g}" for s in PROTOCOL_SCALES) + " |"
+    lines = [head, "|---|" + "---:|" * len(scales)]
+
+    def get(name: str, path: tuple) -> list[float | None]:
+        return series(done, name, path)
+
+    lines.append(_row("`ff_fmnist` plain, whole 72×72 canvas", get("ff_fmnist", ("plain_canvas",))))
+    lines.append(_row("`ff_fmnist` plain, centred 28×28 frame", get("ff_fmnist", ("plain_frame",))))
+    lines.append(_row("`gd_fmnist` plain, whole 72×72 canvas", get("gd_fmnist", ("plain_canvas",))))
+    lines.append(_row("`gd_fmnist` plain, centred 28×28 frame", get("gd_fmnist", ("plain_frame",))))
+    oracle = [done.get(f"gd_fmnist|{s}", {}).get("channel", {}).get(s) for s in scales]
+    lines.append(_row("`gd_fmnist` steered to the true scale (needs the scale)", oracle))
+    lines.append(_row("`gd_fmnist` plain on the frame resized back to 28×28 (needs the scale)",
+                      get("gd_fmnist", ("resized_back",))))
+    lines.append(_row("`ff_fmnist` plain on the frame resized back to 28×28 (needs the scale)",
+                      get("ff_fmnist", ("resized_back",))))
+    for set_name in SCALE_SETS:
+        if set_name == "{1}":
+            continue
+        for pool in POOLS:
+            label = f"channels {set_name}, {pool}" + (" (the issue's prototype rule)" if pool == "maxprob" else "")
+            lines.append(_row(label, get("gd_fmnist", ("pooled", set_name, pool))))
+    for set_name in [n for n, subset in SCALE_SETS.items() if min(subset) < 1.0]:
+        for pool in POOLS[:3]:
+            lines.append(_row(f"channels {set_name}, {pool}, `below_one='resize'`",
+                              get("gd_fmnist", ("pooled_resize", set_name, pool))))
+    return lines
+
+
+PLOTTED = (("ff_fmnist", ("plain_frame",), "ff_fmnist plain (28×28 frame)", "--"),
+           ("gd_fmnist", ("plain_frame",), "gd_fmnist plain (28×28 frame)", "--"),
+           ("gd_fmnist", ("oracle",), "gd_fmnist steered to the true scale (oracle)", ":"),
+           ("gd_fmnist", ("resized_back",), "gd_fmnist on the frame resized back (oracle)", ":"),
+           ("gd_fmnist", ("pooled", "{1, √2, 2}", "max"), "channels {1, √2, 2}, max", "-"),
+           ("gd_fmnist", ("pooled", "{1 … 2} (¼ octave)", "logsumexp"), "channels {1 … 2}, logsumexp", "-"),
+           ("gd_fmnist", ("pooled", "{1/√2, 1, √2, 2}", "max"), "channels {1/√2, 1, √2, 2}, max", "-"),
+           ("gd_fmnist", ("pooled", "{1/√2, 1, √2, 2}", "mean"), "channels {1/√2, 1, √2, 2}, mean", "-"),
+           ("gd_fmnist", ("pooled", "{1/2 … 2} (¼ octave)", "max"), "channels {1/2 … 2}, max", "-"),
+           ("gd_fmnist", ("pooled_resize", "{1/√2, 1, √2, 2}", "max"),
+            "channels {1/√2, 1, √2, 2}, max, resize < 1", "-."))
+
+
+def plot(done: dict) -> None:
+    """docs/scale.png: top-1 against the test scale for the main rows of the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, path, label, style in PLOTTED:
+        if path == ("oracle",):
+            values = [done.get(f"{name}|{scale_name(s)}", {}).get("channel", {}).get(scale_name(s))
+                      for s in PROTOCOL_SCALES]
+        else:
+            values = series(done, name, path)
+        points = [(s, v) for s, v in zip(PROTOCOL_SCALES, values) if v is not None]
+        if points:
+            ax.plot(*zip(*points), style, marker="o", label=label)
+    ax.set(xlabel="test scale factor s", ylabel="top-1 (%)", xscale="log", ylim=(0, 100),
+           title="Rescaled Fashion-MNIST (72×72 canvas), published weights, no retraining")
+    ax.set_xticks(PROTOCOL_SCALES, [f"{s:.3g}" for s in PROTOCOL_SCALES])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def cost_lines() -> list[str]:
+    path = RESULTS / "cost.json"
+    if not path.is_file():
+        return []
+    cost = json.loads(path.read_text())
+    seconds = cost["seconds"]
+    one = seconds[scale_name(1.0)]
+    return [f"Cost of each channel alone (`--stage cost`, {path.relative_to(ROOT)}): seconds per {cost['images']} "
+            f"canvas images, best of 3, {cost['threads']} thread(s) of the shared CPU; relative to the scale-1 channel "
+            "(the plain model on its 28×28 frame).", "",
+            "| channel scale | " + " | ".join(f"{s:.3g}" for s in PROTOCOL_SCALES) + " |",
+            "|---|" + "---:|" * len(PROTOCOL_SCALES),
+            "| seconds | " + " | ".join(f"{seconds[scale_name(s)]:.2f}" for s in PROTOCOL_SCALES) + " |",
+            "| × scale 1 | " + " | ".join(f"{seconds[scale_name(s)] / one:.1f}" for s in PROTOCOL_SCALES) + " |", ""]
+
+
+def write_doc(n_test: int) -> None:
+    path = results_path(n_test, None)
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    seconds = sum(v.get("seconds", 0) for k, v in done.items() if "|" in k)
+    text = DOC.read_text() if DOC.is_file() else ""
+    start, end = "<!-- scale_generalisation: begin -->", "<!-- scale_generalisation: end -->"
+    block = [start, f"<!-- Generated by `python benchmarks/scale_generalisation.py --stage doc --n-test {n_test}` "
+             f"from {path.relative_to(ROOT)}; edit the script, not this block. -->", "",
+             f"The first {n_test} of the 10000 test images at every scale (72×72 canvas, bicubic, antialiased); "
+             f"published weights `gd_fmnist.fmnist` and `ff_fmnist.fmnist`, no retraining. "
+             f"Evaluation time {seconds / 60:.0f} min on one thread of a shared 2-core CPU.", "",
+             *table(done), "", "![top-1 against the test scale](scale.png)", "", *cost_lines(), end]
+    if start in text and end in text:
+        text = text[: text.index(start)] + "\n".join(block) + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+    atomic_write_text(DOC, text)
+    plot(done)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=("eval", "train", "select", "cost", "doc"), default="eval")
+    parser.add_argument("--n-test", type=int, default=2000, help="test images per scale (the first n of 10000)")
+    parser.add_argument("--weights", default=None, help="eval: a trained gd_fmnist safetensors file instead")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="sc_drop", help="train/select: the run's name under runs/scale/")
+    parser.add_argument("--train-scales", default="1,2^0.5,2", help="train: channel scales, e.g. 1,2^0.5,2")
+    parser.add_argument("--pool", default="max", choices=("max", "mean", "logsumexp"))
+    parser.add_argument("--channel-dropout", type=float, default=0.25)
+    parser.add_argument("--init", default="scratch", choices=("scratch", "published"))
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=0, help="train: stop after this many steps (smoke test)")
+    parser.add_argument("--train-subset", type=int, default=None, help="train: only this many training images")
+    parser.add_argument("--n-val", type=int, default=5000, help="select: validation images per scale")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.stage == "eval":
+        run_eval(args.n_test, args.weights, ("gd_fmnist", "ff_fmnist"))
+        if args.weights is None:
+            write_doc(args.n_test)
+    elif args.stage == "train":
+        run_train(args)
+    elif args.stage == "select":
+        run_select(args)
+    elif args.stage == "cost":
+        run_cost()
+    else:
+        write_doc(args.n_test)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""benchmarks/scale_generalisation.py: its pooled scores are ScaleChannels' outputs, its scale sets are channels it
+computed, and the training stage trains the base model's parameters and resumes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import timm
+import torch
+
+from _paths import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from gdzoo import ScaleChannels
+
+import scale_generalisation as sg
+
+
+def test_every_scale_set_is_made_of_computed_channels() -> None:
+    for subset in sg.SCALE_SETS.values():
+        assert all(sg.PROTOCOL_SCALES[sg.channel_index(s)] == pytest.approx(s) for s in subset)
+
+
+def test_parse_scales_reads_numbers_and_powers() -> None:
+    assert sg.parse_scales("1, 2^0.5,2") == pytest.approx((1.0, 2**0.5, 2.0))
+    with pytest.raises(SystemExit, match="'sqrt2' is not a number"):
+        sg.parse_scales("1,sqrt2")
+
+
+def test_pooled_predictions_from_stored_channels_equal_the_modules(single_thread: None) -> None:
+    """Scoring a subset of the 9 channels' logits is what ScaleChannels(scales=subset, pool) predicts."""
+    model = timm.create_model("gd_fmnist").eval()
+    x = torch.randn(3, 1, 72, 72)
+    subset = sg.SCALE_SETS["{1/√2, 1, √2, 2}"]
+    with torch.no_grad():
+        logits = ScaleChannels(model, scales=sg.PROTOCOL_SCALES, window=sg.FRAME).eval().channel_logits(x)
+        idx = [sg.channel_index(s) for s in subset]
+        for pool in ("max", "mean", "logsumexp"):
+            got = sg.pooled_prediction(logits[:, idx], pool)
+            expected = ScaleChannels(model, scales=subset, pool=pool, window=sg.FRAME).eval()(x).argmax(1)
+            assert torch.equal(got, expected), pool
+
+
+def test_maxprob_is_the_class_of_the_most_confident_channel() -> None:
+    logits = torch.tensor([[[0.0, 3.0, 0.0], [5.0, 0.0, 4.9]], [[0.0, 0.0, 9.0], [1.0, 0.0, 0.0]]])
+    # sample 0: channel 0 gives class 1 p≈0.91, channel 1 class 0 p≈0.52 → class 1; sample 1: channel 0 → class 2
+    assert sg.pooled_prediction(logits, "maxprob").tolist() == [1, 2]
+
+
+def test_train_stage_trains_the_base_model_and_resumes(tmp_path, monkeypatch, capsys, single_thread: None) -> None:
+    from argparse import Namespace
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(sg, "RUNS", tmp_path)
+    args = Namespace(name="t", init="scratch", train_scales="1,2", pool="max", channel_dropout=0.5, epochs=1,
+                     batch_size=32, lr=1e-3, seed=0, max_steps=0, train_subset=64)
+    weights = sg.run_train(args)
+    state = load_file(weights)
+    torch.manual_seed(args.seed)
+    initial = timm.create_model("gd_fmnist").state_dict()
+    assert state.keys() == initial.keys()  # the plain model's keys: loads into gd_fmnist
+    assert not torch.equal(state["stem.conv.sigma_raw"], initial["stem.conv.sigma_raw"])  # the geometry trained
+    assert (tmp_path / "t" / "last.pt").is_file()
+    capsys.readouterr()
+    sg.run_train(args)
+    assert "resumed" in capsys.readouterr().out
