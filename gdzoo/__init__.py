@@ -69,6 +69,6 @@ def __dir__() -> list[str]:
 
 
 if not _started_as_cli():
-    from .kernels import generator, set_generator  # noqa: E402
-    from .layers import GDConv2d, ScaleChannels, conv_to_gd, fit_gdconv_, gdify, steer  # noqa: E402
-    from . import models  # noqa: E402  (registers gdzoo's model families with timm)
+    from . import models  # noqa: F401  (registers gdzoo's models with timm)
+    from .kernels import generator, set_generator
+    from .layers import GDConv2d, ScaleChannels, conv_to_gd, fit_gdconv_, gdify, steer

@@ -47,11 +47,13 @@ def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def _debug(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    from_env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return bool(getattr(args, "debug", False)) or from_env
 
 
 def report_error(command: str | None, error: BaseException, debug: bool = False) -> int:
-    """Print ``error`` as one line ``gdzoo <command>: <message>`` on stderr (after its traceback when ``debug``); return 2."""
+    """Print ``error`` as one line ``gdzoo <command>: <message>`` on stderr (after its traceback when ``debug``);
+    return 2."""
     if debug:
         traceback.print_exception(error, file=sys.stderr)
     message = " ".join(str(error).split())  # one line, whatever the message holds

@@ -76,7 +76,8 @@ def export_hub_folder(
             params=sum(p.numel() for p in model.parameters()),
             command=command,
             description=description,
-            pipeline_tag="image-segmentation" if getattr(model, "task", None) == "segmentation" else "image-classification",
+            pipeline_tag=("image-segmentation" if getattr(model, "task", None) == "segmentation"
+                          else "image-classification"),
         )
         atomic_write_text(tmp_dir / "README.md", card)
         swap_into_place(tmp_dir, root / name)

@@ -26,7 +26,8 @@ class HubFolder:
         """Check the folder name is ``<model>.<tag>`` and the three repo files exist."""
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} is not a folder: expected weights/<model>.<tag>/ with {', '.join(REPO_FILES)}")
+            raise FileNotFoundError(
+                f"{path} is not a folder: expected weights/<model>.<tag>/ with {', '.join(REPO_FILES)}")
         if path.name.count(".") != 1 or path.name.startswith(".") or path.name.endswith("."):
             raise ValueError(f"{path.name!r} is not a '<model>.<tag>' folder name (e.g. gd_fmnist.fmnist)")
         missing = [f for f in REPO_FILES if not (path / f).is_file()]

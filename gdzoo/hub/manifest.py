@@ -15,7 +15,8 @@ __all__ = ["manifest_differences", "manifest_of", "write_manifest"]
 
 def manifest_of(folders: list[HubFolder]) -> dict[str, dict[str, object]]:
     """``{'<model>.<tag>': {'sha256', 'bytes'}}`` of each folder's weights file (``WEIGHTS_FILE``)."""
-    return {folder.path.name: manifest_entry(folder.path / WEIGHTS_FILE) for folder in sorted(folders, key=lambda f: f.path.name)}
+    ordered = sorted(folders, key=lambda f: f.path.name)
+    return {folder.path.name: manifest_entry(folder.path / WEIGHTS_FILE) for folder in ordered}
 
 
 def manifest_differences(folders: list[HubFolder], path: str | os.PathLike = MANIFEST_FILE) -> list[str]:

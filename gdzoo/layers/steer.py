@@ -86,7 +86,8 @@ def _conv_problem(conv: nn.Module) -> str | None:
     """Free-form convolutions are steerable only when pointwise (1×1, stride 1): those commute with any warp."""
     kernel, stride = tuple(conv.kernel_size), tuple(conv.stride)
     if isinstance(conv, nn.modules.conv._ConvTransposeNd) or any(k != 1 for k in kernel) or any(s != 1 for s in stride):
-        return f"free-form {type(conv).__name__} with kernel {kernel}, stride {stride} (only GDConv2d and 1×1 convs steer)"
+        return (f"free-form {type(conv).__name__} with kernel {kernel}, stride {stride} "
+                "(only GDConv2d and 1×1 convs steer)")
     return None
 
 

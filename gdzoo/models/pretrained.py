@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -89,7 +89,8 @@ def check_safetensors_header(path: str | os.PathLike) -> None:
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) < 9:
-        raise UserError(f"{path} is damaged or not a safetensors file: {size} bytes, too short for a safetensors header")
+        raise UserError(f"{path} is damaged or not a safetensors file: {size} bytes, too short for a safetensors "
+                        "header")
     length = int.from_bytes(head[:8], "little")
     if length > min(size - 8, SAFETENSORS_MAX_HEADER) or head[8:9] != b"{":
         raise UserError(f"{path} is damaged or not a safetensors file: its header claims {length:,} bytes but the file "
@@ -111,9 +112,11 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         banned = re.search(r"unsupported GLOBAL (\S+)", str(e))
-        what = f"an object gdzoo does not load ({banned.group(1)})" if banned else "data other than tensors and plain containers"
+        what = (f"an object gdzoo does not load ({banned.group(1)})" if banned
+                else "data other than tensors and plain containers")
         raise UserError(f"{path} is not a gdzoo checkpoint or weights file: it is damaged or holds {what}; "
-                        "gdzoo loads only tensors and plain containers. Use a last.pth / .safetensors written by gdzoo") from None
+                        "gdzoo loads only tensors and plain containers. Use a last.pth / .safetensors written by "
+                        "gdzoo") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is damaged or not a torch checkpoint ({reason[:200]}); nothing was loaded") from None
@@ -219,7 +222,8 @@ class _AdaptedStemLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(message.startswith(f"Pretrained {name} weights already match the model") for name in self.adapted)
+        return not any(message.startswith(f"Pretrained {name} weights already match the model")
+                       for name in self.adapted)
 
 
 @contextmanager
@@ -233,7 +237,9 @@ def _quiet_adapted_stems(adapted: list[str]) -> Iterator[None]:
         timm_logger.removeFilter(log_filter)
 
 
-def local_weights_file(pretrained_cfg: dict[str, Any], derive: Callable[[str], Derive | None] | None = None) -> str | None:
+def local_weights_file(
+    pretrained_cfg: dict[str, Any], derive: Callable[[str], Derive | None] | None = None
+) -> str | None:
     """The local file ``pretrained=True`` loads for this cfg when it is a shipped copy or derived weights, else None.
 
     None means a Hub file or the caller's own (an explicit ``hf-hub:`` name, a given file or state dict, or the
@@ -299,7 +305,8 @@ def build_gd_model(
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=filter_fn, **kwargs)
     resolved = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get("pretrained_cfg"), pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")
+        variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
     ).to_dict()
     source = resolve_cfg(resolved, derive)
     # timm loads an explicit hf-hub: name from the Hub whatever the cfg's file says: it finds the file just checked.

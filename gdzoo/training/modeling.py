@@ -60,7 +60,8 @@ def load_initial_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
                 skipped.append(key)
                 del state[key]
             else:
-                raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, the model expects {tuple(own[key].shape)}")
+                raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, "
+                                 f"the model expects {tuple(own[key].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in skipped]
     if missing or unexpected:
@@ -85,8 +86,8 @@ def _check_local_dir(name: str) -> tuple[Path, str, str | None] | None:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise UserError(f"{config_file} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (char {e.pos}); "
-                        "fix it or export the folder again (gdzoo hub export)") from e
+        raise UserError(f"{config_file} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
+                        f"(char {e.pos}); fix it or export the folder again (gdzoo hub export)") from e
     except UnicodeDecodeError as e:
         raise UserError(f"{config_file} is not UTF-8 text (byte {e.start}); fix it or export the folder again") from e
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
@@ -106,7 +107,8 @@ def _check_local_dir(name: str) -> tuple[Path, str, str | None] | None:
         except SafetensorError as e:
             raise UserError(f"{weights} is damaged or not a safetensors file ({e})") from e
     if holds and holds != architecture:
-        raise UserError(f"{folder} holds {holds} weights ({weights.name}), but its config.json asks for {architecture}; "
+        raise UserError(f"{folder} holds {holds} weights ({weights.name}), but its config.json asks for "
+                        f"{architecture}; "
                         f"set \"architecture\": \"{holds}\" in {config_file}, or use the {architecture} folder")
     return folder, architecture, holds
 
@@ -122,7 +124,8 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, 
         kwargs["num_classes"] = num_classes
     if cfg.in_chans is not None:
         if cfg.in_chans < 1:
-            raise UserError(f"model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), got {cfg.in_chans}")
+            raise UserError("model.in_chans must be null (the model's default) or an integer >= 1 (1 grey, 3 RGB), "
+                            f"got {cfg.in_chans}")
         kwargs["in_chans"] = cfg.in_chans
     if cfg.drop_rate is not None:
         kwargs["drop_rate"] = cfg.drop_rate
@@ -153,7 +156,8 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, 
         if isinstance(e, UserError):  # a damaged shipped weights file: its own message
             raise
         if "Unknown model" in str(e):
-            raise ValueError(f"model.name {cfg.name!r} is not a timm model; see `gdzoo models` or timm.list_models()") from e
+            raise ValueError(
+                f"model.name {cfg.name!r} is not a timm model; see `gdzoo models` or timm.list_models()") from e
         if pretrained:
             raise ValueError(
                 f"model.pretrained=true but weights for {cfg.name} could not be loaded: {e} Put them in the HF "
@@ -163,7 +167,8 @@ def create_model(cfg: ModelConfig, num_classes: int | None) -> tuple[nn.Module, 
         raise
     if cfg.initial_checkpoint:
         skipped = load_initial_checkpoint(model, cfg.initial_checkpoint)
-        source = f"initial checkpoint {cfg.initial_checkpoint}" + (f" (new head: {', '.join(skipped)})" if skipped else "")
+        new_head = f" (new head: {', '.join(skipped)})" if skipped else ""
+        source = f"initial checkpoint {cfg.initial_checkpoint}{new_head}"
     return model, {"weights": source, "params": sum(p.numel() for p in model.parameters())}
 
 

@@ -18,8 +18,8 @@ __all__ = ["DEFAULT_RECIPE", "DEFAULT_RECIPE_FILE", "FINETUNE_OVERRIDES", "defau
 DEFAULT_RECIPE_FILE = "fmnist_default.yaml"
 DEFAULT_RECIPE: dict[str, Any] = yaml.safe_load(resources.files(__package__).joinpath(DEFAULT_RECIPE_FILE).read_text())
 
-# When pretrained gd_fmnist weights are on this machine (shipped with gdzoo, or in the HF cache) the main job fine-tunes them
-# gently instead: a small learning rate, no warmup, two epochs.
+# When pretrained gd_fmnist weights are on this machine (shipped with gdzoo, or in the HF cache) the main job
+# fine-tunes them gently instead: a small learning rate, no warmup, two epochs.
 FINETUNE_OVERRIDES = ["name=fmnist_finetune", "optim.lr=0.001", "sched.warmup_epochs=0", "train.epochs=2"]
 
 
