@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ._params import inverse_softplus
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
@@ -37,10 +38,6 @@ POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
 BELOW_ONE = ("steer", "resize")
 _PREFIX = "model."
-
-
-def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
-    return y + torch.log(-torch.expm1(-y))
 
 
 def steered_tensors(layer: GDConv2d, scale: float, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -57,7 +54,7 @@ def steered_tensors(layer: GDConv2d, scale: float, prefix: str = "") -> dict[str
     """
     s = float(scale)
     raw = layer.sigma_raw
-    sigma_raw = _inverse_softplus(F.softplus(raw.double()) * s).to(raw.dtype)
+    sigma_raw = inverse_softplus(F.softplus(raw.double()) * s).to(raw.dtype)
     gain = torch.as_tensor(s, dtype=torch.float64, device=raw.device).pow(layer.orders_index.sum(dim=1).double())
     out = {"sigma_raw": sigma_raw, "mu_raw": (layer.mu_raw.double() * s).to(layer.mu_raw.dtype),
            "theta_raw": layer.theta_raw}

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from ._params import inverse_softplus
 from .kernel_cache import CachedKernelConv
 
 if TYPE_CHECKING:  # annotations only: gd_conv imports this module (GDConv2d.steered), not the other way round
@@ -137,7 +138,7 @@ def steer_gdconv(layer: GDConv2d, scale: float = 1.0, angle: float = 0.0) -> GDC
         steered.padding = tuple((k - 1) // 2 for k in steered.kernel_size)
     steered.sigma_min = layer.sigma_min * scale
     sigma = layer.sigma.double() * scale
-    sigma_raw = torch.log(torch.expm1(sigma - steered.sigma_min))  # inverse softplus of s·softplus(raw)
+    sigma_raw = inverse_softplus(sigma - steered.sigma_min)  # s·softplus(raw) = softplus(sigma_raw)
     steered.sigma_raw.copy_(sigma_raw.to(layer.sigma_raw.dtype))
     steered.mu_raw.copy_((layer.mu_raw.double() * scale).to(layer.mu_raw.dtype))
     steered.theta_raw.copy_((layer.theta_raw.double() - math.radians(angle)).to(layer.theta_raw.dtype))
