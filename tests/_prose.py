@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_FACT = re.compile(r"`[^`]+`|[-+]?\d+(?:\.\d+)?")
+# a number stands alone: not the "1" of "top-1" or "e100" (nor its "-1"), not a piece of another number
+_FACT = re.compile(r"`[^`]+`|(?<![\w.+-])[-+]?\d+(?:\.\d+)?")
 
 
 def facts(text: str) -> list[str]:
@@ -12,7 +13,7 @@ def facts(text: str) -> list[str]:
     wording.
 
     Example:
-        >>> facts("`gd_fmnist` 92.90: -0.20 against the paper's 93.1")
-        ['`gd_fmnist`', '92.90', '-0.20', '93.1']
+        >>> facts("`gd_fmnist` 92.90: -0.20 against the paper's 93.1 (test top-1, +0.4)")
+        ['`gd_fmnist`', '92.90', '-0.20', '93.1', '+0.4']
     """
     return _FACT.findall(text)
