@@ -82,3 +82,36 @@ def test_an_interrupted_predictor_resumes_from_its_journal(folder: Path, tmp_pat
     fresh = Predictor.from_weights("gd_fmnist", tmp_path / "fresh", pretrained=True, device="cpu").predict([folder])
     assert len(fresh.written) == 3
     assert (tmp_path / "out" / "predictions.csv").read_text() == (tmp_path / "fresh" / "predictions.csv").read_text()
+
+
+def test_default_published_weights_are_recorded_so_random_init_is_not_mixed_in(folder: Path, tmp_path: Path) -> None:
+    """Without --pretrained the published weights load (the default) and are recorded as such: a later
+    --random-init run into the same folder is refused (it used to skip every file as done), and redoes them all
+    with --overwrite."""
+    from gdzoo.inference.journal import OutputConflict
+
+    files = sorted(folder.glob("*.png"))
+    published = Predictor.from_weights("gd_fmnist", tmp_path / "out", device="cpu").predict([folder])
+    assert len(published.written) == 3
+    got = rows(tmp_path / "out")
+    assert [(got[f.name]["prediction"], got[f.name]["probability"]) for f in files] == by_hand(files)
+    torch.manual_seed(0)
+    with pytest.raises(OutputConflict, match="random init"):
+        Predictor.from_weights("gd_fmnist", tmp_path / "out", random_init=True, device="cpu").predict([folder])
+    assert rows(tmp_path / "out") == got
+    untrained = Predictor.from_weights("gd_fmnist", tmp_path / "out", random_init=True, device="cpu", overwrite=True)
+    again = untrained.predict([folder])
+    assert (len(again.written), again.skipped) == (3, [])
+    assert [rows(tmp_path / "out")[f.name]["probability"] for f in files] != [got[f.name]["probability"] for f in files]
+
+
+def test_published_tag_follows_the_weights_resolver() -> None:
+    """A tag is published when its copy ships (the resolver's 'shipped'), also one that loads another tag's file."""
+    from gdzoo.inference.loading import published_tag
+    from gdzoo.models.shipped import load_manifest
+
+    assert published_tag("gd_fmnist") == "gd_fmnist.fmnist" and "gd_fmnist.fmnist" in load_manifest()
+    assert published_tag("gd_fmnist.fmnist_table1") == "gd_fmnist.fmnist_table1"
+    assert published_tag("gd_fmnist_sc") == "gd_fmnist_sc.fmnist" and "gd_fmnist_sc.fmnist" not in load_manifest()
+    assert published_tag("gd_vgg16") is None  # derived or from the Hub: nothing ships
+    assert published_tag("not_a_model") is None

@@ -24,27 +24,16 @@ RANDOM_INIT_HINT = "pass --random-init for untrained weights"
 def published_tag(name: str) -> str | None:
     """``'<model>.<tag>'`` of the published weights ``timm.create_model(name, pretrained=True)`` loads, or None.
 
-    Published means listed in ``gdzoo/models/published_weights.json`` (a copy ships with gdzoo): ``name`` with its
-    tag, or the model's default tag.
+    Published means a copy ships with gdzoo (the weights resolver says ``'shipped'``): ``name`` with its tag, or the
+    model's default tag; a tag that loads another published tag's file (``gd_fmnist_sc.fmnist``) counts.
     """
-    import timm
-    from timm.models import get_pretrained_cfg
+    from ..models.weights_source import resolve
 
-    from ..models.shipped import load_manifest
-
-    manifest = load_manifest()
-    if "." in name:
-        return name if name in manifest else None
     try:
-        default = get_pretrained_cfg(name)
+        source = resolve(name, download=False)
     except Exception:  # noqa: BLE001 - not a timm model: create_model names the problem later
         return None
-    if default is None:
-        return None
-    for full in timm.list_pretrained(name):
-        if full.split(".", 1)[0] == name and get_pretrained_cfg(full) == default:  # a copy of the default tag's cfg
-            return full if full in manifest else None
-    return None
+    return source.name if source is not None and source.kind == "shipped" else None
 
 
 def choose_weights(command: str, name: str | None, checkpoint: str | Path | None, pretrained: bool,

@@ -153,9 +153,9 @@ class Predictor:
         out_dir = Path(output)
         out_dir.mkdir(parents=True, exist_ok=True)
         held = hold_output_folder(out_dir)
-        # the settings name the weights as asked (the ``pretrained`` flag, not the default choice), as they always
-        # have: outputs of earlier runs stay comparable
-        weights = str(Path(checkpoint).resolve()) if checkpoint else "pretrained" if pretrained else "random init"
+        # the settings name the weights loaded (published by default too), so a --random-init re-run into the same
+        # folder redoes the outputs instead of keeping the published weights' ones
+        weights = str(Path(checkpoint).resolve()) if checkpoint else "pretrained" if published else "random init"
         predictor = cls(net, out_dir, model_name=model or (recipe.model.name if recipe else ""), weights=weights,
                         task=recipe.model.task if recipe else "auto", device=resolved, **options)
         predictor._folder_lock = held

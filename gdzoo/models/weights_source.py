@@ -255,8 +255,8 @@ def resolve_cfg(
     if shipped_copy is not None:
         return shipped_copy
     hub_id, filename = pretrained_cfg.get("hf_hub_id") or "", pretrained_cfg.get("hf_hub_filename") or WEIGHTS_FILE
-    if not download:  # what is on this machine: derived weights cached earlier, else the Hugging Face cache
-        return _derived_source(name) or _hub_or_cached(pretrained_cfg, download=False)
+    if not download:  # what is on this machine: the Hugging Face cache, else derived weights cached earlier
+        return _hub_or_cached(pretrained_cfg, download=False) or _derived_source(name)  # the order of a real load
     derive_fn = derive(name) if derive is not None and hub_id else None
     if derive_fn is not None and cached_hub_file(hub_id, filename) is None:
         derived = _derived_source(name)
