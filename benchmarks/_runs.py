@@ -101,13 +101,31 @@ def device_segments(train_log: str) -> list[tuple[str, int]]:
     return segments
 
 
-def carry_run(run_dir: Path, name: str) -> Path:
-    """Copy an interrupted run's files (checkpoint, metrics, log) to ``results/carry/<name>/``, to be committed."""
+def _copy_files(source: Path, dest: Path, max_bytes: int | None = None) -> list[str]:
+    """Copy ``source``'s plain files (not hidden ones) into a fresh ``dest``, each atomically; the names skipped
+    for their size."""
+    from gdzoo._io import atomic_write
+
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    skipped = []
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            skipped.append(path.name)
+            continue
+        atomic_write(dest / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+    return skipped
+
+
+def carry_run(run_dir: Path, name: str) -> Path | None:
+    """Copy an interrupted run's files (checkpoint, metrics, log) to ``results/carry/<name>/``, to be committed;
+    None (nothing carried) when its ``last.pth`` is over :data:`CARRY_MAX_BYTES`."""
     dest = CARRY / name
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in run_dir.iterdir():
-        if path.is_file() and not path.name.startswith(".") and path.stat().st_size <= CARRY_MAX_BYTES:
-            shutil.copy2(path, dest / path.name)
+    if _copy_files(run_dir, dest, CARRY_MAX_BYTES).count("last.pth"):
+        shutil.rmtree(dest, ignore_errors=True)
+        return None
     return dest
 
 
@@ -116,9 +134,8 @@ def restore_carried_run(run_dir: Path, name: str) -> bool:
     carried = CARRY / name
     if (run_dir / "last.pth").is_file() or not (carried / "last.pth").is_file():
         return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for path in carried.iterdir():
-        shutil.copy2(path, run_dir / path.name)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    _copy_files(carried, run_dir)
     return True
 
 
@@ -166,7 +183,9 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
     wall_file.write_text(json.dumps({"wall_s": wall}) + "\n")
     if killed:
         if (run_dir / "last.pth").is_file():
-            log(f"carry  {name}: checkpoint copied to {carry_run(run_dir, name)}; commit it to resume elsewhere")
+            carried = carry_run(run_dir, name)
+            log(f"carry  {name}: checkpoint copied to {carried}; commit it to resume elsewhere" if carried else
+                f"carry  {name}: last.pth is over {CARRY_MAX_BYTES} bytes: not carried (it resumes on this machine)")
         return "killed", wall
     if proc.returncode != 0 or not (run_dir / "final_metrics.json").is_file():
         log(f"FAIL   {name}: exit {proc.returncode}; see {run_dir / 'train.log'}")

@@ -223,6 +223,10 @@ def test_an_interrupted_run_carried_in_the_repository_resumes_on_another_machine
 
     log = _runs.Log(tmp_path / "grid.log")
     assert _runs.run_training(args(1, first.parent), first, "cell", log, 1, None)[0] == "done"
+    monkeypatch.setattr(_runs, "CARRY_MAX_BYTES", 100)  # a checkpoint too big to commit is not carried at all
+    assert _runs.carry_run(first, "cell") is None and not (tmp_path / "carry" / "cell").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(_runs, "CARRY", tmp_path / "carry")
     carried = _runs.carry_run(first, "cell")
     assert (carried / "last.pth").read_bytes() == (first / "last.pth").read_bytes()
     assert not _runs.restore_carried_run(first, "cell")  # a machine with its own checkpoint keeps it

@@ -191,7 +191,8 @@ class ScaleChannels(nn.Module):
                 shell = steer(self.model, scale=scale)
             cached = self._shells[scale] = (signature, shell)
         shell = cached[1]
-        shell.train(self.model.training)
+        if shell.training != self.model.training:  # train() clears the GD layers' kernel caches: only on a change
+            shell.train(self.model.training)
         return shell
 
     def _tensors(self, scale: float) -> dict[str, torch.Tensor]:
