@@ -338,7 +338,7 @@ def target_verdict(final: dict) -> str:
         text += (" The target is missed. Tried: the candidates above (chosen on validation data), and before them "
                  "augmentation and weight decay under the paper's protocol (docs/table1_variants.md"
                  + (f"; augmentation at 60000 gave {augment:.2f}" if augment is not None else "")
-                 + "). Not tried, for CPU: schedules longer than 30 epochs, dropout, wider models.")
+                 + "). Longer schedules: stage `search_long` above. Not tried, for CPU: dropout, wider models.")
         clean = final["gd_fmnist"].get("train_top1_clean")
         if clean is not None:
             text += (f" On its 60000 training images without augmentation it scores {clean:.2f}, {clean - ours:.2f} "
