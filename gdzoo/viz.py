@@ -21,6 +21,8 @@ import torch.nn as nn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ._io import atomic_write
+
 __all__ = ["plot_basis", "plot_filters", "figure_size", "BASIS_HEADER", "FILTERS_HEADER"]
 
 BASIS_HEADER = 0.8  # inches above the grid: figure title + the first row's three-line panel titles
@@ -34,11 +36,8 @@ def figure_size(nrows: int, ncols: int, cell: float, header: float) -> tuple[flo
 
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))  # never a half-written PNG
 
 
 def _grid(nrows: int, ncols: int, cell: float, header: float, title: str, hspace: float) -> tuple[Figure, list[list]]:

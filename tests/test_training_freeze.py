@@ -97,3 +97,15 @@ def test_rfnn_geometry_stays_fixed_through_training_steps() -> None:
         optimizer.step()
     assert all(torch.equal(model.state_dict()[n], v) for n, v in geometry.items())
     assert not torch.equal(model.stem.conv.weight, weights)  # the combination weights did train
+
+
+def test_policies_find_the_head_and_stem_of_a_wrapped_model() -> None:
+    """gd_fmnist_sc's cfg names gd_fmnist's ``head.fc`` / ``stem.conv``; its parameters live under ``model.``."""
+    wrapped = timm.create_model("gd_fmnist_sc")
+    assert apply_freeze(wrapped, "head_only") == [n for n, _ in wrapped.named_parameters()
+                                                  if n.startswith("model.head.fc.")] != []
+    assert set(apply_freeze(wrapped, "all_but_stem")) == {n for n, _ in wrapped.named_parameters()
+                                                          if n.startswith("model.stem.conv.")} != set()
+    wrapped.pretrained_cfg = {**wrapped.pretrained_cfg, "classifier": "no_such_layer"}
+    with pytest.raises(ValueError, match="'no_such_layer', which is not a module in ScaleChannelClassifier"):
+        apply_freeze(wrapped, "head_only")

@@ -13,7 +13,7 @@ Modules (each with one job):
 - :mod:`~gdzoo.inference.predictor`: :class:`Predictor` (memory limit, device, classification and segmentation).
 - :mod:`~gdzoo.inference.evaluation`: :func:`evaluate` a trained model on a recipe's split (``gdzoo eval``).
 
-Imports flow one way: inference builds on models, data and training, and only the CLI imports it (nothing in
+Imports flow one way: inference builds on models, data and training; deploy and the CLI import it (nothing in
 training imports inference). Names are imported on first use, so the CLI imports :mod:`~gdzoo.inference.jobs` and
 :mod:`~gdzoo.inference.journal` without torch.
 """

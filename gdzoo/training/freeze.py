@@ -13,13 +13,23 @@ FREEZE_POLICIES = ("none", "head_only", "all_but_stem", "stem_and_head", "regex"
 
 
 def module_names(model: nn.Module, cfg_key: str) -> tuple[str, ...]:
-    """The module names a pretrained_cfg entry (``first_conv`` / ``classifier``) points at."""
+    """The module names a pretrained_cfg entry (``first_conv`` / ``classifier``) points at, in ``model``: a name the
+    cfg gives relative to a wrapped base model (``ScaleChannels``' ``model.head.fc`` for ``head.fc``) is found."""
     value = (getattr(model, "pretrained_cfg", {}) or {}).get(cfg_key)
     names = (value,) if isinstance(value, str) else tuple(value or ())
     if not names:
         raise ValueError(f"the model's pretrained_cfg has no {cfg_key!r}; "
                          "use train.freeze=regex with explicit patterns")
-    return names
+    modules = [name for name, _ in model.named_modules()]
+    found = []
+    for name in names:
+        matches = [name] if name in modules else [m for m in modules if m.endswith("." + name)]
+        if len(matches) != 1:
+            raise ValueError(f"the model's pretrained_cfg {cfg_key!r} names {name!r}, which is "
+                             f"{'not a module' if not matches else 'ambiguous: ' + ', '.join(matches)} in "
+                             f"{type(model).__name__}; use train.freeze=regex with explicit patterns")
+        found.append(matches[0])
+    return tuple(found)
 
 
 def _under(param_name: str, prefixes: Sequence[str]) -> bool:
