@@ -10,15 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..inference.jobs import SETTINGS_KEY, Job, collect_jobs
 from ..inference.jobs import PredictReport as Report
-from ..inference.journal import CSV_NAME, OutputConflict, hold_output_folder, write_summary
-from ..inference.predictor import default_memory_limit
+from ..inference.jobs import collect_jobs
+from ..inference.journal import OutputConflict
 from .weights_args import add_weights_arguments
 
-# names this module defined before they moved to gdzoo.inference
-__all__ = ["CSV_NAME", "SETTINGS_KEY", "Job", "OutputConflict", "Report", "add_parser", "collect_jobs",
-           "default_memory_limit", "hold_output_folder", "run", "write_summary"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -33,7 +33,6 @@ from .weights_source import (
     WEIGHTS_FILE,
     actionable_hub_errors,
     cached_hub_file,
-    check_cached_hub_file,
     default_org,
     hub_repo_id,
     resolve,
@@ -53,7 +52,6 @@ __all__ = [
     "available_weights_file",
     "local_weights_file",
     "safe_torch_load",
-    "verify_cached_weights",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -120,21 +118,6 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is damaged or not a torch checkpoint ({reason[:200]}); nothing was loaded") from None
-
-
-def verify_cached_weights(pretrained_cfg: dict[str, Any]) -> None:
-    """Raise if the cached Hub weights file's sha256 differs from its blob name (the Hub's ETag).
-
-    Nothing to check when the weights come from a local ``file`` (shipped and derived files are checked
-    against their manifest / record) or the file is not cached. :func:`build_gd_model` runs this check before
-    loading, through :func:`~gdzoo.models.weights_source.resolve_cfg`.
-    """
-    hub_id, filename = pretrained_cfg.get("hf_hub_id"), pretrained_cfg.get("hf_hub_filename")
-    if not hub_id or not filename or pretrained_cfg.get("file"):
-        return
-    cached = cached_hub_file(hub_id, filename)
-    if cached is not None:
-        check_cached_hub_file(hub_id, filename, cached)
 
 
 def _adapt_in_channels(weight: torch.Tensor, in_dim: int, in_chans: int, base_chans: int) -> torch.Tensor:
