@@ -55,8 +55,9 @@ def choose_weights(command: str, name: str | None, checkpoint: str | Path | None
     tag = published_tag(name)
     if tag is None:
         import timm
+        from timm.models import split_model_name_tag
 
-        fetchable = timm.list_pretrained(name.split(".", 1)[0])
+        fetchable = timm.list_pretrained(split_model_name_tag(name)[0])
         fetch = "--pretrained (weights timm fetches or derives), " if fetchable else ""
         raise UserError(f"{name} has no published weights; give --checkpoint (a gdzoo run folder or weights file), "
                         f"{fetch}or --random-init for untrained weights")

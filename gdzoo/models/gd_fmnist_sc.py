@@ -26,7 +26,7 @@ from timm.models._pretrained import PretrainedCfg
 
 from ..layers import ScaleChannels
 from .gd_fmnist import FMNIST_MEAN, FMNIST_STD, _fmnist_cfg, gd_fmnist
-from .pretrained import hub_repo_id
+from .weights_source import hub_repo_id, model_and_tag
 
 __all__ = ["SC_FILL", "SC_POOL", "SC_SCALES", "SC_WINDOW", "SHARED_WEIGHTS", "ScaleChannelClassifier"]
 
@@ -97,7 +97,7 @@ def gd_fmnist_sc(
     tag = _tag(kwargs.pop("pretrained_cfg", None))
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     cfg = resolve_pretrained_cfg("gd_fmnist_sc", pretrained_cfg=tag, pretrained_cfg_overlay=overlay).to_dict()
-    base_tag = SHARED_WEIGHTS[f"gd_fmnist_sc.{cfg['tag']}"].split(".", 1)[1]
+    base_tag = model_and_tag(SHARED_WEIGHTS[f"gd_fmnist_sc.{cfg['tag']}"])[1]
     base = gd_fmnist(pretrained=pretrained, pretrained_cfg=base_tag, pretrained_cfg_overlay=overlay, **kwargs)
     model = ScaleChannelClassifier(base, scales=scales, pool=pool, where=where, channel_dropout=channel_dropout,
                                    window=window or None, below_one=below_one, fill=fill if window else None)
