@@ -51,6 +51,7 @@ from gdzoo.data.fashion_mnist import load_fashion_mnist
 from gdzoo.data.rescaled import PROTOCOL_SCALES, rescale_on_canvas
 from gdzoo.data.splits import split_indices
 from gdzoo.layers.scale_channels import centre_crop, pool_channels
+from gdzoo.models.gd_fmnist_sc import SC_FILL
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "scale"
@@ -198,6 +199,30 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return tuple(scales)
 
 
+def base_model(init: str) -> nn.Module:
+    """``gd_fmnist`` from scratch, from the published weights, or from a safetensors file (e.g. a zoo run that held
+    out the validation images, so the choice made on them is fair)."""
+    if init in ("scratch", "published"):
+        return timm.create_model("gd_fmnist", pretrained=init == "published")
+    return load_model("gd_fmnist", init).train()
+
+
+def channel_network(model: nn.Module, scales: tuple[float, ...], config: dict, **kwargs) -> gdzoo.ScaleChannels:
+    """The channels as trained: each on its 28×28 frame rescaled, padded with the black background when the frame
+    is larger than the input, channels below/above 1 steered or resized as ``config`` says."""
+    return gdzoo.ScaleChannels(model, scales=scales, window=FRAME, fill=SC_FILL,
+                               below_one=config.get("below_one", "steer"), above_one=config.get("above_one", "steer"),
+                               **kwargs)
+
+
+def freeze_norm_stats(model: nn.Module) -> None:
+    """Norm layers to eval mode (running statistics used, not updated), as when fine-tuning: otherwise every
+    channel's statistics (objects at other sizes) would be mixed into the ones the scale-1 channel uses."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def run_train(args: argparse.Namespace) -> Path:
     """Train gd_fmnist inside ScaleChannels on 28×28 images (scale 1); resumable; returns the weights file."""
     from safetensors.torch import save_file
@@ -205,84 +230,139 @@ def run_train(args: argparse.Namespace) -> Path:
     run = RUNS / args.name
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    base = timm.create_model("gd_fmnist", pretrained=args.init == "published")
+    base = base_model(args.init)
     scales = parse_scales(args.train_scales)
-    model = gdzoo.ScaleChannels(base, scales=scales, pool=args.pool, channel_dropout=args.channel_dropout)
+    model = channel_network(base, scales, vars(args), pool=args.pool, channel_dropout=args.channel_dropout)
     x_train, y_train, _, _ = train_data(args.train_subset)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
-                                                pct_start=0.05, anneal_strategy="cos")
-    ckpt, epoch0 = run / "last.pt", 0
+    total = args.steps or args.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = max(1, round(0.05 * total))  # linear warm-up over 5 % of the steps, then cosine to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+    ckpt, step = run / "last.pt", 0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        epoch0 = state["epoch"]
-        print(f"resumed {ckpt} after epoch {epoch0}", flush=True)
-    config = dict(vars(args), scales=scales, steps_per_epoch=steps_per_epoch)
+        step = state["step"]
+        print(f"resumed {ckpt} at step {step} of {total}", flush=True)
+    config = dict(vars(args), scales=scales, steps_per_epoch=steps_per_epoch, total_steps=total)
     atomic_write_text(run / "config.json", json.dumps(config, indent=1) + "\n")
     mean, std = base.pretrained_cfg["mean"][0], base.pretrained_cfg["std"][0]
-    step = 0
-    for epoch in range(epoch0, args.epochs):
-        model.train()
+    start, seen, loss_sum, first = time.perf_counter(), 0, 0.0, step
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
         generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         order = torch.randperm(len(x_train), generator=generator)
-        start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for i in range(steps_per_epoch):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            x = (x_train[idx].float() / 255 - mean) / std
-            flip = torch.rand(len(idx), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen, loss_sum, step = seen + len(idx), loss_sum + float(loss.detach()) * len(idx), step + 1
-            if args.max_steps and step >= args.max_steps:
-                per_step = (time.perf_counter() - start) / (i + 1)
-                print(f"smoke test: {step} steps, {per_step:.2f} s/step (batch {args.batch_size}); an epoch of "
-                      f"{steps_per_epoch} steps ≈ {per_step * steps_per_epoch / 60:.1f} min, {args.epochs} epochs "
-                      f"≈ {per_step * steps_per_epoch * args.epochs / 3600:.1f} h", flush=True)
-                return run
-        state = dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1)
-        atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / seen:.4f}, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        flips = torch.rand(len(x_train), generator=generator) < 0.5  # per image of the epoch: resumable mid-epoch
+        idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+        model.train()
+        if args.frozen_norm_stats:
+            freeze_norm_stats(model)
+        x = (x_train[idx].float() / 255 - mean) / std
+        x = torch.where(flips[idx, None, None, None], x.flip(-1), x)
+        loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen, loss_sum, step = seen + len(idx), loss_sum + float(loss.detach()) * len(idx), step + 1
+        per_step = (time.perf_counter() - start) / (step - first)
+        if args.max_steps and step - first >= args.max_steps:
+            print(f"smoke test: {step - first} steps, {per_step:.2f} s/step (batch {args.batch_size}); an epoch of "
+                  f"{steps_per_epoch} steps ≈ {per_step * steps_per_epoch / 60:.1f} min, {total} steps "
+                  f"≈ {per_step * total / 3600:.1f} h", flush=True)
+            return run
+        if step % args.checkpoint_every == 0 or step == total:
+            state = dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=step)
+            atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
+            print(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {loss_sum / seen:.4f}, "
+                  f"{per_step:.2f} s/step", flush=True)
+            seen, loss_sum = 0, 0.0
     weights = run / "model.safetensors"
     tensors = {k: v.contiguous() for k, v in base.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     return weights
 
 
+def channel_cell(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: float, config: dict) -> dict:
+    """One test (or validation) scale for a model run in channels as ``config`` says: every channel alone and every
+    scale set × pooling of ScaleChannels (pooling a subset of the channel logits is exactly that module)."""
+    x = normalise(model, rescale_on_canvas(images, scale, CANVAS, INTERPOLATION, ANTIALIAS))
+    start = time.perf_counter()
+    channels = channel_network(model, PROTOCOL_SCALES, config).eval()
+    logits = batched(channels.channel_logits, x)  # (N, 9, classes)
+    cell: dict = {"test_scale": scale, "plain_frame": accuracy(batched(model, centre_crop(x, FRAME)).argmax(1), labels)}
+    cell["channel"] = {scale_name(s): accuracy(logits[:, i].argmax(1), labels) for i, s in enumerate(PROTOCOL_SCALES)}
+    cell["pooled"] = {}
+    for set_name, subset in SCALE_SETS.items():
+        idx = [channel_index(s) for s in subset]
+        cell["pooled"][set_name] = {pool: accuracy(pooled_prediction(logits[:, idx], pool), labels)
+                                    for pool in POOLS[:3]}  # the module's poolings only
+    cell["seconds"] = round(time.perf_counter() - start, 1)
+    return cell
+
+
+def run_config(name: str) -> dict:
+    """The channel configuration a run was trained with (its config.json)."""
+    path = RUNS / name / "config.json"
+    if not path.is_file():
+        raise SystemExit(f"--name {name}: no {path.relative_to(ROOT)} (train it first: --stage train --name {name})")
+    return json.loads(path.read_text())
+
+
+def run_channel_eval(weights: str, config: dict, tag: str, images: torch.Tensor, labels: torch.Tensor,
+                     out: Path) -> dict:
+    """Every channel cell of ``weights`` at every protocol scale, stored in ``out`` as each finishes (resumes)."""
+    done = json.loads(out.read_text()) if out.is_file() else {}
+    done.setdefault("protocol", dict(canvas=CANVAS, interpolation=INTERPOLATION, antialias=ANTIALIAS, frame=FRAME,
+                                     images=len(labels), weights=weights, below_one=config.get("below_one", "steer"),
+                                     above_one=config.get("above_one", "steer")))
+    model = load_model("gd_fmnist", weights)
+    for scale in PROTOCOL_SCALES:
+        key = f"{tag}|{scale_name(scale)}"
+        if key not in done:
+            done[key] = channel_cell(model, images, labels, scale, config)
+            atomic_write_text(out, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
+            print(f"{key}: plain {done[key]['plain_frame']}, {json.dumps(done[key]['pooled'], ensure_ascii=False)}",
+                  flush=True)
+    return done
+
+
 def run_select(args: argparse.Namespace) -> dict:
     """Choose the scale set and pooling of a trained model on validation images (never the test set)."""
-    weights = RUNS / args.name / "model.safetensors"
-    model = load_model("gd_fmnist", str(weights))
+    config = run_config(args.name)
+    weights = str(RUNS / args.name / "model.safetensors")
     _, _, x_val, y_val = train_data()
     x_val, y_val = x_val[: args.n_val], y_val[: args.n_val]
-    channels = gdzoo.ScaleChannels(model, scales=PROTOCOL_SCALES, window=FRAME).eval()
-    scores: dict[str, dict[str, dict[str, float]]] = {}
-    for scale in PROTOCOL_SCALES:
-        x = normalise(model, rescale_on_canvas(x_val, scale, CANVAS, INTERPOLATION, ANTIALIAS))
-        logits = batched(channels.channel_logits, x)
-        for set_name, subset in SCALE_SETS.items():
-            idx = [channel_index(s) for s in subset]
-            for pool in POOLS[:3]:  # the module's poolings only: the choice must be a ScaleChannels
-                scores.setdefault(set_name, {}).setdefault(pool, {})[scale_name(scale)] = accuracy(
-                    pooled_prediction(logits[:, idx], pool), y_val)
+    done = run_channel_eval(weights, config, args.name, x_val, y_val, RESULTS / f"val_{args.name}_{len(y_val)}.json")
+    scores = {set_name: {pool: {scale_name(s): done[f"{args.name}|{scale_name(s)}"]["pooled"][set_name][pool]
+                                for s in PROTOCOL_SCALES} for pool in POOLS[:3]} for set_name in SCALE_SETS}
     at_one = {(s, p): v[scale_name(1.0)] for s, pools in scores.items() for p, v in pools.items()}
     best_at_one = max(at_one.values())
     eligible = [(s, p) for (s, p), v in at_one.items() if v >= best_at_one - 0.5]
     choice = max(eligible, key=lambda sp: sum(scores[sp[0]][sp[1]].values()))
     result = dict(scores=scores, choice=dict(scale_set=choice[0], scales=SCALE_SETS[choice[0]], pool=choice[1]),
                   rule="best mean over the protocol scales among the candidates within 0.5 points of the best at 1",
-                  n_val=len(y_val))
+                  n_val=len(y_val), below_one=config.get("below_one", "steer"),
+                  above_one=config.get("above_one", "steer"))
     atomic_write_text(RESULTS / f"select_{args.name}.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(result["choice"], ensure_ascii=False))
     return result
+
+
+def run_trained_eval(args: argparse.Namespace) -> dict:
+    """A trained run (``--name``) or any gd_fmnist file (``--weights``, channels as ``--below-one/--above-one``) on
+    the first ``--n-test`` test images at every protocol scale."""
+    if args.weights is not None:
+        config, weights, tag = dict(below_one=args.below_one, above_one=args.above_one), args.weights, args.tag
+    else:
+        config, weights, tag = run_config(args.name), str(RUNS / args.name / "model.safetensors"), args.name
+    images, labels = load_fashion_mnist("test")
+    return run_channel_eval(weights, config, tag, images[: args.n_test], labels[: args.n_test],
+                            RESULTS / f"test_channels_{args.n_test}.json")
 
 
 def run_cost(n: int = 200, repeats: int = 3) -> dict:
@@ -433,16 +513,26 @@ def write_doc(n_test: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("eval", "train", "select", "cost", "doc"), default="eval")
+    parser.add_argument("--stage", choices=("eval", "train", "select", "test", "cost", "doc"), default="eval")
     parser.add_argument("--n-test", type=int, default=2000, help="test images per scale (the first n of 10000)")
     parser.add_argument("--weights", default=None, help="eval: a trained gd_fmnist safetensors file instead")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="base", help="test with --weights: the row's name in the results")
     parser.add_argument("--name", default="sc_drop", help="train/select: the run's name under runs/scale/")
     parser.add_argument("--train-scales", default="1,2^0.5,2", help="train: channel scales, e.g. 1,2^0.5,2")
     parser.add_argument("--pool", default="max", choices=("max", "mean", "logsumexp"))
     parser.add_argument("--channel-dropout", type=float, default=0.25)
-    parser.add_argument("--init", default="scratch", choices=("scratch", "published"))
+    parser.add_argument("--init", default="scratch",
+                        help="train: 'scratch', 'published', or a gd_fmnist safetensors file to fine-tune")
+    parser.add_argument("--below-one", default="steer", choices=gdzoo.layers.scale_channels.BELOW_ONE,
+                        help="train: channels under 1 steered or resized")
+    parser.add_argument("--above-one", default="steer", choices=gdzoo.layers.scale_channels.ABOVE_ONE,
+                        help="train: channels over 1 steered or resized")
+    parser.add_argument("--frozen-norm-stats", action="store_true",
+                        help="train: norm layers use and keep their running statistics (fine-tuning)")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=0, help="train: schedule length in steps (0: epochs)")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="train: steps between checkpoints")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -459,6 +549,8 @@ def main() -> None:
         run_train(args)
     elif args.stage == "select":
         run_select(args)
+    elif args.stage == "test":
+        run_trained_eval(args)
     elif args.stage == "cost":
         run_cost()
     else:

@@ -152,6 +152,38 @@ def test_below_one_resize_runs_the_plain_model_on_the_enlarged_input(window: int
         torch.testing.assert_close(channels.channel_logits(x), expected, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("window", [None, 16])
+def test_above_one_resize_runs_the_plain_model_on_the_shrunk_input(window: int | None) -> None:
+    model = tiny()
+    x = torch.randn(2, 1, 40, 40, dtype=torch.float64)
+    channels = ScaleChannels(model, scales=(0.7, 1.0, 1.5, 2.0), window=window, above_one="resize").eval()
+
+    def shrunk(crop: torch.Tensor, size: int) -> torch.Tensor:
+        return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+    if window is None:  # the whole input shrunk by 1/s: round(26.7) = 27 and 20 pixels
+        inputs = [x, x, shrunk(x, 27), shrunk(x, 20)]
+    else:  # the crop of side ≈ 16·s (24, 32: even as 40) shrunk to 16×16; 0.7 steered on its crop of side 12
+        inputs = [x[..., 14:26, 14:26], x[..., 12:28, 12:28], shrunk(x[..., 8:32, 8:32], 16),
+                  shrunk(x[..., 4:36, 4:36], 16)]
+    with torch.no_grad():
+        outs = [steer(model, scale=0.7)(inputs[0]), model(inputs[1]), model(inputs[2]), model(inputs[3])]
+        expected = torch.stack(outs, dim=1)
+        torch.testing.assert_close(channels.channel_logits(x), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_above_one_resize_with_fill_shrinks_the_image_on_background() -> None:
+    """A 16×16 image at channel 2 with window 16: padded with the fill to 32×32, then shrunk to 16×16."""
+    model = tiny()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    channels = ScaleChannels(model, scales=(2.0,), window=16, fill=-1.5, above_one="resize").eval()
+    canvas = torch.full((2, 1, 32, 32), -1.5, dtype=torch.float64)
+    canvas[..., 8:24, 8:24] = x
+    expected = model(F.interpolate(canvas, size=(16, 16), mode="bicubic", antialias=True, align_corners=False))
+    with torch.no_grad():
+        torch.testing.assert_close(channels(x), expected, rtol=1e-9, atol=1e-10)
+
+
 def _map_back(base: nn.Module, copy: nn.Module, scale: float) -> dict[str, torch.Tensor]:
     """Chain rule by hand: the gradient w.r.t. ``base``'s tensors of a loss whose gradient w.r.t. the tensors of
     ``copy = steer(base, scale)`` is in ``copy``'s ``.grad`` (σ_raw' = softplus⁻¹(s·softplus(σ_raw)), μ' = sμ,
@@ -227,6 +259,8 @@ def test_non_steerable_models_are_refused_naming_the_layer() -> None:
     ({"window": 16, "fill": float("nan")}, r"fill must be None or a finite number"),
     ({"below_one": "blur"}, r"below_one must be one of \('steer', 'resize'\), got 'blur'"),
     ({"below_one": "resize", "where": "features"}, r"below_one='resize' needs where='logits'"),
+    ({"above_one": "grow"}, r"above_one must be one of \('steer', 'resize'\), got 'grow'"),
+    ({"above_one": "resize", "where": "features"}, r"above_one='resize' needs where='logits'"),
 ])
 def test_bad_arguments_name_the_value_and_what_is_allowed(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -31,12 +31,13 @@ from ._params import inverse_softplus
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
-__all__ = ["BELOW_ONE", "POOLS", "WHERES", "ScaleChannels", "centre_crop", "centre_pad", "pool_channels",
+__all__ = ["ABOVE_ONE", "BELOW_ONE", "POOLS", "WHERES", "ScaleChannels", "centre_crop", "centre_pad", "pool_channels",
            "steered_tensors"]
 
 POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
 BELOW_ONE = ("steer", "resize")
+ABOVE_ONE = ("steer", "resize")
 _PREFIX = "model."
 
 
@@ -114,6 +115,11 @@ class ScaleChannels(nn.Module):
             then fall below a pixel and alias); ``'resize'`` runs the unsteered model on the input enlarged by
             ``1/s`` (bicubic; with ``window``: the channel's crop resized to ``window × window``), the classic
             scale channel. Only with ``where='logits'``.
+        above_one: how channels with ``s > 1`` are made. ``'steer'`` enlarges the kernels (exact for the continuous
+            kernels; a channel then costs ≈ ``s⁴`` times the plain model with ``window``); ``'resize'`` runs the
+            unsteered model on the input shrunk by ``1/s`` (bicubic, antialiased; with ``window``: the channel's
+            frame shrunk to ``window × window``), so every channel costs about one plain forward. Only with
+            ``where='logits'``.
 
     ``state_dict()`` has exactly the base model's keys, so its weights load into the plain model and back.
     Norm layers with running statistics update them once per channel in training. Gradient checkpointing in
@@ -138,6 +144,7 @@ class ScaleChannels(nn.Module):
         window: int | None = None,
         below_one: str = "steer",
         fill: float | None = None,
+        above_one: str = "steer",
     ) -> None:
         super().__init__()
         if pool not in POOLS:
@@ -159,8 +166,12 @@ class ScaleChannels(nn.Module):
                              f"window={window!r}")
         if below_one not in BELOW_ONE:
             raise ValueError(f"below_one must be one of {BELOW_ONE}, got {below_one!r}")
-        if below_one == "resize" and where == "features":
-            raise ValueError("below_one='resize' needs where='logits': resized channels give other feature map sizes")
+        if above_one not in ABOVE_ONE:
+            raise ValueError(f"above_one must be one of {ABOVE_ONE}, got {above_one!r}")
+        for option, value in (("below_one", below_one), ("above_one", above_one)):
+            if value == "resize" and where == "features":
+                raise ValueError(f"{option}='resize' needs where='logits': resized channels give other feature map "
+                                 f"sizes")
         if window is not None and where == "features":
             raise ValueError("window needs where='logits': cropped channels give feature maps of different sizes")
         problems = steering_problems(model)
@@ -169,7 +180,7 @@ class ScaleChannels(nn.Module):
             raise ValueError(f"{type(model).__name__} cannot be run in scale channels: {listed}")
         self.scales = _check_scales(scales)
         self.pool, self.where, self.channel_dropout, self.window = pool, where, float(channel_dropout), window
-        self.below_one = below_one
+        self.below_one, self.above_one = below_one, above_one
         self.fill = None if fill is None else float(fill)
         self.model = model
         self._shells: dict[float, tuple[tuple, nn.Module]] = {}
@@ -209,7 +220,7 @@ class ScaleChannels(nn.Module):
             x = centre_crop(x, scale * self.window)
             if self.fill is not None:
                 x = centre_pad(x, scale * self.window, self.fill)
-        if scale < 1.0 and self.below_one == "resize":
+        if (scale < 1.0 and self.below_one == "resize") or (scale > 1.0 and self.above_one == "resize"):
             size = (self.window,) * 2 if self.window is not None else tuple(round(n / scale) for n in x.shape[-2:])
             return self.model(F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False))
         if scale == 1.0:
@@ -254,6 +265,7 @@ class ScaleChannels(nn.Module):
         drop = f", channel_dropout={self.channel_dropout:g}" if self.channel_dropout else ""
         window = f", window={self.window}" if self.window is not None else ""
         below = ", below_one='resize'" if self.below_one == "resize" else ""
+        below += ", above_one='resize'" if self.above_one == "resize" else ""
         fill = f", fill={self.fill:g}" if self.fill is not None else ""
         return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}{below}{fill}"
 

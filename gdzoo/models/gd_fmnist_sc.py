@@ -84,6 +84,7 @@ def gd_fmnist_sc(
     window: int = SC_WINDOW,
     below_one: str = "steer",
     fill: float = SC_FILL,
+    above_one: str = "steer",
     **kwargs: Any,
 ) -> ScaleChannelClassifier:
     """``gd_fmnist`` in scale channels (1, √2, 2), max over logits; pretrained: the published ``gd_fmnist.fmnist``.
@@ -100,6 +101,7 @@ def gd_fmnist_sc(
     base_tag = model_and_tag(SHARED_WEIGHTS[f"gd_fmnist_sc.{cfg['tag']}"])[1]
     base = gd_fmnist(pretrained=pretrained, pretrained_cfg=base_tag, pretrained_cfg_overlay=overlay, **kwargs)
     model = ScaleChannelClassifier(base, scales=scales, pool=pool, where=where, channel_dropout=channel_dropout,
-                                   window=window or None, below_one=below_one, fill=fill if window else None)
+                                   window=window or None, below_one=below_one, fill=fill if window else None,
+                                   above_one=above_one)
     model.pretrained_cfg = model.default_cfg = cfg
     return model
