@@ -15,8 +15,8 @@ import sys as _sys
 __version__ = "0.1.0"
 
 __all__ = [
-    "GDConv2d", "ScaleChannels", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify", "generator",
-    "set_generator", "steer",
+    "GDConv2d", "OrientationChannels", "ScaleChannels", "__version__", "conv_to_gd", "export", "fit_gdconv_", "gdify",
+    "generator", "set_generator", "steer",
 ]
 
 # public name -> submodule that defines it (imported on first access when the package was imported lazily)
@@ -24,6 +24,7 @@ _LAZY = {
     "generator": "kernels",
     "set_generator": "kernels",
     "GDConv2d": "layers",
+    "OrientationChannels": "layers",
     "ScaleChannels": "layers",
     "conv_to_gd": "layers",
     "fit_gdconv_": "layers",
@@ -71,4 +72,4 @@ def __dir__() -> list[str]:
 if not _started_as_cli():
     from . import models  # noqa: F401  (registers gdzoo's models with timm)
     from .kernels import generator, set_generator
-    from .layers import GDConv2d, ScaleChannels, conv_to_gd, fit_gdconv_, gdify, steer
+    from .layers import GDConv2d, OrientationChannels, ScaleChannels, conv_to_gd, fit_gdconv_, gdify, steer

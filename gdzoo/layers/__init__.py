@@ -6,8 +6,9 @@ from .fit import FitReport, fit_gd_kernel, fit_gdconv_
 from .gd_conv import GDConv2d, no_weight_decay_names
 from .gd_functional import combine_dense, combine_separated, gd_conv2d
 from .gdify import conv_to_gd, gdify
-from .scale_channels import ScaleChannels
+from .scale_channels import OrientationChannels, ScaleChannels
 from .steer import steer, steer_gdconv
 
-__all__ = ["DAUConv2d", "FitReport", "GDConv2d", "ScaleChannels", "combine_dense", "combine_separated", "conv_to_gd",
-           "fit_gd_kernel", "fit_gdconv_", "gd_conv2d", "gdify", "no_weight_decay_names", "steer", "steer_gdconv"]
+__all__ = ["DAUConv2d", "FitReport", "GDConv2d", "OrientationChannels", "ScaleChannels", "combine_dense",
+           "combine_separated", "conv_to_gd", "fit_gd_kernel", "fit_gdconv_", "gd_conv2d", "gdify",
+           "no_weight_decay_names", "steer", "steer_gdconv"]

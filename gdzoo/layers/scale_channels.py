@@ -31,8 +31,8 @@ from ._params import inverse_softplus
 from .gd_conv import GDConv2d
 from .steer import steer, steering_problems
 
-__all__ = ["ABOVE_ONE", "BELOW_ONE", "POOLS", "WHERES", "ScaleChannels", "centre_crop", "centre_pad", "pool_channels",
-           "steered_tensors"]
+__all__ = ["ABOVE_ONE", "BELOW_ONE", "POOLS", "WHERES", "OrientationChannels", "ScaleChannels", "centre_crop",
+           "centre_pad", "pool_channels", "steered_tensors"]
 
 POOLS = ("max", "mean", "logsumexp")
 WHERES = ("logits", "features")
@@ -41,8 +41,9 @@ ABOVE_ONE = ("steer", "resize")
 _PREFIX = "model."
 
 
-def steered_tensors(layer: GDConv2d, scale: float, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The tensors of ``steer_gdconv(layer, scale)`` as differentiable functions of ``layer``'s own tensors.
+def steered_tensors(layer: GDConv2d, scale: float, prefix: str = "", angle: float = 0.0) -> dict[str, torch.Tensor]:
+    """The tensors of ``steer_gdconv(layer, scale, angle)`` as differentiable functions of ``layer``'s own tensors
+    (``θ' = θ − angle``, in degrees).
 
     Computed in float64 (as ``steer_gdconv``) and cast back, so they equal the steered copy's to rounding.
 
@@ -57,8 +58,9 @@ def steered_tensors(layer: GDConv2d, scale: float, prefix: str = "") -> dict[str
     raw = layer.sigma_raw
     sigma_raw = inverse_softplus(F.softplus(raw.double()) * s).to(raw.dtype)
     gain = torch.as_tensor(s, dtype=torch.float64, device=raw.device).pow(layer.orders_index.sum(dim=1).double())
+    theta_raw = layer.theta_raw - math.radians(angle) if angle else layer.theta_raw
     out = {"sigma_raw": sigma_raw, "mu_raw": (layer.mu_raw.double() * s).to(layer.mu_raw.dtype),
-           "theta_raw": layer.theta_raw}
+           "theta_raw": theta_raw}
     name = "weight_out" if layer.separated else "weight"
     weight = getattr(layer, name)
     # N is the last dim of both weight (out, in/g, N) and weight_out (out, N)
@@ -179,11 +181,12 @@ class ScaleChannels(nn.Module):
             listed = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
             raise ValueError(f"{type(model).__name__} cannot be run in scale channels: {listed}")
         self.scales = _check_scales(scales)
+        self.transforms: tuple[tuple[float, float], ...] = tuple((s, 0.0) for s in self.scales)  # (scale, angle)
         self.pool, self.where, self.channel_dropout, self.window = pool, where, float(channel_dropout), window
         self.below_one, self.above_one = below_one, above_one
         self.fill = None if fill is None else float(fill)
         self.model = model
-        self._shells: dict[float, tuple[tuple, nn.Module]] = {}
+        self._shells: dict[tuple[float, float], tuple[tuple, nn.Module]] = {}
         self.register_state_dict_post_hook(_strip_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
 
@@ -193,29 +196,30 @@ class ScaleChannels(nn.Module):
         tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
         return tuple((name, tuple(t.shape)) for name, t in tensors)
 
-    def _shell(self, scale: float) -> nn.Module:
-        """``steer(model, scale)``'s structure (its tensors are never used: forward replaces all of them)."""
+    def _shell(self, transform: tuple[float, float]) -> nn.Module:
+        """``steer(model, scale, angle)``'s structure (its tensors are never used: forward replaces all of them)."""
         signature = self._signature()
-        cached = self._shells.get(scale)
+        cached = self._shells.get(transform)
         if cached is None or cached[0] != signature:
             with torch.no_grad():
-                shell = steer(self.model, scale=scale)
-            cached = self._shells[scale] = (signature, shell)
+                shell = steer(self.model, scale=transform[0], angle=transform[1])
+            cached = self._shells[transform] = (signature, shell)
         shell = cached[1]
         if shell.training != self.model.training:  # train() clears the GD layers' kernel caches: only on a change
             shell.train(self.model.training)
         return shell
 
-    def _tensors(self, scale: float) -> dict[str, torch.Tensor]:
-        """The base model's parameters and buffers, those of its GD layers re-posed for ``scale``."""
+    def _tensors(self, transform: tuple[float, float]) -> dict[str, torch.Tensor]:
+        """The base model's parameters and buffers, those of its GD layers re-posed for ``(scale, angle)``."""
         tensors = dict(self.model.named_parameters(remove_duplicate=False))
         tensors.update(self.model.named_buffers(remove_duplicate=False))
         for name, module in self.model.named_modules():
             if isinstance(module, GDConv2d):
-                tensors.update(steered_tensors(module, scale, f"{name}." if name else ""))
+                tensors.update(steered_tensors(module, transform[0], f"{name}." if name else "", transform[1]))
         return tensors
 
-    def _run(self, scale: float, x: torch.Tensor, features: bool) -> torch.Tensor:
+    def _run(self, transform: tuple[float, float], x: torch.Tensor, features: bool) -> torch.Tensor:
+        scale, angle = transform
         if self.window is not None:
             x = centre_crop(x, scale * self.window)
             if self.fill is not None:
@@ -223,18 +227,18 @@ class ScaleChannels(nn.Module):
         if (scale < 1.0 and self.below_one == "resize") or (scale > 1.0 and self.above_one == "resize"):
             size = (self.window,) * 2 if self.window is not None else tuple(round(n / scale) for n in x.shape[-2:])
             return self.model(F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False))
-        if scale == 1.0:
+        if scale == 1.0 and angle == 0.0:
             return self.model.forward_features(x) if features else self.model(x)
-        shell = self._shell(scale)
+        shell = self._shell(transform)
         if features:
             wrapped = _Features(shell)
-            tensors = {_PREFIX + k: v for k, v in self._tensors(scale).items()}
+            tensors = {_PREFIX + k: v for k, v in self._tensors(transform).items()}
             return functional_call(wrapped, tensors, (x,))
-        return functional_call(shell, self._tensors(scale), (x,))
+        return functional_call(shell, self._tensors(transform), (x,))
 
     def active_channels(self) -> list[int]:
         """Indices of the channels this forward runs: all in eval; in training, scale-channel dropout's draw."""
-        n = len(self.scales)
+        n = len(self.transforms)
         if not self.training or self.channel_dropout == 0.0:
             return list(range(n))
         keep = torch.rand(n) >= self.channel_dropout
@@ -248,8 +252,8 @@ class ScaleChannels(nn.Module):
         if self.training and torch.is_grad_enabled() and getattr(self.model, "grad_checkpointing", False):
             raise RuntimeError("ScaleChannels cannot train a model with gradient checkpointing on (its recomputation "
                                "would run the unsteered geometry): call model.set_grad_checkpointing(False)")
-        channels = list(range(len(self.scales))) if channels is None else list(channels)
-        return torch.stack([self._run(self.scales[i], x, features) for i in channels], dim=1)
+        channels = list(range(len(self.transforms))) if channels is None else list(channels)
+        return torch.stack([self._run(self.transforms[i], x, features) for i in channels], dim=1)
 
     def channel_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, classes)``: every channel's logits (all channels, no dropout), e.g. to choose scales."""
@@ -268,6 +272,46 @@ class ScaleChannels(nn.Module):
         below += ", above_one='resize'" if self.above_one == "resize" else ""
         fill = f", fill={self.fill:g}" if self.fill is not None else ""
         return f"scales=({scales}), pool={self.pool!r}, where={self.where!r}{drop}{window}{below}{fill}"
+
+
+class OrientationChannels(ScaleChannels):
+    """Steered copies of a GD model for inputs rotated by ``angles`` (degrees), sharing its parameters, pooled.
+
+    Channel ``a`` is ``gdzoo.steer(model, angle=a)`` (``θ' = θ − a``) computed at forward time from the base
+    model's tensors, as :class:`ScaleChannels` does for scales; every channel runs on the whole input. With
+    ``angles`` a multiple of 90° apart and a model whose other layers commute with 90° rotations (pointwise
+    layers, norms, 2×2 pooling of even maps, global pooling), the pooled output is exactly invariant to 90°
+    rotations of the input; other angles are exact for the continuous kernels only (truncation, the grid).
+
+    Example:
+        >>> import timm, gdzoo
+        >>> net = gdzoo.OrientationChannels(timm.create_model('gd_fmnist'), angles=(0, 90, 180, 270)).eval()
+        >>> x = torch.randn(2, 1, 28, 28)
+        >>> torch.allclose(net(torch.rot90(x, 1, dims=(-2, -1))), net(x), atol=1e-4)
+        True
+    """
+
+    def __init__(self, model: nn.Module, angles: Sequence[float] = (0.0, 90.0, 180.0, 270.0), pool: str = "max",
+                 where: str = "logits", channel_dropout: float = 0.0) -> None:
+        super().__init__(model, scales=(1.0,), pool=pool, where=where, channel_dropout=channel_dropout)
+        self.angles = _check_angles(angles)
+        self.transforms = tuple((1.0, a) for a in self.angles)
+
+    def extra_repr(self) -> str:
+        angles = ", ".join(f"{a:g}" for a in self.angles)
+        drop = f", channel_dropout={self.channel_dropout:g}" if self.channel_dropout else ""
+        return f"angles=({angles}), pool={self.pool!r}, where={self.where!r}{drop}"
+
+
+def _check_angles(angles: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(angles, (int, float)) or not isinstance(angles, Sequence) or len(angles) == 0:
+        raise ValueError(f"angles must be a non-empty sequence of numbers (degrees), got {angles!r}")
+    for a in angles:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise ValueError(f"every angle must be a finite number of degrees, got {a!r} in {angles!r}")
+    if len({float(a) % 360.0 for a in angles}) != len(angles):
+        raise ValueError(f"angles must not repeat (modulo 360), got {angles!r}")
+    return tuple(float(a) for a in angles)
 
 
 def centre_crop(x: torch.Tensor, side: float) -> torch.Tensor:
