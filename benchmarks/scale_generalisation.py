@@ -232,7 +232,11 @@ def run_train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     base = base_model(args.init)
     scales = parse_scales(args.train_scales)
-    model = channel_network(base, scales, vars(args), pool=args.pool, channel_dropout=args.channel_dropout)
+    if args.train_angles:  # orientation channels instead (the rotation row): every channel on the whole image
+        model = gdzoo.OrientationChannels(base, angles=parse_scales(args.train_angles), pool=args.pool,
+                                          channel_dropout=args.channel_dropout)
+    else:
+        model = channel_network(base, scales, vars(args), pool=args.pool, channel_dropout=args.channel_dropout)
     x_train, y_train, _, _ = train_data(args.train_subset)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     total = args.steps or args.epochs * steps_per_epoch
@@ -363,6 +367,45 @@ def run_trained_eval(args: argparse.Namespace) -> dict:
     images, labels = load_fashion_mnist("test")
     return run_channel_eval(weights, config, tag, images[: args.n_test], labels[: args.n_test],
                             RESULTS / f"test_channels_{args.n_test}.json")
+
+
+ROTATION_TEST_ANGLES = (0.0, 45.0, 90.0, 180.0, 270.0)
+ORIENTATIONS = (0.0, 90.0, 180.0, 270.0)
+
+
+def rotated(images: torch.Tensor, angle: float) -> torch.Tensor:
+    """The 28×28 test images rotated counter-clockwise by ``angle``: exact (torch.rot90) for multiples of 90°,
+    else bilinear with a black fill (torchvision)."""
+    x = images if images.is_floating_point() else images.float() / 255
+    if angle % 90 == 0:
+        return torch.rot90(x, int(angle // 90) % 4, dims=(-2, -1))
+    from torchvision.transforms.functional import InterpolationMode, rotate
+
+    return rotate(x, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+
+
+def run_rotation(args: argparse.Namespace) -> dict:
+    """The rotation row: a model (``--weights`` file or a trained run ``--name``) plain and in orientation channels
+    (0, 90, 180, 270°; each pooling), on the first ``--n-test`` test images rotated by each test angle."""
+    weights, tag = (args.weights, args.tag) if args.weights is not None else (
+        str(RUNS / args.name / "model.safetensors"), args.name)
+    out = RESULTS / f"rotation_{args.n_test}.json"
+    done = json.loads(out.read_text()) if out.is_file() else {}
+    model = load_model("gd_fmnist", weights)
+    channels = gdzoo.OrientationChannels(model, angles=ORIENTATIONS).eval()
+    images, labels = load_fashion_mnist("test")
+    images, labels = images[: args.n_test], labels[: args.n_test]
+    for angle in ROTATION_TEST_ANGLES:
+        key = f"{tag}|{angle:g}"
+        if key in done:
+            continue
+        x = normalise(model, rotated(images, angle))
+        logits = batched(channels.channel_logits, x)
+        done[key] = dict(weights=weights, plain=accuracy(batched(model, x).argmax(1), labels),
+                         pooled={pool: accuracy(pooled_prediction(logits, pool), labels) for pool in POOLS[:3]})
+        atomic_write_text(out, json.dumps(done, indent=1) + "\n")
+        print(f"{key}: {done[key]}", flush=True)
+    return done
 
 
 def run_cost(n: int = 200, repeats: int = 3) -> dict:
@@ -513,13 +556,16 @@ def write_doc(n_test: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("eval", "train", "select", "test", "cost", "doc"), default="eval")
+    parser.add_argument("--stage", default="eval",
+                        choices=("eval", "train", "select", "test", "rotation", "cost", "doc"))
     parser.add_argument("--n-test", type=int, default=2000, help="test images per scale (the first n of 10000)")
     parser.add_argument("--weights", default=None, help="eval: a trained gd_fmnist safetensors file instead")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="base", help="test with --weights: the row's name in the results")
     parser.add_argument("--name", default="sc_drop", help="train/select: the run's name under runs/scale/")
     parser.add_argument("--train-scales", default="1,2^0.5,2", help="train: channel scales, e.g. 1,2^0.5,2")
+    parser.add_argument("--train-angles", default="",
+                        help="train: orientation channels at these angles (degrees, e.g. 0,90,180,270) instead")
     parser.add_argument("--pool", default="max", choices=("max", "mean", "logsumexp"))
     parser.add_argument("--channel-dropout", type=float, default=0.25)
     parser.add_argument("--init", default="scratch",
@@ -551,6 +597,8 @@ def main() -> None:
         run_select(args)
     elif args.stage == "test":
         run_trained_eval(args)
+    elif args.stage == "rotation":
+        run_rotation(args)
     elif args.stage == "cost":
         run_cost()
     else:
