@@ -337,3 +337,23 @@ def test_channels_follow_a_new_head() -> None:
         assert channels(x).shape == (1, 3)
         model.fc = nn.Linear(6, 5).double()  # the structural copies are rebuilt: their tensors' shapes changed
         torch.testing.assert_close(channels.channel_logits(x), independent(model, x, (1.0, 2.0)), rtol=1e-9, atol=1e-10)
+
+
+def test_a_reparameterized_model_runs_resized_channels_and_names_what_needs_steering() -> None:
+    """After timm's reparameterize_model (what gdzoo export does), resized channels and scale 1 still run, on the plain
+    convolutions; a steered channel is refused with its scale and the layers named."""
+    from timm.utils.model import reparameterize_model
+
+    from gdzoo.layers.steer import steering_problems
+
+    model = tiny()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    resized = ScaleChannels(model, scales=(0.5, 1.0, 2.0), window=8, below_one="resize", above_one="resize").eval()
+    steered = ScaleChannels(model, scales=(1.0, 2.0), window=8).eval()
+    with torch.no_grad():
+        before = resized(x)
+        resized, steered = reparameterize_model(resized), reparameterize_model(steered)  # copies, as export makes
+        assert "body.0" in steering_problems(resized.model) and "body.0" in steering_problems(steered.model)
+        torch.testing.assert_close(resized(x), before, rtol=1e-7, atol=1e-9)
+        with pytest.raises(ValueError, match=r"channel \(scale 2, angle 0\) needs steering.*body\.0: reparameterized"):
+            steered(x)

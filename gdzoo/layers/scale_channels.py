@@ -68,6 +68,10 @@ def steered_tensors(layer: GDConv2d, scale: float, prefix: str = "", angle: floa
     return {prefix + k: v for k, v in out.items()}
 
 
+def _listed(problems: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {reason}" for name, reason in problems.items())
+
+
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     if isinstance(scales, (int, float)) or not isinstance(scales, Sequence) or len(scales) == 0:
         raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
@@ -178,8 +182,7 @@ class ScaleChannels(nn.Module):
             raise ValueError("window needs where='logits': cropped channels give feature maps of different sizes")
         problems = steering_problems(model)
         if problems:
-            listed = "; ".join(f"{name}: {reason}" for name, reason in problems.items())
-            raise ValueError(f"{type(model).__name__} cannot be run in scale channels: {listed}")
+            raise ValueError(f"{type(model).__name__} cannot be run in scale channels: {_listed(problems)}")
         self.scales = _check_scales(scales)
         self.transforms: tuple[tuple[float, float], ...] = tuple((s, 0.0) for s in self.scales)  # (scale, angle)
         self.pool, self.where, self.channel_dropout, self.window = pool, where, float(channel_dropout), window
@@ -201,6 +204,11 @@ class ScaleChannels(nn.Module):
         signature = self._signature()
         cached = self._shells.get(transform)
         if cached is None or cached[0] != signature:
+            problems = steering_problems(self.model)
+            if problems:  # e.g. reparameterized (gdzoo export) after this module was made
+                raise ValueError(f"the channel (scale {transform[0]:g}, angle {transform[1]:g}) needs steering, which "
+                                 f"the model no longer allows ({_listed(problems)}); only the scale-1 channel and "
+                                 f"resized channels (below_one/above_one='resize') run on such a model")
             with torch.no_grad():
                 shell = steer(self.model, scale=transform[0], angle=transform[1])
             cached = self._shells[transform] = (signature, shell)

@@ -1,16 +1,18 @@
 """``gd_fmnist_sc``: ``gd_fmnist`` in scale channels (:class:`~gdzoo.layers.ScaleChannels`), issue #36.
 
-The channels are steered copies of one ``gd_fmnist`` that share all its parameters, so the model's weights
-*are* ``gd_fmnist``'s (``state_dict()`` has exactly its keys) and ``gd_fmnist_sc.fmnist`` loads the published
-single-scale ``gd_fmnist.fmnist`` file itself: no second copy ships (:data:`SHARED_WEIGHTS`).
+The channels share all the parameters of one ``gd_fmnist``, so the model's weights *are* ``gd_fmnist``'s
+(``state_dict()`` has exactly its keys). Two published tags, each with its own channel configuration
+(:data:`SC_CHANNELS`; every :class:`~gdzoo.layers.ScaleChannels` argument can still be overridden):
 
-Channel configuration: ScaleChannels' defaults, scales ``(1, √2, 2)`` and ``pool='max'`` over the logits, with
-``window=28`` (each channel sees its training frame rescaled, so a larger centred canvas works) and ``fill`` the
-black background in normalised units (a channel whose frame is larger than the input sees the input padded with
-background, so a plain 28×28 image is seen exactly as on a canvas). Not chosen on the test table: the published
-``gd_fmnist.fmnist`` was trained on all 60000 training images, so no held-out data exists to choose on
-(docs/scale.md). Every argument of :class:`~gdzoo.layers.ScaleChannels` can be overridden:
-``timm.create_model('gd_fmnist_sc', scales=(2**-0.5, 1, 2**0.5, 2), below_one='resize')``; ``window=0`` turns the
+* ``gd_fmnist_sc.fmnist_channels`` (the default): trained *with* its channels on 28×28 images (scale 1 only):
+  nine channels a quarter octave apart from 1/2 to 2, each the plain model on its training frame rescaled to
+  28×28 (``below_one``/``above_one='resize'``), pooled as chosen on held-out validation images (docs/scale.md).
+* ``gd_fmnist_sc.fmnist``: the published single-scale ``gd_fmnist.fmnist`` file itself (no second copy ships:
+  :data:`SHARED_WEIGHTS`) in steered channels (1, √2, 2), max over the logits; never trained with them.
+
+Both use ``window=28`` (each channel sees its training frame rescaled, so a larger centred canvas works) and
+``fill``, the black background in normalised units (a channel whose frame is larger than the input sees the
+input padded with background, so a plain 28×28 image is seen exactly as on a canvas). ``window=0`` turns the
 window (and the fill) off.
 """
 
@@ -28,22 +30,29 @@ from ..layers import ScaleChannels
 from .gd_fmnist import FMNIST_MEAN, FMNIST_STD, _fmnist_cfg, gd_fmnist
 from .weights_source import hub_repo_id, model_and_tag
 
-__all__ = ["SC_FILL", "SC_POOL", "SC_SCALES", "SC_WINDOW", "SHARED_WEIGHTS", "ScaleChannelClassifier"]
+__all__ = ["QUARTER_OCTAVES", "SC_CHANNELS", "SC_FILL", "SC_POOL", "SC_SCALES", "SC_WINDOW", "SHARED_WEIGHTS",
+           "ScaleChannelClassifier"]
 
 SC_SCALES = (1.0, 2**0.5, 2.0)
 SC_POOL = "max"
+QUARTER_OCTAVES = tuple(2 ** (k / 4) for k in range(-4, 5))  # 1/2 … 2, as the rescaled test sets
 SC_WINDOW = 28  # gd_fmnist's training images are 28×28
 SC_FILL = -FMNIST_MEAN[0] / FMNIST_STD[0]  # Fashion-MNIST's black background after normalisation
 
 # '<model>.<tag>' whose weights are another published tag's file, loaded into the base model unchanged.
 SHARED_WEIGHTS = {"gd_fmnist_sc.fmnist": "gd_fmnist.fmnist"}
+# tag -> the ScaleChannels configuration its weights were made for (the defaults of the entry point for that tag)
+SC_CHANNELS: dict[str, dict[str, Any]] = {
+    "fmnist_channels": dict(scales=QUARTER_OCTAVES, pool="logsumexp", below_one="resize", above_one="resize"),
+    "fmnist": dict(scales=SC_SCALES, pool=SC_POOL, below_one="steer", above_one="steer"),
+}
 
 
 class ScaleChannelClassifier(ScaleChannels):
     """:class:`~gdzoo.layers.ScaleChannels` with the attributes timm code reads from a classifier.
 
-    ``num_classes``, ``in_chans``, ``get_classifier`` and ``reset_classifier`` are the base model's (the channels
-    follow a new head); ``pretrained_cfg`` is set by the entry point.
+    ``num_classes``, ``in_chans``, ``num_features``, ``get_classifier`` and ``reset_classifier`` are the base
+    model's (the channels follow a new head); ``pretrained_cfg`` is set by the entry point.
     """
 
     @property
@@ -54,6 +63,10 @@ class ScaleChannelClassifier(ScaleChannels):
     def in_chans(self) -> int:
         return self.model.in_chans
 
+    @property
+    def num_features(self) -> int:
+        return self.model.num_features
+
     def get_classifier(self) -> nn.Module:
         return self.model.get_classifier()
 
@@ -62,6 +75,7 @@ class ScaleChannelClassifier(ScaleChannels):
 
 
 default_cfgs = generate_default_cfgs({
+    "gd_fmnist_sc.fmnist_channels": _fmnist_cfg("gd_fmnist_sc", "fmnist_channels"),
     # The weights are gd_fmnist.fmnist's: same Hub repo, same shipped file.
     "gd_fmnist_sc.fmnist": _fmnist_cfg("gd_fmnist_sc", hf_hub_id=hub_repo_id("gd_fmnist", "fmnist")),
 })
@@ -77,17 +91,18 @@ def _tag(pretrained_cfg: str | dict | PretrainedCfg | None) -> str | None:
 @register_model
 def gd_fmnist_sc(
     pretrained: bool = False,
-    scales: Sequence[float] = SC_SCALES,
-    pool: str = SC_POOL,
+    scales: Sequence[float] | None = None,
+    pool: str | None = None,
     where: str = "logits",
     channel_dropout: float = 0.0,
     window: int = SC_WINDOW,
-    below_one: str = "steer",
+    below_one: str | None = None,
     fill: float = SC_FILL,
-    above_one: str = "steer",
+    above_one: str | None = None,
     **kwargs: Any,
 ) -> ScaleChannelClassifier:
-    """``gd_fmnist`` in scale channels (1, √2, 2), max over logits; pretrained: the published ``gd_fmnist.fmnist``.
+    """``gd_fmnist`` in scale channels; ``scales``, ``pool``, ``below_one`` and ``above_one`` default to the
+    configuration of the tag's weights (:data:`SC_CHANNELS`).
 
     ``window=0``: no window (every channel on the whole input, unpadded); ``timm.create_model`` drops arguments
     given as None, so 0 stands for ScaleChannels' ``window=None``.
@@ -98,10 +113,14 @@ def gd_fmnist_sc(
     tag = _tag(kwargs.pop("pretrained_cfg", None))
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     cfg = resolve_pretrained_cfg("gd_fmnist_sc", pretrained_cfg=tag, pretrained_cfg_overlay=overlay).to_dict()
-    base_tag = model_and_tag(SHARED_WEIGHTS[f"gd_fmnist_sc.{cfg['tag']}"])[1]
-    base = gd_fmnist(pretrained=pretrained, pretrained_cfg=base_tag, pretrained_cfg_overlay=overlay, **kwargs)
-    model = ScaleChannelClassifier(base, scales=scales, pool=pool, where=where, channel_dropout=channel_dropout,
-                                   window=window or None, below_one=below_one, fill=fill if window else None,
-                                   above_one=above_one)
+    shared = SHARED_WEIGHTS.get(f"gd_fmnist_sc.{cfg['tag']}")
+    # a shared tag loads the other tag's file; an own tag's cfg names its own Hub repo and shipped file
+    base_cfg = model_and_tag(shared)[1] if shared else cfg
+    base = gd_fmnist(pretrained=pretrained, pretrained_cfg=base_cfg, pretrained_cfg_overlay=overlay, **kwargs)
+    channels = SC_CHANNELS[cfg["tag"]]
+    model = ScaleChannelClassifier(
+        base, scales=channels["scales"] if scales is None else scales, pool=pool or channels["pool"], where=where,
+        channel_dropout=channel_dropout, window=window or None, below_one=below_one or channels["below_one"],
+        fill=fill if window else None, above_one=above_one or channels["above_one"])
     model.pretrained_cfg = model.default_cfg = cfg
     return model
