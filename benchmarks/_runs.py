@@ -119,6 +119,15 @@ def _copy_files(source: Path, dest: Path, max_bytes: int | None = None) -> list[
     return skipped
 
 
+def carry_name(run_dir: Path, name: str) -> str:
+    """Where a run is carried under ``results/carry/``: its folder's path below ``runs/`` (``zoo_fmnist/final/...``,
+    so two scripts' cells of the same name do not share one), else ``name``."""
+    try:
+        return run_dir.resolve().relative_to((ROOT / "runs").resolve()).as_posix()
+    except ValueError:
+        return name
+
+
 def carry_run(run_dir: Path, name: str) -> Path | None:
     """Copy an interrupted run's files (checkpoint, metrics, log) to ``results/carry/<name>/``, to be committed;
     None (nothing carried) when its ``last.pth`` is over :data:`CARRY_MAX_BYTES`."""
@@ -151,8 +160,9 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
     instead of refusing the folder.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    if restore_carried_run(run_dir, name):
-        log(f"carry  {name}: restored from {CARRY / name} (an earlier machine's checkpoint)")
+    carried_as = carry_name(run_dir, name)
+    if restore_carried_run(run_dir, carried_as):
+        log(f"carry  {name}: restored from {CARRY / carried_as} (an earlier machine's checkpoint)")
     args = list(args)
     resumed = (run_dir / "last.pth").is_file()
     args.append("--resume" if resumed else "--overwrite")
@@ -183,14 +193,14 @@ def run_training(args: list[str], run_dir: Path, name: str, log: Log, threads: i
     wall_file.write_text(json.dumps({"wall_s": wall}) + "\n")
     if killed:
         if (run_dir / "last.pth").is_file():
-            carried = carry_run(run_dir, name)
+            carried = carry_run(run_dir, carried_as)
             log(f"carry  {name}: checkpoint copied to {carried}; commit it to resume elsewhere" if carried else
                 f"carry  {name}: last.pth is over {CARRY_MAX_BYTES} bytes: not carried (it resumes on this machine)")
         return "killed", wall
     if proc.returncode != 0 or not (run_dir / "final_metrics.json").is_file():
         log(f"FAIL   {name}: exit {proc.returncode}; see {run_dir / 'train.log'}")
         return "failed", wall
-    shutil.rmtree(CARRY / name, ignore_errors=True)  # finished: its result file replaces the carried checkpoint
+    shutil.rmtree(CARRY / carried_as, ignore_errors=True)  # finished: its result file replaces the carried checkpoint
     return "done", wall
 
 

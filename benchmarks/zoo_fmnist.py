@@ -80,7 +80,7 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
                                ["augment.re_prob=0.25", "train.label_smoothing=0.1", "train.ema=true",
                                 "train.epochs=100"]),
 }
-BASE_CANDIDATE = "augment_ls_ema_re"  # the candidate configs/zoo/base.yaml is (test_zoo_fmnist_script checks it)
+BASE_CANDIDATE = "augment_ls_ema_re_e100"  # the candidate configs/zoo/base.yaml is (test_zoo_fmnist_script checks it)
 EXPORT_ROOT = "runs/zoo_fmnist/export"  # final runs export here; publish() copies the folder into weights/
 
 

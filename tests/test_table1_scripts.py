@@ -236,6 +236,16 @@ def test_an_interrupted_run_carried_in_the_repository_resumes_on_another_machine
     assert not carried.exists()
 
 
+def test_a_cell_is_carried_under_its_run_folders_path(tmp_path) -> None:
+    """zoo_fmnist's and table1's cells share names ('final/gd_fmnist'); their carried copies must not: a run under
+    runs/ is carried at its path below runs/ (where the committed carries are), any other folder under its name."""
+    import _runs
+
+    run_dir = _runs.ROOT / "runs" / "zoo_fmnist" / "final" / "gd_fmnist"
+    assert _runs.carry_name(run_dir, "final/gd_fmnist") == "zoo_fmnist/final/gd_fmnist"
+    assert _runs.carry_name(tmp_path / "cell", "cell") == "cell"
+
+
 def test_an_exporting_cell_records_the_new_weights_in_the_manifest(monkeypatch, tmp_path) -> None:
     """A cell that exports (the RFNN rerun's 60000 cell) runs ``gdzoo hub manifest`` after it, so the file it wrote is
     the one ``pretrained=True`` accepts; other cells do not."""
