@@ -41,7 +41,7 @@ from gdzoo.hub.card import card_metrics
 from gdzoo.hub.export import swap_into_place
 
 from _runs import ROOT, Log, cpu_name, git_commit, run_queue, run_training
-from table1 import BASELINES, FULL, MODELS, PAPER, ZOO_FINAL, load_zoo_finals, read_jsonl
+from table1 import BASELINES, FULL, MODELS, PAPER, ZOO_FINAL, load_superseded_zoo_finals, load_zoo_finals, read_jsonl
 
 RESULTS = ROOT / "results" / "zoo_fmnist"
 RUNS = ROOT / "runs" / "zoo_fmnist"
@@ -241,12 +241,6 @@ def supersede_stale_finals(log: Log) -> list[str]:
     return moved
 
 
-def load_superseded() -> dict[str, dict[str, dict]]:
-    """``{recipe: {model: record}}`` of the finals of earlier recipes."""
-    return {d.name: {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
-            for d in sorted((ZOO_FINAL / "superseded").glob("*")) if d.is_dir()}
-
-
 def run_cell(kind: str, cell: tuple, log: Log, threads: int, kill_at: dt.datetime | None) -> str:
     """Train one search ``(stage, candidate, model)`` or final ``(model,)`` cell and write its result file."""
     if kind == "search":
@@ -441,7 +435,7 @@ def write_doc(log: Log | None = None) -> None:
             lines += ["", target_verdict(final)]
     else:
         lines.append("No final run has finished yet.")
-    for recipe, records in load_superseded().items():
+    for recipe, records in load_superseded_zoo_finals().items():
         lines += ["",
                   f"Final runs of an earlier recipe, `{recipe}` (not comparable with the table above; their published "
                   "files stay until a final of the current recipe replaces them): " + ", ".join(

@@ -205,7 +205,10 @@ def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
     """When configs/zoo/base.yaml becomes another candidate, the old finals move aside and train again."""
     import json
 
+    import table1
+
     monkeypatch.setattr(zoo_fmnist, "ZOO_FINAL", tmp_path / "final")
+    monkeypatch.setattr(table1, "ZOO_FINAL", tmp_path / "final")
     monkeypatch.setattr(zoo_fmnist, "RUNS", tmp_path / "runs")
     old, current = "augment", zoo_fmnist.BASE_CANDIDATE
     (tmp_path / "final").mkdir()
@@ -218,7 +221,10 @@ def test_finals_of_another_recipe_are_superseded(monkeypatch, tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "final").glob("*.json")) == ["gd_fmnist.json"]
     assert (tmp_path / "runs" / "superseded" / old / "ff_fmnist" / "last.pth").read_bytes() == b"checkpoint"
     assert not (tmp_path / "runs" / "final" / "ff_fmnist").exists()  # so the new final does not resume the old run
-    assert zoo_fmnist.load_superseded() == {old: {"ff_fmnist": {"test_top1": 91.0, "recipe": old, "published": True}}}
+    superseded = {old: {"ff_fmnist": {"test_top1": 91.0, "recipe": old, "published": True}}}
+    assert zoo_fmnist.load_superseded_zoo_finals() == superseded
+    assert table1.zoo_rows() == [("60000, zoo recipe", {"gd_fmnist": 91.0}), ("60000, zoo recipe `augment` (earlier)",
+                                                                             {"ff_fmnist": 91.0})]
     assert zoo_fmnist.supersede_stale_finals(lambda message: None) == []
     # superseded twice
     (tmp_path / "final" / "ff_fmnist.json").write_text(json.dumps({"test_top1": 90.0, "recipe": old}))
