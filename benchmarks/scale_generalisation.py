@@ -369,6 +369,43 @@ def run_trained_eval(args: argparse.Namespace) -> dict:
                             RESULTS / f"test_channels_{args.n_test}.json")
 
 
+def run_publish(args: argparse.Namespace) -> Path:
+    """``weights/gd_fmnist_sc.fmnist_channels/`` from a trained run (``--name``), in the channel configuration the
+    run chose on validation; its card states the top-1 on the 10000 standard test images (28×28) and, per protocol
+    scale, the test row of ``--stage test`` (the first ``--n-test`` images)."""
+    from gdzoo.hub.export import export_hub_folder
+    from gdzoo.models.gd_fmnist_sc import SC_CHANNELS
+
+    config, select = run_config(args.name), json.loads((RESULTS / f"select_{args.name}.json").read_text())
+    choice = select["choice"]
+    wanted = dict(scales=tuple(choice["scales"]), pool=choice["pool"], below_one=config["below_one"],
+                  above_one=config["above_one"])
+    registered = SC_CHANNELS["fmnist_channels"]
+    if any(wanted[k] != (tuple(registered[k]) if k == "scales" else registered[k]) for k in wanted):
+        raise SystemExit(f"{args.name} chose {wanted}; gdzoo/models/gd_fmnist_sc.py SC_CHANNELS['fmnist_channels'] "
+                         f"says {registered}: make them agree first")
+    model = timm.create_model("gd_fmnist_sc", **wanted).eval()
+    model.model.load_state_dict(load_model("gd_fmnist", str(RUNS / args.name / "model.safetensors")).state_dict())
+    images, labels = load_fashion_mnist("test")
+    metrics = {"test/top1": accuracy(batched(model, normalise(model, images.float() / 255)).argmax(1), labels)}
+    tested = json.loads((RESULTS / f"test_channels_{args.n_test}.json").read_text())
+    for s in PROTOCOL_SCALES:
+        metrics[f"rescaled{args.n_test}/top1_x{s:.3f}"] = tested[f"{args.name}|{scale_name(s)}"]["pooled"][
+            choice["scale_set"]][choice["pool"]]
+    description = (
+        "`gd_fmnist` in nine scale channels (1/2 to 2, a quarter octave apart; each the plain model on its 28×28 "
+        f"frame rescaled), pooled by {choice['pool']}, **trained with its channels** on 28×28 Fashion-MNIST images "
+        "(scale 1 only): fine-tuned from a `gd_fmnist` that held out 5000 training images, on which the channels and "
+        "the pooling were chosen. test/top1: the 10000 standard test images; rescaled*/top1_x<s>: the first "
+        f"{args.n_test} test images rescaled by s on a 72×72 canvas (docs/scale.md).")
+    command = (f"python benchmarks/scale_generalisation.py --stage train --name {args.name} ... (docs/scale.md); "
+               f"--stage select/test/publish --name {args.name}")
+    folder = export_hub_folder(model, "fmnist_channels", ROOT / "weights", metrics=metrics, command=command,
+                               datasets=["fashion_mnist"], description=description)
+    print(json.dumps(metrics), folder.path)
+    return folder.path
+
+
 ROTATION_TEST_ANGLES = (0.0, 45.0, 90.0, 180.0, 270.0)
 ORIENTATIONS = (0.0, 90.0, 180.0, 270.0)
 
@@ -630,7 +667,7 @@ def write_doc(n_test: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default="eval",
-                        choices=("eval", "train", "select", "test", "rotation", "cost", "doc"))
+                        choices=("eval", "train", "select", "test", "publish", "rotation", "cost", "doc"))
     parser.add_argument("--n-test", type=int, default=2000, help="test images per scale (the first n of 10000)")
     parser.add_argument("--weights", default=None, help="eval: a trained gd_fmnist safetensors file instead")
     parser.add_argument("--threads", type=int, default=1)
@@ -672,6 +709,8 @@ def main() -> None:
         run_trained_eval(args)
     elif args.stage == "rotation":
         run_rotation(args)
+    elif args.stage == "publish":
+        run_publish(args)
     elif args.stage == "cost":
         run_cost()
     else:

@@ -1,4 +1,5 @@
-"""``gd_fmnist_sc``: the registered scale-channel model on the published single-scale ``gd_fmnist.fmnist`` weights.
+"""``gd_fmnist_sc``: the registered scale-channel model; its default tag ``fmnist_channels`` (trained with its channels)
+and ``fmnist`` (the published single-scale ``gd_fmnist.fmnist`` weights in steered channels).
 
 References are built without the model's code path: the weights read from the shipped file with safetensors into a
 plain ``gd_fmnist``, the channels made by ``gdzoo.steer`` on their own, the crops and the max written out by hand.
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights" / "gd_fmnist.fmnist" / "model.safetensors"
+TRAINED = REPO / "weights" / "gd_fmnist_sc.fmnist_channels" / "model.safetensors"
 ROOT2 = 2**0.5
 
 
@@ -38,7 +40,7 @@ def reference() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def sc() -> ScaleChannelClassifier:
-    return timm.create_model("gd_fmnist_sc", pretrained=True).eval()
+    return timm.create_model("gd_fmnist_sc.fmnist", pretrained=True).eval()
 
 
 def _images(n: int, side: int, seed: int = 0) -> torch.Tensor:
@@ -100,13 +102,13 @@ def test_a_plain_28x28_image_is_seen_as_on_a_background_canvas(sc, reference) ->
 
 
 def test_channel_arguments_and_head_override(reference) -> None:
-    model = timm.create_model("gd_fmnist_sc", pretrained=True, scales=(1.0, 2.0), pool="mean", window=0).eval()
+    model = timm.create_model("gd_fmnist_sc.fmnist", pretrained=True, scales=(1.0, 2.0), pool="mean", window=0).eval()
     assert model.window is None and model.fill is None
     x = _images(2, 28, seed=3)
     with torch.no_grad():
         expected = (reference(x) + gdzoo.steer(reference, scale=2.0)(x)) / 2
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    headless = timm.create_model("gd_fmnist_sc", pretrained=True, num_classes=42)
+    headless = timm.create_model("gd_fmnist_sc.fmnist", pretrained=True, num_classes=42)
     assert headless.num_classes == 42 and headless(x).shape == (2, 42)
     assert torch.equal(headless.state_dict()["stem.conv.weight"], load_file(WEIGHTS)["stem.conv.weight"])
     with pytest.raises(ValueError, match="pool must be one of"):
@@ -122,15 +124,16 @@ def test_weights_file_overlay_goes_to_the_base(tmp_path, reference) -> None:
     state["head.fc.bias"] += 1.0
     path = tmp_path / "model.safetensors"
     save_file(state, path)
-    model = timm.create_model("gd_fmnist_sc", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    model = timm.create_model("gd_fmnist_sc.fmnist", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     assert torch.equal(model.state_dict()["head.fc.bias"], state["head.fc.bias"])
 
 
 def test_listed_and_found_as_the_published_file() -> None:
     from gdzoo.models.pretrained import available_weights_file
 
-    assert timm.list_pretrained("gd_fmnist_sc*") == ["gd_fmnist_sc.fmnist"]
-    assert Path(available_weights_file("gd_fmnist_sc")).resolve() == WEIGHTS.resolve()
+    assert timm.list_pretrained("gd_fmnist_sc*") == ["gd_fmnist_sc.fmnist", "gd_fmnist_sc.fmnist_channels"]
+    assert Path(available_weights_file("gd_fmnist_sc.fmnist")).resolve() == WEIGHTS.resolve()
+    assert Path(available_weights_file("gd_fmnist_sc")).resolve() == TRAINED.resolve()
 
 
 def test_loads_offline_with_an_empty_hub_cache(tmp_path) -> None:
@@ -146,3 +149,38 @@ def test_loads_offline_with_an_empty_hub_cache(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) is True
     assert not any((tmp_path / "hf").rglob("*.safetensors"))
+
+
+# the sides of the channels' frames, 28·2^(k/4) for k = −4 … 4 rounded to the nearest even integer (28 is even)
+FRAMES = (14, 16, 20, 24, 28, 34, 40, 48, 56)
+
+
+def test_default_tag_is_trained_with_its_channels_and_pools_resized_frames() -> None:
+    """The default weights: their own file; nine channels, each the plain gd_fmnist (holding that file's tensors) on
+    its frame cropped or padded with the black background and resized to 28×28 by hand, pooled by logsumexp."""
+    model = timm.create_model("gd_fmnist_sc", pretrained=True).eval()
+    assert model.pretrained_cfg["tag"] == "fmnist_channels"
+    expected = load_file(TRAINED)
+    state = model.state_dict()
+    assert sorted(state) == sorted(expected) and all(torch.equal(state[k], v) for k, v in expected.items())
+    assert model.scales == pytest.approx([2 ** (k / 4) for k in range(-4, 5)])
+    assert (model.pool, model.below_one, model.above_one, model.window) == ("logsumexp", "resize", "resize", 28)
+    reference = timm.create_model("gd_fmnist", pretrained=False)
+    reference.load_state_dict(expected)
+    reference.eval()
+    black = (0.0 - 0.2860) / 0.3530
+    y = _images(2, 28, seed=4)
+    inputs = []
+    for side in FRAMES:
+        if side <= 28:
+            start = (28 - side) // 2
+            frame = y[..., start:start + side, start:start + side]
+        else:
+            pad = (side - 28) // 2
+            frame = torch.nn.functional.pad(y, (pad, pad, pad, pad), value=black)
+        inputs.append(frame if side == 28 else torch.nn.functional.interpolate(
+            frame, size=(28, 28), mode="bicubic", antialias=True, align_corners=False))
+    with torch.no_grad():
+        logits = torch.stack([reference(x) for x in inputs], dim=1)
+        torch.testing.assert_close(model.channel_logits(y), logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(y), torch.logsumexp(logits, dim=1), rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-import gdzoo  # noqa: F401  (registers the models)
+import gdzoo
 from gdzoo.errors import UserError
 from gdzoo.hub import export_hub_folder
 from gdzoo.models.pretrained import PUBLISHED_WEIGHTS
@@ -51,13 +51,16 @@ def test_published_weights_adapt_to_other_in_chans_and_num_classes(tag: str, sin
     adapted = timm.create_model(tag, pretrained=True, in_chans=in_chans, num_classes=NEW_CLASSES).eval()
     size = (28, 28) if base == 1 else (64, 64)  # small inputs keep the U-nets fast; any size the model takes works
 
+    # a scale-channel model's module names and feature API are its base model's (gd_fmnist_sc: `.model`)
+    original_base, adapted_base = (m.model if isinstance(m, gdzoo.ScaleChannels) else m for m in (original, adapted))
     with torch.no_grad():
-        source_stem, stem = original.get_submodule(cfg["first_conv"]), adapted.get_submodule(cfg["first_conv"])
+        source_stem = original_base.get_submodule(cfg["first_conv"])
+        stem = adapted_base.get_submodule(cfg["first_conv"])
         assert stem.in_channels == in_chans
         torch.testing.assert_close(_dense_kernel(stem), _expected_kernel(_dense_kernel(source_stem), in_chans),
                                    rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(adapted.forward_features(_grey(in_chans, size)),
-                                   original.forward_features(_grey(base, size)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(adapted_base.forward_features(_grey(in_chans, size)),
+                                   original_base.forward_features(_grey(base, size)), rtol=1e-4, atol=1e-4)
         out = adapted(_grey(in_chans, size))
     expected_shape = (2, NEW_CLASSES) if out.dim() == 2 else (2, NEW_CLASSES, *size)
     assert tuple(out.shape) == expected_shape and torch.isfinite(out).all()
@@ -69,7 +72,7 @@ def test_published_weights_adapt_to_other_in_chans_and_num_classes(tag: str, sin
     assert len(kept) > 0
     for key, value in kept.items():
         assert torch.equal(value, shipped[key]), key
-    head = adapted.get_submodule(cfg["classifier"])
+    head = adapted_base.get_submodule(cfg["classifier"])
     assert head.weight.shape[0] == NEW_CLASSES
 
 

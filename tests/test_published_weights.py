@@ -73,6 +73,7 @@ print(json.dumps({"value": 100 * 2 * tp / (2 * tp + fp + fn), "count": len(test_
 EVALUATIONS = {
     "fmnist": ("test/top1", FMNIST_TOP1, lambda: find_fashion_mnist()),
     "fmnist_table1": ("test/top1", FMNIST_TOP1, lambda: find_fashion_mnist()),  # the paper protocol's runs
+    "fmnist_channels": ("test/top1", FMNIST_TOP1, lambda: find_fashion_mnist()),  # gd_fmnist_sc, trained in channels
     "monuseg": ("check/full_dice", MONUSEG_DICE, lambda: MONUSEG if (MONUSEG / "index.csv").is_file() else None),
 }
 

@@ -1,4 +1,5 @@
-"""Scale channels from steering: one GD model run at several input scales at once, pooled over the scales.
+"""Scale channels from steering: one GD model run at several input scales at once, pooled over the scales
+(:class:`ScaleChannels`); the same over input rotations (:class:`OrientationChannels`).
 
 Channel ``s`` is ``gdzoo.steer(model, scale=s)`` (the model for inputs resized by ``s``) with its geometry
 computed *at forward time* from the base model's tensors, so every channel is a view of the same σ, μ, θ and
