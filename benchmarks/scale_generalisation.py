@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -467,6 +468,31 @@ def run_cost(n: int = 200, repeats: int = 3) -> dict:
     return cost
 
 
+MODEL_COSTS = ("gd_fmnist", "gd_fmnist_sc.fmnist_channels", "gd_fmnist_sc.fmnist")
+
+
+def run_model_costs(n: int = 500, rounds: int = 5) -> dict:
+    """Seconds per ``n`` 28×28 test images of the plain model and of both published gd_fmnist_sc tags, the median
+    of ``rounds`` interleaved rounds (one round times each model once), so load drifts hit every model alike."""
+    images, _ = load_fashion_mnist("test")
+    models = {name: timm.create_model(name, pretrained=True).eval() for name in MODEL_COSTS}
+    x = normalise(models["gd_fmnist"], images[:n].float() / 255)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for model in models.values():
+            model(x[:2])  # kernel caches, steered structures
+        for _ in range(rounds):
+            for name, model in models.items():
+                start = time.perf_counter()
+                batched(model, x)
+                times[name].append(time.perf_counter() - start)
+    cost = {"images": n, "threads": torch.get_num_threads(), "rounds": rounds,
+            "seconds": {name: round(statistics.median(ts), 3) for name, ts in times.items()}}
+    atomic_write_text(RESULTS / "cost_models.json", json.dumps(cost, indent=1) + "\n")
+    print(json.dumps(cost))
+    return cost
+
+
 # ---------------------------------------------------------------------------------------------- the doc
 def _row(label: str, values: list[float | None]) -> str:
     return f"| {label} | " + " | ".join("—" if v is None else f"{v:.1f}" for v in values) + " |"
@@ -568,7 +594,20 @@ def cost_lines() -> list[str]:
             "| channel scale | " + " | ".join(f"{s:.3g}" for s in PROTOCOL_SCALES) + " |",
             "|---|" + "---:|" * len(PROTOCOL_SCALES),
             "| seconds | " + " | ".join(f"{seconds[scale_name(s)]:.2f}" for s in PROTOCOL_SCALES) + " |",
-            "| × scale 1 | " + " | ".join(f"{seconds[scale_name(s)] / one:.1f}" for s in PROTOCOL_SCALES) + " |", ""]
+            "| × scale 1 | " + " | ".join(f"{seconds[scale_name(s)] / one:.1f}" for s in PROTOCOL_SCALES) + " |", "",
+            *model_cost_lines()]
+
+
+def model_cost_lines() -> list[str]:
+    path = RESULTS / "cost_models.json"
+    if not path.is_file():
+        return []
+    cost = json.loads(path.read_text())
+    seconds, plain = cost["seconds"], cost["seconds"]["gd_fmnist"]
+    return [f"The published models on 28×28 images (`--stage cost-models`, {path.relative_to(ROOT)}): seconds per "
+            f"{cost['images']} test images, median of {cost['rounds']} interleaved rounds, {cost['threads']} thread(s) "
+            "of the shared CPU.", "", "| model | seconds | × `gd_fmnist` |", "|---|---:|---:|",
+            *(f"| `{name}` | {s:.2f} | {s / plain:.1f} |" for name, s in seconds.items()), ""]
 
 
 def replace_block(text: str, name: str, lines: list[str]) -> str:
@@ -666,8 +705,8 @@ def write_doc(n_test: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", default="eval",
-                        choices=("eval", "train", "select", "test", "publish", "rotation", "cost", "doc"))
+    parser.add_argument("--stage", default="eval", choices=("eval", "train", "select", "test", "publish", "rotation",
+                                                             "cost", "cost-models", "doc"))
     parser.add_argument("--n-test", type=int, default=2000, help="test images per scale (the first n of 10000)")
     parser.add_argument("--weights", default=None, help="eval: a trained gd_fmnist safetensors file instead")
     parser.add_argument("--threads", type=int, default=1)
@@ -713,6 +752,8 @@ def main() -> None:
         run_publish(args)
     elif args.stage == "cost":
         run_cost()
+    elif args.stage == "cost-models":
+        run_model_costs()
     else:
         write_doc(args.n_test)
 
