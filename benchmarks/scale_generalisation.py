@@ -216,14 +216,6 @@ def channel_network(model: nn.Module, scales: tuple[float, ...], config: dict, *
                                **kwargs)
 
 
-def freeze_norm_stats(model: nn.Module) -> None:
-    """Norm layers to eval mode (running statistics used, not updated), as when fine-tuning: otherwise every
-    channel's statistics (objects at other sizes) would be mixed into the ones the scale-1 channel uses."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
 def run_train(args: argparse.Namespace) -> Path:
     """Train gd_fmnist inside ScaleChannels on 28×28 images (scale 1); resumable; returns the weights file."""
     from safetensors.torch import save_file
@@ -264,8 +256,6 @@ def run_train(args: argparse.Namespace) -> Path:
         flips = torch.rand(len(x_train), generator=generator) < 0.5  # per image of the epoch: resumable mid-epoch
         idx = order[i * args.batch_size:(i + 1) * args.batch_size]
         model.train()
-        if args.frozen_norm_stats:
-            freeze_norm_stats(model)
         x = (x_train[idx].float() / 255 - mean) / std
         x = torch.where(flips[idx, None, None, None], x.flip(-1), x)
         loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=0.1)
@@ -275,17 +265,17 @@ def run_train(args: argparse.Namespace) -> Path:
         sched.step()
         seen, loss_sum, step = seen + len(idx), loss_sum + float(loss.detach()) * len(idx), step + 1
         per_step = (time.perf_counter() - start) / (step - first)
-        if args.max_steps and step - first >= args.max_steps:
-            print(f"smoke test: {step - first} steps, {per_step:.2f} s/step (batch {args.batch_size}); an epoch of "
-                  f"{steps_per_epoch} steps ≈ {per_step * steps_per_epoch / 60:.1f} min, {total} steps "
-                  f"≈ {per_step * total / 3600:.1f} h", flush=True)
-            return run
         if step % args.checkpoint_every == 0 or step == total:
             state = dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), step=step)
             atomic_write(ckpt, lambda tmp, state=state: torch.save(state, tmp))
             print(f"step {step}/{total} (epoch {step / steps_per_epoch:.2f}): loss {loss_sum / seen:.4f}, "
                   f"{per_step:.2f} s/step", flush=True)
             seen, loss_sum = 0, 0.0
+        if args.max_steps and step - first >= args.max_steps:
+            print(f"smoke test: {step - first} steps, {per_step:.2f} s/step (batch {args.batch_size}); an epoch of "
+                  f"{steps_per_epoch} steps ≈ {per_step * steps_per_epoch / 60:.1f} min, {total} steps "
+                  f"≈ {per_step * total / 3600:.1f} h", flush=True)
+            return run
     weights = run / "model.safetensors"
     tensors = {k: v.contiguous() for k, v in base.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(tensors, tmp))
@@ -723,8 +713,6 @@ def main() -> None:
                         help="train: channels under 1 steered or resized")
     parser.add_argument("--above-one", default="steer", choices=gdzoo.layers.scale_channels.ABOVE_ONE,
                         help="train: channels over 1 steered or resized")
-    parser.add_argument("--frozen-norm-stats", action="store_true",
-                        help="train: norm layers use and keep their running statistics (fine-tuning)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps", type=int, default=0, help="train: schedule length in steps (0: epochs)")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="train: steps between checkpoints")

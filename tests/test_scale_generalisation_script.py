@@ -4,6 +4,7 @@ computed, and the training stage trains the base model's parameters and resumes.
 from __future__ import annotations
 
 import sys
+from argparse import Namespace
 
 import pytest
 import timm
@@ -48,14 +49,18 @@ def test_maxprob_is_the_class_of_the_most_confident_channel() -> None:
     assert sg.pooled_prediction(logits, "maxprob").tolist() == [1, 2]
 
 
-def test_train_stage_trains_the_base_model_and_resumes(tmp_path, monkeypatch, capsys, single_thread: None) -> None:
-    from argparse import Namespace
+def _train_args(**changes) -> Namespace:
+    args = dict(name="t", init="scratch", train_scales="1,2", train_angles="", pool="max", channel_dropout=0.5,
+                epochs=1, steps=0, checkpoint_every=50, batch_size=32, lr=1e-3, seed=0, max_steps=0, train_subset=64,
+                below_one="steer", above_one="steer")
+    return Namespace(**{**args, **changes})
 
+
+def test_train_stage_trains_the_base_model_and_resumes(tmp_path, monkeypatch, capsys, single_thread: None) -> None:
     from safetensors.torch import load_file
 
     monkeypatch.setattr(sg, "RUNS", tmp_path)
-    args = Namespace(name="t", init="scratch", train_scales="1,2", pool="max", channel_dropout=0.5, epochs=1,
-                     batch_size=32, lr=1e-3, seed=0, max_steps=0, train_subset=64)
+    args = _train_args()
     weights = sg.run_train(args)
     state = load_file(weights)
     torch.manual_seed(args.seed)
@@ -66,3 +71,34 @@ def test_train_stage_trains_the_base_model_and_resumes(tmp_path, monkeypatch, ca
     capsys.readouterr()
     sg.run_train(args)
     assert "resumed" in capsys.readouterr().out
+
+
+def test_an_interrupted_fine_tune_resumes_mid_epoch_to_the_same_weights(tmp_path, monkeypatch,
+                                                                        single_thread: None) -> None:
+    """From a weights file, resized channels: stopped after step 3 of 4 (mid-epoch: 2 steps per epoch) and resumed,
+    it ends with exactly the weights of the uninterrupted run."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(sg, "RUNS", tmp_path)
+    torch.manual_seed(1)
+    init = tmp_path / "init.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("gd_fmnist").state_dict().items()}, init)
+    common = dict(init=str(init), train_scales="2^-1,1,2", below_one="resize", above_one="resize",
+                  channel_dropout=0.0, steps=4, checkpoint_every=1)
+    straight = load_file(sg.run_train(_train_args(name="straight", **common)))
+    sg.run_train(_train_args(name="stopped", max_steps=3, **common))
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["step"] == 3
+    resumed = load_file(sg.run_train(_train_args(name="stopped", **common)))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not torch.equal(straight["stem.conv.weight"], load_file(init)["stem.conv.weight"])
+
+
+def test_orientation_channels_train_the_base_model(tmp_path, monkeypatch, single_thread: None) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(sg, "RUNS", tmp_path)
+    torch.manual_seed(0)
+    initial = timm.create_model("gd_fmnist").state_dict()
+    state = load_file(sg.run_train(_train_args(name="o", train_angles="0,90,180,270", steps=2)))
+    assert state.keys() == initial.keys()
+    assert not torch.equal(state["stem.conv.theta_raw"], initial["stem.conv.theta_raw"])
