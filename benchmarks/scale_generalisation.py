@@ -341,11 +341,19 @@ def run_select(args: argparse.Namespace) -> dict:
     choice = max(eligible, key=lambda sp: sum(scores[sp[0]][sp[1]].values()))
     result = dict(scores=scores, choice=dict(scale_set=choice[0], scales=SCALE_SETS[choice[0]], pool=choice[1]),
                   rule="best mean over the protocol scales among the candidates within 0.5 points of the best at 1",
-                  n_val=len(y_val), below_one=config.get("below_one", "steer"),
-                  above_one=config.get("above_one", "steer"))
+                  n_val=len(y_val), train=training_summary(config))
     atomic_write_text(RESULTS / f"select_{args.name}.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(result["choice"], ensure_ascii=False))
     return result
+
+
+TRAINING_KEYS = ("init", "scales", "below_one", "above_one", "pool", "channel_dropout", "total_steps", "batch_size",
+                 "lr")
+
+
+def training_summary(config: dict) -> dict:
+    """What the doc says of a run's training (its config.json lives in runs/, which is not committed)."""
+    return {k: config.get(k) for k in TRAINING_KEYS}
 
 
 def run_trained_eval(args: argparse.Namespace) -> dict:
@@ -643,12 +651,12 @@ def validation_lines(choices: dict[str, dict]) -> list[str]:
              "| run | trained channels | training pool | steps | chosen | at 1 | mean over scales | worst scale |",
              "|---|---|---|---:|---|---:|---:|---:|"]
     for run, select in choices.items():
-        config = run_config(run)
+        config = select["train"]
         choice = select["choice"]
         scores = select["scores"][choice["scale_set"]][choice["pool"]]
         made = {"steer": "steered", "resize": "resized"}
-        kind = (f"{len(config['scales'])} scales, below 1 {made[config.get('below_one', 'steer')]}, above 1 "
-                f"{made[config.get('above_one', 'steer')]}")
+        kind = (f"{len(config['scales'])} scales, below 1 {made[config['below_one'] or 'steer']}, above 1 "
+                f"{made[config['above_one'] or 'steer']}")
         lines.append(f"| `{run}` | {kind} | {config['pool']} | {config['total_steps']} | "
                      f"{choice['scale_set']}, {choice['pool']} | {scores[scale_name(1.0)]:.2f} | "
                      f"{sum(scores.values()) / len(scores):.2f} | {min(scores.values()):.2f} |")

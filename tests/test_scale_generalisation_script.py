@@ -102,3 +102,17 @@ def test_orientation_channels_train_the_base_model(tmp_path, monkeypatch, single
     state = load_file(sg.run_train(_train_args(name="o", train_angles="0,90,180,270", steps=2)))
     assert state.keys() == initial.keys()
     assert not torch.equal(state["stem.conv.theta_raw"], initial["stem.conv.theta_raw"])
+
+
+def test_the_doc_is_made_from_committed_results_only(tmp_path, monkeypatch) -> None:
+    """docs/scale.md's generated blocks come from results/scale/ (committed), never from runs/ (not committed)."""
+    import shutil
+
+    monkeypatch.setattr(sg, "RUNS", tmp_path / "no-runs")
+    monkeypatch.setattr(sg, "DOC", tmp_path / "scale.md")
+    monkeypatch.setattr(sg, "PLOT", tmp_path / "scale.png")
+    shutil.copyfile(REPO / "docs" / "scale.md", tmp_path / "scale.md")
+    sg.write_doc(2000)
+    assert (tmp_path / "scale.md").read_text() == (REPO / "docs" / "scale.md").read_text()  # the committed doc
+    assert "| `ft_resize_max_e3` | 9 scales, below 1 resized, above 1 resized | max | 2580 |" in (
+        tmp_path / "scale.md").read_text()
