@@ -160,6 +160,7 @@ def test_default_tag_is_trained_with_its_channels_and_pools_resized_frames() -> 
     its frame cropped or padded with the black background and resized to 28×28 by hand, pooled by logsumexp."""
     model = timm.create_model("gd_fmnist_sc", pretrained=True).eval()
     assert model.pretrained_cfg["tag"] == "fmnist_channels"
+    assert Path(model.pretrained_cfg["file"]).resolve() == TRAINED.resolve()  # the file it read, as timm's models say
     expected = load_file(TRAINED)
     state = model.state_dict()
     assert sorted(state) == sorted(expected) and all(torch.equal(state[k], v) for k, v in expected.items())

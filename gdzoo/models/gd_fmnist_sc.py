@@ -122,5 +122,7 @@ def gd_fmnist_sc(
         base, scales=channels["scales"] if scales is None else scales, pool=pool or channels["pool"], where=where,
         channel_dropout=channel_dropout, window=window or None, below_one=below_one or channels["below_one"],
         fill=fill if window else None, above_one=above_one or channels["above_one"])
+    if "file" in base.pretrained_cfg:  # the file the weights were read from (gdzoo's resolver sets it on the base)
+        cfg = {**cfg, "file": base.pretrained_cfg["file"]}
     model.pretrained_cfg = model.default_cfg = cfg
     return model
