@@ -647,9 +647,9 @@ def trained_lines(n_test: int) -> list[str]:
 
 def validation_lines(choices: dict[str, dict]) -> list[str]:
     """Each trained run's training configuration and its choice on the validation images (top-1 %)."""
-    lines = ["Validation (5000 held-out training images at every protocol scale; the choice of each run):", "",
-             "| run | trained channels | training pool | steps | chosen | at 1 | mean over scales | worst scale |",
-             "|---|---|---|---:|---|---:|---:|---:|"]
+    lines = ["Validation (held-out training images at every protocol scale; the choice of each run):", "",
+             "| run | trained channels | training pool | steps | validation images | chosen | at 1 | mean over scales "
+             "| worst scale |", "|---|---|---|---:|---:|---|---:|---:|---:|"]
     for run, select in choices.items():
         config = select["train"]
         choice = select["choice"]
@@ -657,7 +657,7 @@ def validation_lines(choices: dict[str, dict]) -> list[str]:
         made = {"steer": "steered", "resize": "resized"}
         kind = (f"{len(config['scales'])} scales, below 1 {made[config['below_one'] or 'steer']}, above 1 "
                 f"{made[config['above_one'] or 'steer']}")
-        lines.append(f"| `{run}` | {kind} | {config['pool']} | {config['total_steps']} | "
+        lines.append(f"| `{run}` | {kind} | {config['pool']} | {config['total_steps']} | {select['n_val']} | "
                      f"{choice['scale_set']}, {choice['pool']} | {scores[scale_name(1.0)]:.2f} | "
                      f"{sum(scores.values()) / len(scores):.2f} | {min(scores.values()):.2f} |")
     return lines
