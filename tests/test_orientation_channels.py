@@ -10,12 +10,9 @@ import torch.nn.functional as F
 from gdzoo import OrientationChannels, steer
 from test_scale_channels import REDUCE, tiny
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ANGLES = (0.0, 90.0, 180.0, 270.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(single_thread: None) -> None:
-    return None
 
 
 @pytest.mark.parametrize("separated", [False, True])

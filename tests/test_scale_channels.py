@@ -132,15 +132,17 @@ def test_fill_pads_a_small_input_to_each_channel_frame() -> None:
         torch.testing.assert_close(channels.channel_logits(canvas), expected, rtol=1e-9, atol=1e-10)
 
 
+def _bicubic(crop: torch.Tensor, size: int) -> torch.Tensor:
+    """``crop`` resized to ``size × size`` as a resized channel does it (bicubic, antialiased)."""
+    return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+
 @pytest.mark.parametrize("window", [None, 16])
 def test_below_one_resize_runs_the_plain_model_on_the_enlarged_input(window: int | None) -> None:
     model = tiny()
     x = torch.randn(2, 1, 40, 40, dtype=torch.float64)
     channels = ScaleChannels(model, scales=(0.5, 0.7, 1.0, 2.0), window=window, below_one="resize").eval()
-
-    def enlarged(crop: torch.Tensor, size: int) -> torch.Tensor:
-        return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-
+    enlarged = _bicubic
     if window is None:  # the whole input enlarged by 1/s: 80 and round(57.1) = 57 pixels
         inputs = [enlarged(x, 80), enlarged(x, 57), x, x]
     else:  # the crop of side ≈ 16·s (8, 12: even as 40) enlarged to 16×16; then 16 and 32 as before
@@ -157,10 +159,7 @@ def test_above_one_resize_runs_the_plain_model_on_the_shrunk_input(window: int |
     model = tiny()
     x = torch.randn(2, 1, 40, 40, dtype=torch.float64)
     channels = ScaleChannels(model, scales=(0.7, 1.0, 1.5, 2.0), window=window, above_one="resize").eval()
-
-    def shrunk(crop: torch.Tensor, size: int) -> torch.Tensor:
-        return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-
+    shrunk = _bicubic
     if window is None:  # the whole input shrunk by 1/s: round(26.7) = 27 and 20 pixels
         inputs = [x, x, shrunk(x, 27), shrunk(x, 20)]
     else:  # the crop of side ≈ 16·s (24, 32: even as 40) shrunk to 16×16; 0.7 steered on its crop of side 12
@@ -179,7 +178,7 @@ def test_above_one_resize_with_fill_shrinks_the_image_on_background() -> None:
     channels = ScaleChannels(model, scales=(2.0,), window=16, fill=-1.5, above_one="resize").eval()
     canvas = torch.full((2, 1, 32, 32), -1.5, dtype=torch.float64)
     canvas[..., 8:24, 8:24] = x
-    expected = model(F.interpolate(canvas, size=(16, 16), mode="bicubic", antialias=True, align_corners=False))
+    expected = model(_bicubic(canvas, 16))
     with torch.no_grad():
         torch.testing.assert_close(channels(x), expected, rtol=1e-9, atol=1e-10)
 
