@@ -185,3 +185,21 @@ def test_default_tag_is_trained_with_its_channels_and_pools_resized_frames() -> 
         logits = torch.stack([reference(x) for x in inputs], dim=1)
         torch.testing.assert_close(model.channel_logits(y), logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model(y), torch.logsumexp(logits, dim=1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_users_own_tag_gets_the_default_channels_unless_it_names_them(tmp_path) -> None:
+    """A gd_fmnist_sc exported under another tag (gdzoo hub export) loads by hf-hub: its config.json model_args (timm
+    records the arguments given) restore its channels; a cfg without them gets the default tag's."""
+    from gdzoo.hub.export import export_hub_folder
+
+    mine = timm.create_model("gd_fmnist_sc", scales=(1.0, 2.0), pool="max", above_one="resize").eval()
+    folder = export_hub_folder(mine, "mine", tmp_path, org="me")
+    config = json.loads((folder.path / "config.json").read_text())
+    assert config["model_args"]["scales"] == [1.0, 2.0] and config["model_args"]["above_one"] == "resize"
+    cfg = {**config["pretrained_cfg"], "file": str(folder.path / "model.safetensors")}  # what an hf-hub: load passes
+    reloaded = timm.create_model("gd_fmnist_sc", pretrained=True, pretrained_cfg=cfg, **config["model_args"])
+    assert (reloaded.scales, reloaded.pool, reloaded.above_one) == ((1.0, 2.0), "max", "resize")
+    assert reloaded.pretrained_cfg["tag"] == "mine" and tuple(reloaded.pretrained_cfg["mean"]) == (0.286,)
+    assert all(torch.equal(v, mine.state_dict()[k]) for k, v in reloaded.state_dict().items())
+    default = timm.create_model("gd_fmnist_sc", pretrained=True, pretrained_cfg=cfg)
+    assert default.scales == pytest.approx([2 ** (k / 4) for k in range(-4, 5)]) and default.pool == "logsumexp"

@@ -110,14 +110,17 @@ def gd_fmnist_sc(
     if kwargs.get("features_only"):
         raise ValueError("gd_fmnist_sc has no features_only model (each channel has its own feature maps): use "
                          "timm.create_model('gd_fmnist', features_only=True), or ScaleChannels(where='features')")
-    tag = _tag(kwargs.pop("pretrained_cfg", None))
+    given = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
-    cfg = resolve_pretrained_cfg("gd_fmnist_sc", pretrained_cfg=tag, pretrained_cfg_overlay=overlay).to_dict()
+    # a registered tag is looked up; a whole cfg (timm's hf-hub: loads pass config.json's) is taken as it is
+    registered = given is None or isinstance(given, str) or f"gd_fmnist_sc.{_tag(given)}" in default_cfgs
+    cfg = resolve_pretrained_cfg("gd_fmnist_sc", pretrained_cfg=_tag(given) if registered else given,
+                                 pretrained_cfg_overlay=overlay).to_dict()
     shared = SHARED_WEIGHTS.get(f"gd_fmnist_sc.{cfg['tag']}")
     # a shared tag loads the other tag's file; an own tag's cfg names its own Hub repo and shipped file
     base_cfg = model_and_tag(shared)[1] if shared else cfg
     base = gd_fmnist(pretrained=pretrained, pretrained_cfg=base_cfg, pretrained_cfg_overlay=overlay, **kwargs)
-    channels = SC_CHANNELS[cfg["tag"]]
+    channels = SC_CHANNELS.get(cfg["tag"], SC_CHANNELS["fmnist_channels"])  # another tag (a user's): the default's
     model = ScaleChannelClassifier(
         base, scales=channels["scales"] if scales is None else scales, pool=pool or channels["pool"], where=where,
         channel_dropout=channel_dropout, window=window or None, below_one=below_one or channels["below_one"],
