@@ -289,8 +289,9 @@ def channel_cell(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     start = time.perf_counter()
     channels = channel_network(model, PROTOCOL_SCALES, config).eval()
     logits = batched(channels.channel_logits, x)  # (N, 9, classes)
-    cell: dict = {"test_scale": scale, "plain_frame": accuracy(batched(model, centre_crop(x, FRAME)).argmax(1), labels)}
+    cell: dict = {"test_scale": scale}
     cell["channel"] = {scale_name(s): accuracy(logits[:, i].argmax(1), labels) for i, s in enumerate(PROTOCOL_SCALES)}
+    cell["plain_frame"] = cell["channel"][scale_name(1.0)]  # the scale-1 channel is the plain model on its frame
     cell["pooled"] = {}
     for set_name, subset in SCALE_SETS.items():
         idx = [channel_index(s) for s in subset]
@@ -356,13 +357,18 @@ def training_summary(config: dict) -> dict:
     return {k: config.get(k) for k in TRAINING_KEYS}
 
 
+def weights_and_tag(args: argparse.Namespace) -> tuple[str, str]:
+    """``--weights`` under ``--tag``, else the trained run ``--name``'s weights under its name."""
+    if args.weights is not None:
+        return args.weights, args.tag
+    return str(RUNS / args.name / "model.safetensors"), args.name
+
+
 def run_trained_eval(args: argparse.Namespace) -> dict:
     """A trained run (``--name``) or any gd_fmnist file (``--weights``, channels as ``--below-one/--above-one``) on
     the first ``--n-test`` test images at every protocol scale."""
-    if args.weights is not None:
-        config, weights, tag = dict(below_one=args.below_one, above_one=args.above_one), args.weights, args.tag
-    else:
-        config, weights, tag = run_config(args.name), str(RUNS / args.name / "model.safetensors"), args.name
+    weights, tag = weights_and_tag(args)
+    config = dict(below_one=args.below_one, above_one=args.above_one) if args.weights else run_config(args.name)
     images, labels = load_fashion_mnist("test")
     return run_channel_eval(weights, config, tag, images[: args.n_test], labels[: args.n_test],
                             RESULTS / f"test_channels_{args.n_test}.json")
@@ -423,8 +429,7 @@ def rotated(images: torch.Tensor, angle: float) -> torch.Tensor:
 def run_rotation(args: argparse.Namespace) -> dict:
     """The rotation row: a model (``--weights`` file or a trained run ``--name``) plain and in orientation channels
     (0, 90, 180, 270°; each pooling), on the first ``--n-test`` test images rotated by each test angle."""
-    weights, tag = (args.weights, args.tag) if args.weights is not None else (
-        str(RUNS / args.name / "model.safetensors"), args.name)
+    weights, tag = weights_and_tag(args)
     out = RESULTS / f"rotation_{args.n_test}.json"
     done = json.loads(out.read_text()) if out.is_file() else {}
     model = load_model("gd_fmnist", weights)
