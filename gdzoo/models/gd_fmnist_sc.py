@@ -113,7 +113,7 @@ def gd_fmnist_sc(
     given = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     # a registered tag is looked up; a whole cfg (timm's hf-hub: loads pass config.json's) is taken as it is
-    registered = given is None or isinstance(given, str) or f"gd_fmnist_sc.{_tag(given)}" in default_cfgs
+    registered = given is None or isinstance(given, str) or _tag(given) in default_cfgs["gd_fmnist_sc"].tags
     cfg = resolve_pretrained_cfg("gd_fmnist_sc", pretrained_cfg=_tag(given) if registered else given,
                                  pretrained_cfg_overlay=overlay).to_dict()
     shared = SHARED_WEIGHTS.get(f"gd_fmnist_sc.{cfg['tag']}")
