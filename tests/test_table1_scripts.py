@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -234,6 +236,19 @@ def test_an_interrupted_run_carried_in_the_repository_resumes_on_another_machine
     assert status == "done", (second / "train.log").read_text()[-2000:]
     assert "resumed from" in (second / "train.log").read_text() and "carry  cell: restored" in log.path.read_text()
     assert not carried.exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_git_commits_every_file_a_carry_holds() -> None:
+    """A carry is committed to reach the next machine: git must not ignore its checkpoint (``*.pth`` is ignored
+    elsewhere), or the committed carry restores nothing and the run silently starts afresh."""
+    import _runs
+
+    carried = _runs.CARRY.relative_to(REPO) / "zoo_fmnist" / "final" / "gd_fmnist"
+    names = ["last.pth", "metrics.csv", "metrics.jsonl", "train.log", "config.yaml", "classes.json"]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *(str(carried / n) for n in names)], cwd=REPO,
+                             capture_output=True, text=True)
+    assert ignored.returncode == 1 and not ignored.stdout, f"git ignores carried files: {ignored.stdout}"
 
 
 def test_a_cell_is_carried_under_its_run_folders_path(tmp_path) -> None:
