@@ -116,3 +116,28 @@ def test_the_doc_is_made_from_committed_results_only(tmp_path, monkeypatch) -> N
     assert (tmp_path / "scale.md").read_text() == (REPO / "docs" / "scale.md").read_text()  # the committed doc
     assert "| `ft_resize_max_e3` | 9 scales, below 1 resized, above 1 resized | max | 2580 | 5000 |" in (
         tmp_path / "scale.md").read_text()
+
+
+def test_stored_cells_are_reused_only_for_the_weights_they_scored(tmp_path, monkeypatch, single_thread: None) -> None:
+    """A cell computed with other weights (a published file since replaced) is recomputed, not shown as the current
+    file's; a cell of the same weights is kept. At scale 1 the centred frame is the test image itself."""
+    import json
+
+    from gdzoo.data.fashion_mnist import load_fashion_mnist
+
+    monkeypatch.setattr(sg, "RESULTS", tmp_path)
+    monkeypatch.setattr(sg, "PROTOCOL_SCALES", (1.0,))
+    stale = {"test_scale": 1.0, "plain_canvas": 0.0, "plain_frame": 0.0, "resized_back": 0.0, "weights_sha256": "0"}
+    sg.results_path(40, None).write_text(json.dumps({"ff_fmnist|1.000": stale}))
+    cell = sg.run_eval(40, None, ("ff_fmnist",))["ff_fmnist|1.000"]
+
+    model = timm.create_model("ff_fmnist.fmnist", pretrained=True).eval()
+    images, labels = load_fashion_mnist("test")
+    mean, std = model.pretrained_cfg["mean"][0], model.pretrained_cfg["std"][0]
+    with torch.no_grad():
+        expected = 100.0 * float((model((images[:40] / 255.0 - mean) / std).argmax(1) == labels[:40]).double().mean())
+    assert cell["plain_frame"] == pytest.approx(expected, abs=0.01) and cell["plain_frame"] > 50
+    assert cell["weights_sha256"] == sg.tensors_sha256(model) != "0"
+
+    monkeypatch.setattr(sg, "eval_cell", lambda *args: pytest.fail("a cell of the same weights was recomputed"))
+    assert sg.run_eval(40, None, ("ff_fmnist",))["ff_fmnist|1.000"] == cell
