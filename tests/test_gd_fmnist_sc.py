@@ -1,5 +1,5 @@
 """``gd_fmnist_sc``: the registered scale-channel model; its default tag ``fmnist_channels`` (trained with its channels)
-and ``fmnist`` (the published single-scale ``gd_fmnist.fmnist`` weights in steered channels).
+and ``fmnist`` (the published single-scale ``gd_fmnist.fmnist_table1`` weights in steered channels).
 
 References are built without the model's code path: the weights read from the shipped file with safetensors into a
 plain ``gd_fmnist``, the channels made by ``gdzoo.steer`` on their own, the crops and the max written out by hand.
@@ -25,14 +25,14 @@ from gdzoo.models.pretrained import default_org
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = REPO / "weights" / "gd_fmnist.fmnist" / "model.safetensors"
+WEIGHTS = REPO / "weights" / "gd_fmnist.fmnist_table1" / "model.safetensors"
 TRAINED = REPO / "weights" / "gd_fmnist_sc.fmnist_channels" / "model.safetensors"
 ROOT2 = 2**0.5
 
 
 @pytest.fixture(scope="module")
 def reference() -> torch.nn.Module:
-    """A plain gd_fmnist holding the shipped gd_fmnist.fmnist tensors, read straight from the file."""
+    """A plain gd_fmnist holding the shipped gd_fmnist.fmnist_table1 tensors, read straight from the file."""
     model = timm.create_model("gd_fmnist", pretrained=False)
     model.load_state_dict(load_file(WEIGHTS))
     return model.eval()
@@ -57,8 +57,8 @@ def test_pretrained_weights_are_the_published_single_scale_file(sc, reference) -
     assert sc.where == "logits" and sc.channel_dropout == 0.0
     assert sc.num_classes == 10 and sc.in_chans == 1
     assert sc.pretrained_cfg["architecture"] == "gd_fmnist_sc" and sc.pretrained_cfg["tag"] == "fmnist"
-    assert sc.pretrained_cfg["hf_hub_id"] == f"{default_org()}/gd_fmnist.fmnist"  # the base's repo: no copy of the file
-    assert SHARED_WEIGHTS == {"gd_fmnist_sc.fmnist": "gd_fmnist.fmnist"}
+    assert sc.pretrained_cfg["hf_hub_id"] == f"{default_org()}/gd_fmnist.fmnist_table1"  # the base's repo: no copy of the file
+    assert SHARED_WEIGHTS == {"gd_fmnist_sc.fmnist": "gd_fmnist.fmnist_table1"}
     assert not (REPO / "weights" / "gd_fmnist_sc.fmnist").exists()
 
 

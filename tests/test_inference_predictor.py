@@ -113,7 +113,7 @@ def test_published_tag_follows_the_weights_resolver() -> None:
     assert published_tag("gd_fmnist") == "gd_fmnist.fmnist" and "gd_fmnist.fmnist" in load_manifest()
     assert published_tag("gd_fmnist.fmnist_table1") == "gd_fmnist.fmnist_table1"
     assert published_tag("gd_fmnist_sc") == "gd_fmnist_sc.fmnist_channels" in load_manifest()  # its own file
-    shared = "gd_fmnist_sc.fmnist"  # loads gd_fmnist.fmnist's shipped file
+    shared = "gd_fmnist_sc.fmnist"  # loads gd_fmnist.fmnist_table1's shipped file
     assert published_tag(shared) == shared and shared not in load_manifest()
     assert published_tag("gd_vgg16") is None  # derived or from the Hub: nothing ships
     assert published_tag("not_a_model") is None
