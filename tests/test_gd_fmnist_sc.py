@@ -57,7 +57,8 @@ def test_pretrained_weights_are_the_published_single_scale_file(sc, reference) -
     assert sc.where == "logits" and sc.channel_dropout == 0.0
     assert sc.num_classes == 10 and sc.in_chans == 1
     assert sc.pretrained_cfg["architecture"] == "gd_fmnist_sc" and sc.pretrained_cfg["tag"] == "fmnist"
-    assert sc.pretrained_cfg["hf_hub_id"] == f"{default_org()}/gd_fmnist.fmnist_table1"  # the base's repo: no copy of the file
+    # the base's repo: no copy of the file
+    assert sc.pretrained_cfg["hf_hub_id"] == f"{default_org()}/gd_fmnist.fmnist_table1"
     assert SHARED_WEIGHTS == {"gd_fmnist_sc.fmnist": "gd_fmnist.fmnist_table1"}
     assert not (REPO / "weights" / "gd_fmnist_sc.fmnist").exists()
 

@@ -201,7 +201,8 @@ def _hub_file_downloaded(hub_id: str, filename: str) -> bool:
 
 def shipped_source(pretrained_cfg: dict[str, Any]) -> WeightsSource | None:
     """The shipped copy of the published tag whose gdzoo Hub repo the cfg names (another org means the Hub): the
-    cfg's own tag or, for a tag sharing another's weights (``gd_fmnist_sc.fmnist``: ``gd_fmnist.fmnist_table1``), that one."""
+    cfg's own tag or, for a tag sharing another's weights (``gd_fmnist_sc.fmnist``: ``gd_fmnist.fmnist_table1``),
+    that one."""
     org, _, repo_tag = hf_split(pretrained_cfg.get("hf_hub_id") or "")[0].partition("/")
     if org != shipped.PUBLISHED_ORG or repo_tag not in shipped.load_manifest():
         return None
