@@ -105,7 +105,7 @@ def batched(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 def load_model(name: str, weights: str | None) -> nn.Module:
-    """Published weights (``timm.create_model(name, pretrained=True)``) or a trained file (safetensors)."""
+    """The published weights :data:`EVAL_TAGS` names for ``name``, or a trained file (safetensors)."""
     if weights is None:
         return timm.create_model(EVAL_TAGS[name], pretrained=True).eval()
     from safetensors.torch import load_file
