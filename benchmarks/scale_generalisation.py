@@ -104,6 +104,10 @@ def batched(fn, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([fn(chunk) for chunk in x.split(BATCH)])
 
 
+# the published weights the eval stage scores; a stored cell is reused only while they hold the same tensors
+EVAL_TAGS = {"gd_fmnist": "gd_fmnist.fmnist_table1", "ff_fmnist": "ff_fmnist.fmnist"}
+
+
 def load_model(name: str, weights: str | None) -> nn.Module:
     """The published weights :data:`EVAL_TAGS` names for ``name``, or a trained file (safetensors)."""
     if weights is None:
@@ -113,10 +117,6 @@ def load_model(name: str, weights: str | None) -> nn.Module:
     model = timm.create_model(name, pretrained=False)
     model.load_state_dict(load_file(weights))
     return model.eval()
-
-
-# the published weights the eval stage scores; a stored cell is reused only while they hold the same tensors
-EVAL_TAGS = {"gd_fmnist": "gd_fmnist.fmnist_table1", "ff_fmnist": "ff_fmnist.fmnist"}
 
 
 def tensors_sha256(model: nn.Module) -> str:

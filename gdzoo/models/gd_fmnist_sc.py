@@ -78,8 +78,9 @@ class ScaleChannelClassifier(ScaleChannels):
 
 default_cfgs = generate_default_cfgs({
     "gd_fmnist_sc.fmnist_channels": _fmnist_cfg("gd_fmnist_sc", "fmnist_channels"),
-    # The weights are gd_fmnist.fmnist_table1's: same Hub repo, same shipped file.
-    "gd_fmnist_sc.fmnist": _fmnist_cfg("gd_fmnist_sc", hf_hub_id=hub_repo_id("gd_fmnist", "fmnist_table1")),
+    # The weights are SHARED_WEIGHTS' tag's: same Hub repo, same shipped file.
+    "gd_fmnist_sc.fmnist": _fmnist_cfg("gd_fmnist_sc",
+                                       hf_hub_id=hub_repo_id(*model_and_tag(SHARED_WEIGHTS["gd_fmnist_sc.fmnist"]))),
 })
 
 
