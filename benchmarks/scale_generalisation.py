@@ -40,6 +40,8 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -135,6 +137,22 @@ def tensors_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def fill_cells(path: Path, done: dict, identity: dict, cells: dict[str, Callable[[], dict]],
+               needed: tuple[str, ...] = (), summary: Callable[[dict], str] | None = None) -> dict:
+    """Compute each of ``cells`` (key -> its computation) that ``done`` lacks, or holds with another ``identity``
+    (the weights' :func:`tensors_sha256` as ``weights_sha256``, and whatever else the numbers depend on) or without
+    a ``needed`` field, and store it in ``path`` as it finishes: the stages resume after an interruption, and a
+    stored number is never shown as another file's."""
+    for key, compute in cells.items():
+        stored = done.get(key, {})
+        if all(stored.get(k) == v for k, v in identity.items()) and all(field in stored for field in needed):
+            continue
+        done[key] = {**compute(), **identity}
+        atomic_write_text(path, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
+        print(f"{key}: {(summary or partial(json.dumps, ensure_ascii=False))(done[key])}", flush=True)
+    return done
+
+
 def eval_cell(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: float) -> dict:
     """Every number of one (weights, test scale) cell."""
     x = normalise(model, rescale_on_canvas(images, scale, CANVAS, INTERPOLATION, ANTIALIAS))
@@ -190,15 +208,10 @@ def run_eval(n_test: int, weights: str | None, models: tuple[str, ...]) -> dict:
         if name != "gd_fmnist" and weights is not None:
             continue
         model = load_model(name, weights)
-        digest = tensors_sha256(model)
-        for scale in PROTOCOL_SCALES:
-            key = f"{name}|{scale_name(scale)}"
-            needed = ("resized_back",) if name == "ff_fmnist" else ("resized_back", "pooled_resize")
-            if done.get(key, {}).get("weights_sha256") == digest and all(field in done[key] for field in needed):
-                continue
-            done[key] = {**eval_cell(name, model, images, labels, scale), "weights_sha256": digest}
-            atomic_write_text(path, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
-            print(f"{key}: {json.dumps(done[key], ensure_ascii=False)}", flush=True)
+        needed = ("resized_back",) if name == "ff_fmnist" else ("resized_back", "pooled_resize")
+        fill_cells(path, done, {"weights_sha256": tensors_sha256(model)},
+                   {f"{name}|{scale_name(s)}": partial(eval_cell, name, model, images, labels, s)
+                    for s in PROTOCOL_SCALES}, needed)
     return done
 
 
@@ -339,14 +352,15 @@ def run_channel_eval(weights: str, config: dict, tag: str, images: torch.Tensor,
                                      images=len(labels), weights=weights, below_one=config.get("below_one", "steer"),
                                      above_one=config.get("above_one", "steer")))
     model = load_model("gd_fmnist", weights)
-    for scale in PROTOCOL_SCALES:
-        key = f"{tag}|{scale_name(scale)}"
-        if key not in done:
-            done[key] = channel_cell(model, images, labels, scale, config)
-            atomic_write_text(out, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
-            print(f"{key}: plain {done[key]['plain_frame']}, {json.dumps(done[key]['pooled'], ensure_ascii=False)}",
-                  flush=True)
-    return done
+    identity = {"weights_sha256": tensors_sha256(model), "below_one": config.get("below_one", "steer"),
+                "above_one": config.get("above_one", "steer")}
+    return fill_cells(out, done, identity,
+                      {f"{tag}|{scale_name(s)}": partial(channel_cell, model, images, labels, s, config)
+                       for s in PROTOCOL_SCALES}, summary=channel_summary)
+
+
+def channel_summary(cell: dict) -> str:
+    return f"plain {cell['plain_frame']}, {json.dumps(cell['pooled'], ensure_ascii=False)}"
 
 
 def run_select(args: argparse.Namespace) -> dict:
@@ -458,17 +472,15 @@ def run_rotation(args: argparse.Namespace) -> dict:
     channels = gdzoo.OrientationChannels(model, angles=ORIENTATIONS).eval()
     images, labels = load_fashion_mnist("test")
     images, labels = images[: args.n_test], labels[: args.n_test]
-    for angle in ROTATION_TEST_ANGLES:
-        key = f"{tag}|{angle:g}"
-        if key in done:
-            continue
+
+    def cell(angle: float) -> dict:
         x = normalise(model, rotated(images, angle))
         logits = batched(channels.channel_logits, x)
-        done[key] = dict(weights=weights, plain=accuracy(batched(model, x).argmax(1), labels),
-                         pooled={pool: accuracy(pooled_prediction(logits, pool), labels) for pool in POOLS[:3]})
-        atomic_write_text(out, json.dumps(done, indent=1) + "\n")
-        print(f"{key}: {done[key]}", flush=True)
-    return done
+        return dict(weights=weights, plain=accuracy(batched(model, x).argmax(1), labels),
+                    pooled={pool: accuracy(pooled_prediction(logits, pool), labels) for pool in POOLS[:3]})
+
+    return fill_cells(out, done, {"weights_sha256": tensors_sha256(model)},
+                      {f"{tag}|{angle:g}": partial(cell, angle) for angle in ROTATION_TEST_ANGLES})
 
 
 def run_cost(n: int = 200, repeats: int = 3) -> dict:

@@ -141,3 +141,51 @@ def test_stored_cells_are_reused_only_for_the_weights_they_scored(tmp_path, monk
 
     monkeypatch.setattr(sg, "eval_cell", lambda *args: pytest.fail("a cell of the same weights was recomputed"))
     assert sg.run_eval(40, None, ("ff_fmnist",))["ff_fmnist|1.000"] == cell
+
+
+def _plain_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Independent reference: the plain model on the 28×28 test images themselves."""
+    mean, std = model.pretrained_cfg["mean"][0], model.pretrained_cfg["std"][0]
+    with torch.no_grad():
+        return 100.0 * float((model((images / 255.0 - mean) / std).argmax(1) == labels).double().mean())
+
+
+def test_channel_and_rotation_cells_are_reused_only_for_the_weights_and_channels_they_scored(
+        tmp_path, monkeypatch, single_thread: None) -> None:
+    """The test/select stage (run_channel_eval) and the rotation stage recompute a cell stored under the same tag for
+    other weights (a run retrained under its old name) or, for channels, another below/above-one setting; at scale 1
+    and angle 0 the plain number is the model on the test images themselves."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from gdzoo.data.fashion_mnist import load_fashion_mnist
+
+    monkeypatch.setattr(sg, "RESULTS", tmp_path)
+    monkeypatch.setattr(sg, "PROTOCOL_SCALES", (1.0,))
+    monkeypatch.setattr(sg, "SCALE_SETS", {"{1}": (1.0,)})
+    monkeypatch.setattr(sg, "ROTATION_TEST_ANGLES", (0.0,))
+    model = timm.create_model("gd_fmnist.fmnist_table1", pretrained=True).eval()
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    images, labels = load_fashion_mnist("test")
+    expected = _plain_top1(model, images[:40], labels[:40])
+    args = Namespace(weights=str(weights), tag="w", below_one="resize", above_one="resize", n_test=40)
+
+    stale = {"test_scale": 1.0, "plain_frame": 0.0, "weights_sha256": "0", "below_one": "resize",
+             "above_one": "resize"}
+    (tmp_path / "test_channels_40.json").write_text(json.dumps({"w|1.000": stale}))
+    (tmp_path / "rotation_40.json").write_text(json.dumps({"w|0": {"plain": 0.0, "weights_sha256": "0"}}))
+    channel = sg.run_trained_eval(args)["w|1.000"]
+    rotation = sg.run_rotation(args)["w|0"]
+    assert channel["plain_frame"] == pytest.approx(expected, abs=0.01) and expected > 50
+    assert rotation["plain"] == pytest.approx(expected, abs=0.01)
+    assert channel["weights_sha256"] == rotation["weights_sha256"] == sg.tensors_sha256(model)
+
+    computed: list[str] = []
+    monkeypatch.setattr(sg, "channel_cell", lambda *a: computed.append(a[-1]["below_one"]) or dict(channel))
+    monkeypatch.setattr(sg, "rotated", lambda *a: pytest.fail("a rotation cell of the same weights was recomputed"))
+    assert sg.run_trained_eval(args)["w|1.000"] == channel and computed == []  # same weights and channels: kept
+    assert sg.run_rotation(args)["w|0"] == rotation
+    assert sg.run_trained_eval(Namespace(**{**vars(args), "below_one": "steer"}))["w|1.000"]["below_one"] == "steer"
+    assert computed == ["steer"]  # other channels under the same tag: recomputed
