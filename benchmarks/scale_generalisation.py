@@ -201,7 +201,7 @@ def run_eval(n_test: int, weights: str | None, models: tuple[str, ...]) -> dict:
     done = json.loads(path.read_text()) if path.is_file() else {}
     done.setdefault("protocol", dict(canvas=CANVAS, interpolation=INTERPOLATION, antialias=ANTIALIAS, frame=FRAME,
                                      images=f"the first {n_test} of the 10000 test images",
-                                     weights=weights or "published"))
+                                     weights=shown(weights) or "published"))
     images, labels = load_fashion_mnist("test")
     images, labels = images[:n_test], labels[:n_test]
     for name in models:
@@ -349,7 +349,8 @@ def run_channel_eval(weights: str, config: dict, tag: str, images: torch.Tensor,
     """Every channel cell of ``weights`` at every protocol scale, stored in ``out`` as each finishes (resumes)."""
     done = json.loads(out.read_text()) if out.is_file() else {}
     done.setdefault("protocol", dict(canvas=CANVAS, interpolation=INTERPOLATION, antialias=ANTIALIAS, frame=FRAME,
-                                     images=len(labels), weights=weights, below_one=config.get("below_one", "steer"),
+                                     images=len(labels), weights=shown(weights),
+                                     below_one=config.get("below_one", "steer"),
                                      above_one=config.get("above_one", "steer")))
     model = load_model("gd_fmnist", weights)
     identity = {"weights_sha256": tensors_sha256(model), "below_one": config.get("below_one", "steer"),
@@ -363,10 +364,29 @@ def channel_summary(cell: dict) -> str:
     return f"plain {cell['plain_frame']}, {json.dumps(cell['pooled'], ensure_ascii=False)}"
 
 
+def run_weights(name: str) -> str:
+    """A trained run's weights file."""
+    return str(RUNS / name / "model.safetensors")
+
+
+def shown(weights: str | None) -> str | None:
+    """A weights path as the committed results record it: relative to the repository when inside it, so the results
+    name no machine's folders.
+
+    Example:
+        >>> shown(str(ROOT / "runs" / "scale" / "a" / "model.safetensors")), shown("/elsewhere/b.safetensors")
+        ('runs/scale/a/model.safetensors', '/elsewhere/b.safetensors')
+    """
+    if weights is None:
+        return None
+    path = Path(weights).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else weights
+
+
 def run_select(args: argparse.Namespace) -> dict:
     """Choose the scale set and pooling of a trained model on validation images (never the test set)."""
     config = run_config(args.name)
-    weights = str(RUNS / args.name / "model.safetensors")
+    weights = run_weights(args.name)
     _, _, x_val, y_val = train_data()
     x_val, y_val = x_val[: args.n_val], y_val[: args.n_val]
     done = run_channel_eval(weights, config, args.name, x_val, y_val, RESULTS / f"val_{args.name}_{len(y_val)}.json")
@@ -397,7 +417,7 @@ def weights_and_tag(args: argparse.Namespace) -> tuple[str, str]:
     """``--weights`` under ``--tag``, else the trained run ``--name``'s weights under its name."""
     if args.weights is not None:
         return args.weights, args.tag
-    return str(RUNS / args.name / "model.safetensors"), args.name
+    return run_weights(args.name), args.name
 
 
 def run_trained_eval(args: argparse.Namespace) -> dict:
@@ -426,7 +446,7 @@ def run_publish(args: argparse.Namespace) -> Path:
         raise SystemExit(f"{args.name} chose {wanted}; gdzoo/models/gd_fmnist_sc.py SC_CHANNELS['fmnist_channels'] "
                          f"says {registered}: make them agree first")
     model = timm.create_model("gd_fmnist_sc", **wanted).eval()
-    model.model.load_state_dict(load_model("gd_fmnist", str(RUNS / args.name / "model.safetensors")).state_dict())
+    model.model.load_state_dict(load_model("gd_fmnist", run_weights(args.name)).state_dict())
     images, labels = load_fashion_mnist("test")
     metrics = {"test/top1": accuracy(batched(model, normalise(model, images.float() / 255)).argmax(1), labels)}
     tested = json.loads((RESULTS / f"test_channels_{args.n_test}.json").read_text())
@@ -476,7 +496,7 @@ def run_rotation(args: argparse.Namespace) -> dict:
     def cell(angle: float) -> dict:
         x = normalise(model, rotated(images, angle))
         logits = batched(channels.channel_logits, x)
-        return dict(weights=weights, plain=accuracy(batched(model, x).argmax(1), labels),
+        return dict(weights=shown(weights), plain=accuracy(batched(model, x).argmax(1), labels),
                     pooled={pool: accuracy(pooled_prediction(logits, pool), labels) for pool in POOLS[:3]})
 
     return fill_cells(out, done, {"weights_sha256": tensors_sha256(model)},
