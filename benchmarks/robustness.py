@@ -4,7 +4,8 @@ label-free test-time steering. Writes ``docs/robustness.md`` and ``docs/robustne
 
 Every cell (model, transform, mode) is the top-1 on the whole 10,000-image test set with the published
 weights of the paper's protocol (tag ``WEIGHTS_TAG``: Table 1's 60000-image runs); cells are stored in
-``results/robustness/cells.json`` as they finish, so an interrupted run resumes where it stopped.
+``results/robustness/cells.json`` as they finish, so an interrupted run resumes where it stopped, each with
+the digest of the weights it scored (a cell of other weights is recomputed).
 
 - rotation: ``torchvision.transforms.functional.rotate(x, a)`` (bilinear) on the 28×28 image;
 - scale: ``F.interpolate(x, scale_factor=s, mode='bilinear', antialias=True)`` of the image (the models
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 import gdzoo
-from gdzoo._io import atomic_write_text
+from _cells import fill_cells, tensors_sha256
 from gdzoo.data.fashion_mnist import load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,29 +110,32 @@ def key(cell: tuple[str, str, float, float]) -> str:
 
 
 def run(cells_wanted: list[tuple[str, str, float, float]]) -> dict[str, dict]:
+    """Every cell of ``cells_wanted`` not yet stored for the current weights of its model, stored as it finishes."""
     done = json.loads(CELLS.read_text()) if CELLS.is_file() else {}
     images, labels = load_fashion_mnist("test")
     images = images.float() / 255
     models = {name: timm.create_model(f"{name}.{WEIGHTS_TAG}", pretrained=True).eval() for name in MODELS}
-    for cell in cells_wanted:
-        if key(cell) in done:
-            continue
-        name, mode, scale, angle = cell
-        start = time.perf_counter()
-        x = transform(images, scale, angle)
-        if mode == "plain":
-            result = {"top1": top1(logits_of(models[name], x), labels)}
-        elif mode == "steered":
-            result = {"top1": top1(logits_of(gdzoo.steer(models[name], scale=scale, angle=angle), x), labels)}
-        else:
-            grid = [(1.0, float(a)) for a in TTS_ANGLE_GRID] if scale == 1.0 else [(s, 0.0) for s in TTS_SCALE_GRID]
-            acc, picks = label_free(models[name], x, labels, grid)
-            result = {"top1": acc, "picks": picks}
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        done[key(cell)] = result
-        atomic_write_text(CELLS, json.dumps(done, indent=1, sort_keys=True) + "\n")
-        print(f"{key(cell)}: {result}", flush=True)
-    return done
+    identity = {name: {"weights_sha256": tensors_sha256(model)} for name, model in models.items()}
+    return fill_cells(CELLS, done, [(key(cell), identity[cell[0]], partial(compute_cell, models[cell[0]], cell,
+                                                                           images, labels)) for cell in cells_wanted])
+
+
+def compute_cell(model: torch.nn.Module, cell: tuple[str, str, float, float], images: torch.Tensor,
+                 labels: torch.Tensor) -> dict:
+    """The top-1 of one (model, mode, scale, angle) cell, and the seconds it took."""
+    _, mode, scale, angle = cell
+    start = time.perf_counter()
+    x = transform(images, scale, angle)
+    if mode == "plain":
+        result = {"top1": top1(logits_of(model, x), labels)}
+    elif mode == "steered":
+        result = {"top1": top1(logits_of(gdzoo.steer(model, scale=scale, angle=angle), x), labels)}
+    else:
+        grid = [(1.0, float(a)) for a in TTS_ANGLE_GRID] if scale == 1.0 else [(s, 0.0) for s in TTS_SCALE_GRID]
+        acc, picks = label_free(model, x, labels, grid)
+        result = {"top1": acc, "picks": picks}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
 
 
 def _get(done: dict, name: str, mode: str, scale: float, angle: float) -> float | None:

@@ -35,12 +35,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import statistics
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gdzoo
+from _cells import fill_cells, tensors_sha256
 from gdzoo._io import atomic_write, atomic_write_text
 from gdzoo.data.fashion_mnist import load_fashion_mnist
 from gdzoo.data.rescaled import PROTOCOL_SCALES, rescale_on_canvas
@@ -121,38 +120,6 @@ def load_model(name: str, weights: str | None) -> nn.Module:
     return model.eval()
 
 
-def tensors_sha256(model: nn.Module) -> str:
-    """sha256 of a model's state (names and tensor bytes, in name order): identifies the weights a number was
-    computed with, whatever file held them, so a republished file makes its stored cells stale instead of reused.
-
-    Example:
-        >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
-        >>> (tensors_sha256(a) == tensors_sha256(a), tensors_sha256(a) == tensors_sha256(b))
-        (True, False)
-    """
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def fill_cells(path: Path, done: dict, identity: dict, cells: dict[str, Callable[[], dict]],
-               needed: tuple[str, ...] = (), summary: Callable[[dict], str] | None = None) -> dict:
-    """Compute each of ``cells`` (key -> its computation) that ``done`` lacks, or holds with another ``identity``
-    (the weights' :func:`tensors_sha256` as ``weights_sha256``, and whatever else the numbers depend on) or without
-    a ``needed`` field, and store it in ``path`` as it finishes: the stages resume after an interruption, and a
-    stored number is never shown as another file's."""
-    for key, compute in cells.items():
-        stored = done.get(key, {})
-        if all(stored.get(k) == v for k, v in identity.items()) and all(field in stored for field in needed):
-            continue
-        done[key] = {**compute(), **identity}
-        atomic_write_text(path, json.dumps(done, indent=1, ensure_ascii=False) + "\n")
-        print(f"{key}: {(summary or partial(json.dumps, ensure_ascii=False))(done[key])}", flush=True)
-    return done
-
-
 def eval_cell(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, scale: float) -> dict:
     """Every number of one (weights, test scale) cell."""
     x = normalise(model, rescale_on_canvas(images, scale, CANVAS, INTERPOLATION, ANTIALIAS))
@@ -209,9 +176,10 @@ def run_eval(n_test: int, weights: str | None, models: tuple[str, ...]) -> dict:
             continue
         model = load_model(name, weights)
         needed = ("resized_back",) if name == "ff_fmnist" else ("resized_back", "pooled_resize")
-        fill_cells(path, done, {"weights_sha256": tensors_sha256(model)},
-                   {f"{name}|{scale_name(s)}": partial(eval_cell, name, model, images, labels, s)
-                    for s in PROTOCOL_SCALES}, needed)
+        identity = {"weights_sha256": tensors_sha256(model)}
+        cells = [(f"{name}|{scale_name(s)}", identity, partial(eval_cell, name, model, images, labels, s))
+                 for s in PROTOCOL_SCALES]
+        fill_cells(path, done, cells, needed)
     return done
 
 
@@ -355,9 +323,9 @@ def run_channel_eval(weights: str, config: dict, tag: str, images: torch.Tensor,
     model = load_model("gd_fmnist", weights)
     identity = {"weights_sha256": tensors_sha256(model), "below_one": config.get("below_one", "steer"),
                 "above_one": config.get("above_one", "steer")}
-    return fill_cells(out, done, identity,
-                      {f"{tag}|{scale_name(s)}": partial(channel_cell, model, images, labels, s, config)
-                       for s in PROTOCOL_SCALES}, summary=channel_summary)
+    return fill_cells(out, done, [(f"{tag}|{scale_name(s)}", identity,
+                                   partial(channel_cell, model, images, labels, s, config)) for s in PROTOCOL_SCALES],
+                      summary=channel_summary)
 
 
 def channel_summary(cell: dict) -> str:
@@ -499,8 +467,9 @@ def run_rotation(args: argparse.Namespace) -> dict:
         return dict(weights=shown(weights), plain=accuracy(batched(model, x).argmax(1), labels),
                     pooled={pool: accuracy(pooled_prediction(logits, pool), labels) for pool in POOLS[:3]})
 
-    return fill_cells(out, done, {"weights_sha256": tensors_sha256(model)},
-                      {f"{tag}|{angle:g}": partial(cell, angle) for angle in ROTATION_TEST_ANGLES})
+    identity = {"weights_sha256": tensors_sha256(model)}
+    return fill_cells(out, done, [(f"{tag}|{angle:g}", identity, partial(cell, angle))
+                                  for angle in ROTATION_TEST_ANGLES])
 
 
 def run_cost(n: int = 200, repeats: int = 3) -> dict:

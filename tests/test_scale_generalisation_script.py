@@ -189,3 +189,15 @@ def test_channel_and_rotation_cells_are_reused_only_for_the_weights_and_channels
     assert sg.run_rotation(args)["w|0"] == rotation
     assert sg.run_trained_eval(Namespace(**{**vars(args), "below_one": "steer"}))["w|1.000"]["below_one"] == "steer"
     assert computed == ["steer"]  # other channels under the same tag: recomputed
+
+
+def test_the_committed_eval_cells_name_the_published_weights_they_scored() -> None:
+    """docs/scale.md's eval rows carry the digest of the file :data:`EVAL_TAGS` names today: republishing it without
+    re-running the eval stage fails here instead of leaving the old file's numbers in the doc."""
+    import json
+
+    done = json.loads(sg.results_path(2000, None).read_text())
+    for name, tag in sg.EVAL_TAGS.items():
+        digest = sg.tensors_sha256(timm.create_model(tag, pretrained=True))
+        cells = [cell for key, cell in done.items() if key.startswith(f"{name}|")]
+        assert len(cells) == len(sg.PROTOCOL_SCALES) and all(c["weights_sha256"] == digest for c in cells), name
