@@ -133,9 +133,7 @@ def test_stored_cells_are_reused_only_for_the_weights_they_scored(tmp_path, monk
 
     model = timm.create_model("ff_fmnist.fmnist", pretrained=True).eval()
     images, labels = load_fashion_mnist("test")
-    mean, std = model.pretrained_cfg["mean"][0], model.pretrained_cfg["std"][0]
-    with torch.no_grad():
-        expected = 100.0 * float((model((images[:40] / 255.0 - mean) / std).argmax(1) == labels[:40]).double().mean())
+    expected = _plain_top1(model, images[:40], labels[:40])
     assert cell["plain_frame"] == pytest.approx(expected, abs=0.01) and cell["plain_frame"] > 50
     assert cell["weights_sha256"] == sg.tensors_sha256(model) != "0"
 
